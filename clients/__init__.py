@@ -1,0 +1,22 @@
+"""Python clients of the credit-wallet gRPC API, and the ``creditwallet`` operator CLI.
+
+Why a package of its own: agent runtimes, the webhook gateway and operators all talk to the
+ledger, and each should get the same guarantees without re-deriving them — a deadline on every
+call, retries only of ``UNAVAILABLE`` and only with the same ``request_id``, typed exceptions
+carrying the server's ``ErrorInfo`` reason and metadata, and exact integer micro-credits.
+
+- ``clients.wallet``: ``AsyncCreditWalletClient`` (grpc.aio) and ``CreditWalletClient`` (sync).
+- ``clients.errors``: the exception hierarchy and ``from_rpc_error``.
+- ``clients.units``: credits <-> micros, exactly, for people typing and reading amounts.
+- ``clients.cli``: the ``creditwallet`` console script.
+"""
+
+from clients.errors import CreditWalletError, from_rpc_error
+from clients.wallet import AsyncCreditWalletClient, CreditWalletClient
+
+__all__ = [
+    "AsyncCreditWalletClient",
+    "CreditWalletClient",
+    "CreditWalletError",
+    "from_rpc_error",
+]

@@ -1,0 +1,257 @@
+"""Typed exceptions for the credit-wallet API, built from the server's ``google.rpc.Status``.
+
+The server aborts every failed RPC with a ``google.rpc.Status`` in the trailing metadata
+(``grpc-status-details-bin``) holding one ``google.rpc.ErrorInfo``: domain ``creditwallet``, an
+UPPER_SNAKE ``reason`` and string ``metadata``. ``from_rpc_error`` turns that into one class of
+this hierarchy, chosen by reason first and by gRPC status code when the reason is unknown (or
+absent, as when the transport itself failed):
+
+    CreditWalletError(code, reason, message, metadata)   anything else (e.g. UNKNOWN, CANCELLED)
+    ├── InvalidArgument          INVALID_ARGUMENT; ``field`` names the offending request field
+    ├── NotFound                 NOT_FOUND
+    │   ├── AccountNotFound          ACCOUNT_NOT_FOUND
+    │   ├── AgentNotFound            AGENT_NOT_FOUND
+    │   ├── HoldNotFound             HOLD_NOT_FOUND
+    │   ├── TransactionNotFound      TRANSACTION_NOT_FOUND
+    │   └── ReferralCodeNotFound     REFERRAL_CODE_NOT_FOUND
+    ├── FailedPrecondition       FAILED_PRECONDITION
+    │   ├── InsufficientCredits      INSUFFICIENT_CREDITS; ints available_micros, required_micros
+    │   ├── AgentDisabled            AGENT_DISABLED
+    │   ├── HoldExpired              HOLD_EXPIRED
+    │   ├── HoldFinalized            HOLD_FINALIZED
+    │   ├── ReferralNotAllowed       REFERRAL_NOT_ALLOWED
+    │   └── AccountInDebt            ACCOUNT_IN_DEBT
+    ├── RequestIdReused          ALREADY_EXISTS / REQUEST_ID_REUSED
+    ├── Unauthenticated          UNAUTHENTICATED
+    ├── PermissionDenied         PERMISSION_DENIED
+    ├── DeadlineExceeded         DEADLINE_EXCEEDED; the outcome is unknown: retry, same request_id
+    ├── Unavailable              UNAVAILABLE / DATABASE_UNAVAILABLE; the only code clients retry
+    └── Internal                 INTERNAL
+
+Why reasons over codes: a code says what kind of failure it is, the reason says which one, and
+callers branch on the latter (top up on ``InsufficientCredits``, re-create on
+``AccountNotFound``). Refusals that depend on ledger state are stored under the request_id by the
+server, so retrying them with the same request_id returns the same refusal; only a new
+request_id (after, say, a top-up) can change the outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final, cast
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN: Final = "creditwallet"
+
+
+class CreditWalletError(Exception):
+    """A failed RPC: the gRPC ``code``, the ErrorInfo ``reason``, a ``message`` and ``metadata``.
+
+    ``reason`` is the status code's name when the server sent no ErrorInfo (e.g. a connection
+    failure is ``UNAVAILABLE``), so ``reason`` is always set and always UPPER_SNAKE.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request (same request_id) may be sent again: UNAVAILABLE only."""
+        return self.code == grpc.StatusCode.UNAVAILABLE
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(code={self.code.name}, reason={self.reason!r}, "
+            f"message={self.message!r}, metadata={self.metadata!r})"
+        )
+
+
+class InvalidArgument(CreditWalletError):
+    """The request is malformed; ``field`` names the request field at fault, when known."""
+
+    @property
+    def field(self) -> str:
+        return self.metadata.get("field", "")
+
+
+class NotFound(CreditWalletError):
+    """Something the request names does not exist."""
+
+
+class AccountNotFound(NotFound):
+    """No account for the user_id; ``EnsureAccount`` creates it."""
+
+
+class AgentNotFound(NotFound):
+    """No price for the agent_id."""
+
+
+class HoldNotFound(NotFound):
+    """No hold with the hold_id."""
+
+
+class TransactionNotFound(NotFound):
+    """No debit with the transaction_id for that user."""
+
+
+class ReferralCodeNotFound(NotFound):
+    """No referral code like the one given."""
+
+
+class FailedPrecondition(CreditWalletError):
+    """The request is well formed but the ledger's state refuses it."""
+
+
+class InsufficientCredits(FailedPrecondition):
+    """Not enough available credits; a retry needs a top-up and a new request_id."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(code, reason, message, metadata)
+        # int() of the server's decimal strings; ValueError here makes from_rpc_error fall
+        # back to FailedPrecondition rather than invent figures.
+        self.available_micros = int(self.metadata["available_micros"])
+        self.required_micros = int(self.metadata["required_micros"])
+
+
+class AgentDisabled(FailedPrecondition):
+    """The agent's price is inactive."""
+
+
+class HoldExpired(FailedPrecondition):
+    """The hold's TTL passed before it was captured."""
+
+
+class HoldFinalized(FailedPrecondition):
+    """The hold was already captured or voided."""
+
+
+class ReferralNotAllowed(FailedPrecondition):
+    """Own code, second redemption, account too old or already paid, or referrer at its cap."""
+
+
+class AccountInDebt(FailedPrecondition):
+    """A refund left debt; debits are refused until grants pay it off."""
+
+
+class RequestIdReused(CreditWalletError):
+    """The request_id was already used with different parameters."""
+
+
+class Unauthenticated(CreditWalletError):
+    """Missing or unknown bearer token."""
+
+
+class PermissionDenied(CreditWalletError):
+    """The token's scope does not cover the RPC."""
+
+
+class DeadlineExceeded(CreditWalletError):
+    """No answer in time; the change may or may not be applied: retry with the same request_id."""
+
+
+class Unavailable(CreditWalletError):
+    """The server or its database is unreachable; safe to retry with the same request_id."""
+
+
+class Internal(CreditWalletError):
+    """A server bug; the server logged it with the request id."""
+
+
+_BY_REASON: Final[Mapping[str, type[CreditWalletError]]] = {
+    "INVALID_ARGUMENT": InvalidArgument,
+    "ACCOUNT_NOT_FOUND": AccountNotFound,
+    "AGENT_NOT_FOUND": AgentNotFound,
+    "HOLD_NOT_FOUND": HoldNotFound,
+    "TRANSACTION_NOT_FOUND": TransactionNotFound,
+    "REFERRAL_CODE_NOT_FOUND": ReferralCodeNotFound,
+    "INSUFFICIENT_CREDITS": InsufficientCredits,
+    "AGENT_DISABLED": AgentDisabled,
+    "HOLD_EXPIRED": HoldExpired,
+    "HOLD_FINALIZED": HoldFinalized,
+    "REFERRAL_NOT_ALLOWED": ReferralNotAllowed,
+    "ACCOUNT_IN_DEBT": AccountInDebt,
+    "REQUEST_ID_REUSED": RequestIdReused,
+    "UNAUTHENTICATED": Unauthenticated,
+    "PERMISSION_DENIED": PermissionDenied,
+    "DATABASE_UNAVAILABLE": Unavailable,
+    "INTERNAL": Internal,
+}
+
+_BY_CODE: Final[Mapping[grpc.StatusCode, type[CreditWalletError]]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.ALREADY_EXISTS: RequestIdReused,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.INTERNAL: Internal,
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> CreditWalletError:
+    """Returns the typed exception for a failed call (sync ``grpc.RpcError`` or aio's).
+
+    Never raises: a malformed or foreign status detail degrades to the class of the code.
+    """
+    code = _code_of(error)
+    status = _rich_status(error)
+    info = _error_info(status) if status is not None else None
+    message = status.message if status is not None else (error.details() or "")
+    reason = info.reason if info is not None and info.reason else code.name
+    metadata = dict(info.metadata) if info is not None else {}
+    by_code = _BY_CODE.get(code, CreditWalletError)
+    cls = _BY_REASON.get(reason, by_code)
+    try:
+        return cls(code, reason, message, metadata)
+    except (KeyError, ValueError):
+        # A known reason without its documented metadata: keep code, reason and message.
+        return by_code(code, reason, message, metadata)
+
+
+def _code_of(error: grpc.RpcError) -> grpc.StatusCode:
+    # Every RpcError raised by a call is also a grpc.Call with code(); a bare RpcError is not.
+    code_method = getattr(error, "code", None)
+    code = code_method() if callable(code_method) else None
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def _rich_status(error: grpc.RpcError) -> status_pb2.Status | None:
+    try:
+        # Both sync errors and AioRpcError quack like grpc.Call, which is all from_call reads.
+        status = rpc_status.from_call(cast(grpc.Call, error))
+    except (ValueError, DecodeError, AttributeError, TypeError):
+        # ValueError: the detail's code or message disagrees with the call's; trust the call.
+        # DecodeError: the trailer is not a Status at all (a foreign proxy, say).
+        return None
+    return status if isinstance(status, status_pb2.Status) else None
+
+
+def _error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+                return info
+    return None

@@ -1,0 +1,211 @@
+"""Request builders behind the clients' keyword methods (``client.debit(user_id, ...)``).
+
+Why builders: the sync and async clients expose the same keyword methods. Each method's
+signature, defaults and docstring are written once, here, as a function returning the request
+message; the clients bind a builder to its ``Rpc`` (see ``clients.wallet``) and inherit its
+signature through ``ParamSpec``, so mypy checks every call of both clients against it.
+
+A builder runs once per method call, before the first attempt: a generated ``request_id`` is
+therefore fixed for every retry of that call, which is what makes retrying safe. A caller who
+needs to retry across process restarts passes its own ``request_id``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+
+from creditwallet.v1 import admin_service_pb2 as admin_pb2
+from creditwallet.v1 import billing_service_pb2 as billing_pb2
+from creditwallet.v1 import common_pb2
+from creditwallet.v1 import wallet_service_pb2 as wallet_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+
+def new_request_id() -> str:
+    """A fresh idempotency key: a random UUID, unique without coordination."""
+    return str(uuid.uuid4())
+
+
+def ensure_account(user_id: str, *, referral_code: str = "") -> wallet_pb2.EnsureAccountRequest:
+    """Creates the account (with its trial lot) on the first call; later calls change nothing."""
+    return wallet_pb2.EnsureAccountRequest(user_id=user_id, referral_code=referral_code)
+
+
+def get_balance(user_id: str) -> wallet_pb2.GetBalanceRequest:
+    """Reads available, held and debt micros, the live lots, the subscription and the streak."""
+    return wallet_pb2.GetBalanceRequest(user_id=user_id)
+
+
+def debit(
+    user_id: str,
+    *,
+    agent_id: str | None = None,
+    quantity: int | None = None,
+    amount_micros: int | None = None,
+    request_id: str | None = None,
+    session_id: str = "",
+    metadata: Mapping[str, str] | None = None,
+) -> wallet_pb2.DebitRequest:
+    """Spends credits: ``agent_id`` (times ``quantity``, default 1) or ``amount_micros``, not both.
+
+    All or nothing, never overdrawing; a new uuid4 ``request_id`` unless one is given.
+    """
+    return wallet_pb2.DebitRequest(
+        user_id=user_id,
+        request_id=request_id or new_request_id(),
+        agent_id=agent_id or "",
+        quantity=quantity,
+        amount_micros=amount_micros or 0,
+        session_id=session_id,
+        metadata=metadata,
+    )
+
+
+def authorize(
+    user_id: str,
+    *,
+    agent_id: str | None = None,
+    quantity: int | None = None,
+    amount_micros: int | None = None,
+    ttl_seconds: int = 0,
+    request_id: str | None = None,
+    session_id: str = "",
+    metadata: Mapping[str, str] | None = None,
+) -> wallet_pb2.AuthorizeRequest:
+    """Places a hold like ``debit`` would charge; ``ttl_seconds`` 0 means the server's 900."""
+    return wallet_pb2.AuthorizeRequest(
+        user_id=user_id,
+        request_id=request_id or new_request_id(),
+        agent_id=agent_id or "",
+        quantity=quantity,
+        amount_micros=amount_micros or 0,
+        session_id=session_id,
+        metadata=metadata,
+        ttl_seconds=ttl_seconds,
+    )
+
+
+def capture(
+    hold_id: str, *, amount_micros: int | None = None, request_id: str | None = None
+) -> wallet_pb2.CaptureRequest:
+    """Debits up to the held amount (all of it when ``amount_micros`` is None), frees the rest."""
+    return wallet_pb2.CaptureRequest(
+        hold_id=hold_id, request_id=request_id or new_request_id(), amount_micros=amount_micros
+    )
+
+
+def void(hold_id: str, *, request_id: str | None = None) -> wallet_pb2.VoidRequest:
+    """Releases a hold."""
+    return wallet_pb2.VoidRequest(hold_id=hold_id, request_id=request_id or new_request_id())
+
+
+def list_transactions(
+    user_id: str,
+    *,
+    page_size: int = 0,
+    page_token: str = "",
+    type: common_pb2.TransactionType.ValueType = common_pb2.TRANSACTION_TYPE_UNSPECIFIED,
+) -> wallet_pb2.ListTransactionsRequest:
+    """One page of history, newest first; ``page_size`` 0 means the server's 50."""
+    return wallet_pb2.ListTransactionsRequest(
+        user_id=user_id, page_size=page_size, page_token=page_token, type=type
+    )
+
+
+def get_streak(user_id: str) -> wallet_pb2.GetStreakRequest:
+    """Reads the Smart Streaks state."""
+    return wallet_pb2.GetStreakRequest(user_id=user_id)
+
+
+def get_referral_code(user_id: str) -> wallet_pb2.GetReferralCodeRequest:
+    """Returns the user's stable referral code, creating it on the first call."""
+    return wallet_pb2.GetReferralCodeRequest(user_id=user_id)
+
+
+def redeem_referral_code(
+    user_id: str, code: str, *, request_id: str | None = None
+) -> wallet_pb2.RedeemReferralCodeRequest:
+    """Redeems another user's referral code for ``user_id`` (a new account)."""
+    return wallet_pb2.RedeemReferralCodeRequest(
+        user_id=user_id, code=code, request_id=request_id or new_request_id()
+    )
+
+
+def rollover(period: str = "") -> billing_pb2.RolloverRequest:
+    """Brings every account up to date for ``period`` (YYYY-MM; empty: the current UTC month)."""
+    return billing_pb2.RolloverRequest(period=period)
+
+
+def grant(
+    user_id: str,
+    amount_micros: int,
+    source: common_pb2.LotSource.ValueType,
+    *,
+    expires_at: datetime | None = None,
+    request_id: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> admin_pb2.GrantRequest:
+    """Grants a new lot; ``expires_at`` (timezone-aware) None means the source's default."""
+    return admin_pb2.GrantRequest(
+        user_id=user_id,
+        request_id=request_id or new_request_id(),
+        source=source,
+        amount_micros=amount_micros,
+        expires_at=timestamp(expires_at) if expires_at is not None else None,
+        metadata=metadata,
+    )
+
+
+def reverse_debit(
+    user_id: str,
+    transaction_id: str,
+    *,
+    amount_micros: int | None = None,
+    request_id: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> admin_pb2.ReverseDebitRequest:
+    """Gives a debit's credits back to their lots; all not yet reversed when amount is None."""
+    return admin_pb2.ReverseDebitRequest(
+        user_id=user_id,
+        request_id=request_id or new_request_id(),
+        transaction_id=transaction_id,
+        amount_micros=amount_micros,
+        metadata=metadata,
+    )
+
+
+def set_agent_price(
+    agent_id: str, price_micros: int, *, unit: str = "", active: bool = True
+) -> admin_pb2.SetAgentPriceRequest:
+    """Creates or replaces an agent's price per unit (naturally idempotent)."""
+    return admin_pb2.SetAgentPriceRequest(
+        agent_id=agent_id, price_micros=price_micros, unit=unit, active=active
+    )
+
+
+def list_agent_prices(
+    *, page_size: int = 0, page_token: str = ""
+) -> admin_pb2.ListAgentPricesRequest:
+    """One page of prices by agent_id; ``page_size`` 0 means the server's 100."""
+    return admin_pb2.ListAgentPricesRequest(page_size=page_size, page_token=page_token)
+
+
+def get_stats() -> admin_pb2.GetStatsRequest:
+    """The operators' two summary queries."""
+    return admin_pb2.GetStatsRequest()
+
+
+def verify_ledger() -> admin_pb2.VerifyLedgerRequest:
+    """Checks the ledger invariants (SPEC §12) over the whole database."""
+    return admin_pb2.VerifyLedgerRequest()
+
+
+def timestamp(moment: datetime) -> Timestamp:
+    """A protobuf Timestamp of a timezone-aware datetime; a naive one is refused as ambiguous."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"datetime needs a timezone (e.g. UTC): {moment.isoformat()}")
+    result = Timestamp()
+    result.FromDatetime(moment)
+    return result

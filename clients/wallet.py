@@ -1,0 +1,317 @@
+"""``AsyncCreditWalletClient`` (grpc.aio) and ``CreditWalletClient`` (blocking grpc).
+
+Both expose the same API:
+
+- keyword methods for the common calls — ``ensure_account``, ``get_balance``, ``debit``,
+  ``authorize``, ``capture``, ``void``, ``list_transactions``, ``get_streak``,
+  ``get_referral_code``, ``redeem_referral_code``, ``rollover``, ``grant``, ``reverse_debit``,
+  ``set_agent_price``, ``list_agent_prices``, ``get_stats``, ``verify_ledger`` (signatures and
+  docs in ``clients.messages``);
+- every RPC raw, taking its request message: ``client.wallet.Debit(request)``,
+  ``client.billing.RecordPurchase(request)``, ``client.admin.Grant(request)``;
+- ``call(rpc, request)`` for any entry of ``clients.rpcs``.
+
+Every attempt carries the bearer token and a deadline of ``timeout_seconds``. A call that fails
+with ``UNAVAILABLE`` is sent again, the identical message (so the same ``request_id``), at most
+``retries`` times with jittered exponential backoff (``clients.rpcs``); every other failure
+raises at once as the typed exception of ``clients.errors``. Worst case, a call takes
+``(retries + 1) * timeout_seconds`` plus the backoff pauses.
+
+Why one class per flavour rather than a sync wrapper around the async one: a sync wrapper
+needs its own event loop thread, which surprises callers that already run one; the two classes
+share everything but the waiting (the table, the builders, the policy) and differ in ~40 lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from types import TracebackType
+from typing import Any, Final, Self
+
+import grpc
+import grpc.aio
+
+from clients import messages, rpcs
+from clients.errors import from_rpc_error
+from clients.methods import AsyncMethod, SyncMethod
+from clients.rpcs import RequestT, ResponseT, Rpc
+from clients.services import (
+    AsyncAdminRpcs,
+    AsyncBillingRpcs,
+    AsyncWalletRpcs,
+    SyncAdminRpcs,
+    SyncBillingRpcs,
+    SyncWalletRpcs,
+)
+
+AUTHORIZATION_METADATA_KEY: Final = "authorization"
+# How long close() lets calls in flight finish.
+CLOSE_GRACE_SECONDS: Final = 1.0
+
+
+class _ClientSettings:
+    """Validated settings both clients share; the token stays out of every repr and message."""
+
+    def __init__(
+        self,
+        target: str,
+        token: str,
+        *,
+        timeout_seconds: float,
+        retries: int,
+        tls: bool,
+        root_certificates: bytes | None,
+        private_key: bytes | None,
+        certificate_chain: bytes | None,
+        message_bytes_max: int,
+    ) -> None:
+        if not target:
+            raise ValueError("target must be host:port")
+        if not token or any(character.isspace() for character in token):
+            raise ValueError("token must be non-empty and free of whitespace")
+        if not 0 < timeout_seconds <= rpcs.TIMEOUT_SECONDS_MAX:
+            raise ValueError(f"timeout_seconds must be in (0, {rpcs.TIMEOUT_SECONDS_MAX}]")
+        if not 0 <= retries <= rpcs.RETRIES_MAX:
+            raise ValueError(f"retries must be in [0, {rpcs.RETRIES_MAX}]")
+        if message_bytes_max <= 0:
+            raise ValueError("message_bytes_max must be positive")
+        if (private_key is None) != (certificate_chain is None):
+            raise ValueError("mutual TLS needs both private_key and certificate_chain")
+        self.target = target
+        self.timeout_seconds = timeout_seconds
+        self.retries = retries
+        self.auth_metadata: tuple[tuple[str, str], ...] = (
+            (AUTHORIZATION_METADATA_KEY, f"Bearer {token}"),
+        )
+        self.options = rpcs.channel_options(message_bytes_max)
+        self.credentials: grpc.ChannelCredentials | None = None
+        if tls or root_certificates is not None or private_key is not None:
+            # None roots mean the system's trust store.
+            self.credentials = grpc.ssl_channel_credentials(
+                root_certificates, private_key, certificate_chain
+            )
+        # Jitter only; not security-relevant, so the default PRNG is right.
+        self.rng = random.Random()
+
+    def __repr__(self) -> str:
+        return f"_ClientSettings(target={self.target!r}, token=<masked>)"
+
+
+class AsyncCreditWalletClient:
+    """The credit-wallet API over grpc.aio; create it inside a running event loop.
+
+    ``async with AsyncCreditWalletClient(target, token) as client: await client.debit(...)``.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        token: str,
+        *,
+        timeout_seconds: float = rpcs.TIMEOUT_SECONDS_DEFAULT,
+        retries: int = rpcs.RETRIES_DEFAULT,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        message_bytes_max: int = rpcs.MESSAGE_BYTES_MAX_DEFAULT,
+    ) -> None:
+        self._settings = _ClientSettings(
+            target,
+            token,
+            timeout_seconds=timeout_seconds,
+            retries=retries,
+            tls=tls,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            message_bytes_max=message_bytes_max,
+        )
+        settings = self._settings
+        if settings.credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=settings.options)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                target, settings.credentials, options=settings.options
+            )
+        self._callables: dict[str, grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
+        self.wallet = AsyncWalletRpcs(self)
+        self.billing = AsyncBillingRpcs(self)
+        self.admin = AsyncAdminRpcs(self)
+
+    def __repr__(self) -> str:
+        return f"AsyncCreditWalletClient(target={self._settings.target!r})"
+
+    async def call(self, rpc: Rpc[RequestT, ResponseT], request: RequestT) -> ResponseT:
+        """Sends ``request`` with deadline, token and retries; raises ``CreditWalletError``."""
+        settings = self._settings
+        multicallable = self._multicallable(rpc)
+        retries_done = 0
+        while True:
+            try:
+                response = await multicallable(
+                    request, timeout=settings.timeout_seconds, metadata=settings.auth_metadata
+                )
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+                if not rpcs.should_retry(error.code, retries_done, settings.retries):
+                    raise error from rpc_error
+                await asyncio.sleep(rpcs.backoff_seconds(retries_done, settings.rng))
+                retries_done += 1
+            else:
+                return rpc.checked_response(response)
+
+    def _multicallable(self, rpc: Rpc[Any, Any]) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
+        multicallable = self._callables.get(rpc.path)
+        if multicallable is None:
+            multicallable = self._channel.unary_unary(
+                rpc.path,
+                request_serializer=rpc.request_type.SerializeToString,
+                response_deserializer=rpc.response_type.FromString,
+            )
+            self._callables[rpc.path] = multicallable
+        return multicallable
+
+    async def close(self) -> None:
+        """Closes the channel, letting calls in flight finish for a moment."""
+        await self._channel.close(grace=CLOSE_GRACE_SECONDS)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    ensure_account = AsyncMethod(rpcs.ENSURE_ACCOUNT, messages.ensure_account)
+    get_balance = AsyncMethod(rpcs.GET_BALANCE, messages.get_balance)
+    debit = AsyncMethod(rpcs.DEBIT, messages.debit)
+    authorize = AsyncMethod(rpcs.AUTHORIZE, messages.authorize)
+    capture = AsyncMethod(rpcs.CAPTURE, messages.capture)
+    void = AsyncMethod(rpcs.VOID, messages.void)
+    list_transactions = AsyncMethod(rpcs.LIST_TRANSACTIONS, messages.list_transactions)
+    get_streak = AsyncMethod(rpcs.GET_STREAK, messages.get_streak)
+    get_referral_code = AsyncMethod(rpcs.GET_REFERRAL_CODE, messages.get_referral_code)
+    redeem_referral_code = AsyncMethod(rpcs.REDEEM_REFERRAL_CODE, messages.redeem_referral_code)
+    rollover = AsyncMethod(rpcs.ROLLOVER, messages.rollover)
+    grant = AsyncMethod(rpcs.GRANT, messages.grant)
+    reverse_debit = AsyncMethod(rpcs.REVERSE_DEBIT, messages.reverse_debit)
+    set_agent_price = AsyncMethod(rpcs.SET_AGENT_PRICE, messages.set_agent_price)
+    list_agent_prices = AsyncMethod(rpcs.LIST_AGENT_PRICES, messages.list_agent_prices)
+    get_stats = AsyncMethod(rpcs.GET_STATS, messages.get_stats)
+    verify_ledger = AsyncMethod(rpcs.VERIFY_LEDGER, messages.verify_ledger)
+
+
+class CreditWalletClient:
+    """The credit-wallet API over a blocking grpc channel; safe to share between threads.
+
+    ``with CreditWalletClient(target, token) as client: client.get_balance("alice")``.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        token: str,
+        *,
+        timeout_seconds: float = rpcs.TIMEOUT_SECONDS_DEFAULT,
+        retries: int = rpcs.RETRIES_DEFAULT,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        message_bytes_max: int = rpcs.MESSAGE_BYTES_MAX_DEFAULT,
+    ) -> None:
+        self._settings = _ClientSettings(
+            target,
+            token,
+            timeout_seconds=timeout_seconds,
+            retries=retries,
+            tls=tls,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            message_bytes_max=message_bytes_max,
+        )
+        settings = self._settings
+        if settings.credentials is None:
+            self._channel = grpc.insecure_channel(target, options=settings.options)
+        else:
+            self._channel = grpc.secure_channel(
+                target, settings.credentials, options=settings.options
+            )
+        self._callables: dict[str, grpc.UnaryUnaryMultiCallable[Any, Any]] = {}
+        self.wallet = SyncWalletRpcs(self)
+        self.billing = SyncBillingRpcs(self)
+        self.admin = SyncAdminRpcs(self)
+
+    def __repr__(self) -> str:
+        return f"CreditWalletClient(target={self._settings.target!r})"
+
+    def call(self, rpc: Rpc[RequestT, ResponseT], request: RequestT) -> ResponseT:
+        """Sends ``request`` with deadline, token and retries; raises ``CreditWalletError``."""
+        settings = self._settings
+        multicallable = self._multicallable(rpc)
+        retries_done = 0
+        while True:
+            try:
+                response = multicallable(
+                    request, timeout=settings.timeout_seconds, metadata=settings.auth_metadata
+                )
+            except grpc.RpcError as rpc_error:
+                error = from_rpc_error(rpc_error)
+                if not rpcs.should_retry(error.code, retries_done, settings.retries):
+                    raise error from rpc_error
+                time.sleep(rpcs.backoff_seconds(retries_done, settings.rng))
+                retries_done += 1
+            else:
+                return rpc.checked_response(response)
+
+    def _multicallable(self, rpc: Rpc[Any, Any]) -> grpc.UnaryUnaryMultiCallable[Any, Any]:
+        multicallable = self._callables.get(rpc.path)
+        if multicallable is None:
+            multicallable = self._channel.unary_unary(
+                rpc.path,
+                request_serializer=rpc.request_type.SerializeToString,
+                response_deserializer=rpc.response_type.FromString,
+            )
+            self._callables[rpc.path] = multicallable
+        return multicallable
+
+    def close(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    ensure_account = SyncMethod(rpcs.ENSURE_ACCOUNT, messages.ensure_account)
+    get_balance = SyncMethod(rpcs.GET_BALANCE, messages.get_balance)
+    debit = SyncMethod(rpcs.DEBIT, messages.debit)
+    authorize = SyncMethod(rpcs.AUTHORIZE, messages.authorize)
+    capture = SyncMethod(rpcs.CAPTURE, messages.capture)
+    void = SyncMethod(rpcs.VOID, messages.void)
+    list_transactions = SyncMethod(rpcs.LIST_TRANSACTIONS, messages.list_transactions)
+    get_streak = SyncMethod(rpcs.GET_STREAK, messages.get_streak)
+    get_referral_code = SyncMethod(rpcs.GET_REFERRAL_CODE, messages.get_referral_code)
+    redeem_referral_code = SyncMethod(rpcs.REDEEM_REFERRAL_CODE, messages.redeem_referral_code)
+    rollover = SyncMethod(rpcs.ROLLOVER, messages.rollover)
+    grant = SyncMethod(rpcs.GRANT, messages.grant)
+    reverse_debit = SyncMethod(rpcs.REVERSE_DEBIT, messages.reverse_debit)
+    set_agent_price = SyncMethod(rpcs.SET_AGENT_PRICE, messages.set_agent_price)
+    list_agent_prices = SyncMethod(rpcs.LIST_AGENT_PRICES, messages.list_agent_prices)
+    get_stats = SyncMethod(rpcs.GET_STATS, messages.get_stats)
+    verify_ledger = SyncMethod(rpcs.VERIFY_LEDGER, messages.verify_ledger)

@@ -1,0 +1,1 @@
+"""credit-wallet's gRPC server: the only writer of the credit ledger."""

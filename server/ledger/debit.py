@@ -1,0 +1,120 @@
+"""The debit path (Debit RPC): all or nothing, never overdrawing, burn-down order of SPEC §5.
+
+One transaction: lock the account (which also records due expiries), price the use,
+refuse if in debt or short, then one statement burns the lots down, writes the history
+row and its lot consumptions and moves the balance. Streak activity follows in the same
+transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Mapping
+
+from server import errors
+from server.db import Connection
+from server.ledger import accounts, pricing, streaks
+from server.ledger.types import Account
+
+# The burn-down of lots._CONSUME, fused with the history row, the consumption records and
+# the balance, so a debit is one round trip once the account is locked.
+_DEBIT = """
+WITH live AS (
+    SELECT lot_id, remaining_micros,
+           (sum(remaining_micros) OVER (
+               ORDER BY expires_at ASC NULLS LAST, granted_at, lot_id))::bigint AS upto
+    FROM credit_lots
+    WHERE user_id = $1 AND remaining_micros > 0 AND (expires_at IS NULL OR expires_at > $3)
+), take AS (
+    SELECT lot_id, LEAST(remaining_micros, $2::bigint - (upto - remaining_micros)) AS amount
+    FROM live WHERE upto - remaining_micros < $2
+), burnt AS (
+    UPDATE credit_lots l SET remaining_micros = l.remaining_micros - take.amount
+    FROM take WHERE l.user_id = $1 AND l.lot_id = take.lot_id
+    RETURNING l.lot_id, take.amount
+), tx AS (
+    INSERT INTO credit_transactions (user_id, type, amount_micros, balance_after_micros,
+        request_id, agent_id, quantity, session_id, hold_id, metadata, created_at)
+    VALUES ($1, 'debit', -$2::bigint, $4, $5, $6, $7, $8, $9, $10::jsonb, $3)
+    RETURNING transaction_id
+), consumed AS (
+    INSERT INTO lot_consumptions (user_id, transaction_id, lot_id, amount_micros)
+    SELECT $1, tx.transaction_id, burnt.lot_id, burnt.amount FROM tx, burnt
+    RETURNING amount_micros
+), account AS (
+    UPDATE credits SET balance_micros = $4, updated_at = $3 WHERE user_id = $1
+    RETURNING user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
+)
+SELECT (SELECT transaction_id FROM tx) AS transaction_id,
+       (SELECT coalesce(sum(amount), 0) FROM burnt)::bigint AS burnt_micros,
+       account.* FROM account
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class DebitCommand:
+    user_id: str
+    request_id: str
+    amount_micros: int | None
+    agent_id: str | None
+    quantity: int | None
+    session_id: str
+    metadata: Mapping[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class DebitResult:
+    transaction_id: int
+    charged_micros: int
+    available_micros: int
+    reward: streaks.Reward | None
+
+
+async def debit(conn: Connection, cmd: DebitCommand, now: dt.datetime) -> DebitResult:
+    account = await accounts.lock(conn, cmd.user_id, now)
+    amount = await cost_of(conn, cmd.amount_micros, cmd.agent_id, cmd.quantity)
+    check_spendable(account, amount)
+    row = await conn.fetchrow(
+        _DEBIT,
+        cmd.user_id,
+        amount,
+        now,
+        account.balance_micros - amount,
+        cmd.request_id,
+        cmd.agent_id,
+        cmd.quantity if cmd.agent_id is not None else None,
+        cmd.session_id or None,
+        None,
+        json.dumps(dict(cmd.metadata), sort_keys=True) if cmd.metadata else None,
+    )
+    assert row is not None
+    if row["burnt_micros"] != amount:
+        raise AssertionError(f"debit of {amount} burnt {row['burnt_micros']} from the lots")
+    account = Account.from_row(row)
+    reward = await streaks.record_debit(conn, account, now)
+    if reward is not None:
+        account = reward.account
+    return DebitResult(row["transaction_id"], amount, account.available_micros, reward)
+
+
+async def cost_of(
+    conn: Connection, amount_micros: int | None, agent_id: str | None, quantity: int | None
+) -> int:
+    if agent_id is not None:
+        return await pricing.cost(conn, agent_id, quantity or 1)
+    assert amount_micros is not None
+    return amount_micros
+
+
+def check_spendable(account: Account, amount_micros: int) -> None:
+    """Refuse before any write: debt first, then the available credits."""
+    if account.debt_micros > 0:
+        raise errors.precondition(
+            "ACCOUNT_IN_DEBT",
+            "the account owes credits after a refund; a grant must pay it off first",
+            debt_micros=str(account.debt_micros),
+        )
+    if account.available_micros < amount_micros:
+        raise errors.insufficient_credits(account.available_micros, amount_micros)

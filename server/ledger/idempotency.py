@@ -1,0 +1,148 @@
+"""Idempotency records: claim a request_id, replay its stored outcome, or refuse reuse.
+
+The guard lives in the same transaction as the write it protects (AIP-155, as Stripe's
+idempotency keys and TigerBeetle's transfer ids):
+
+1. ``claim`` inserts the record first. A concurrent caller with the same key blocks on
+   the unique index until the first commits, then finds the record: one application,
+   however many callers.
+2. The work runs. A state-dependent refusal (``LedgerError.stored``) is written into the
+   record and committed, so a retry never turns into a different outcome; a malformed
+   request rolls the claim back, so the caller may fix it and retry the same key.
+3. ``store`` writes the response, which a replay returns with ``replayed = true``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from server import db, errors
+from server.clock import Clock
+from server.db import Connection, Pool
+
+R = TypeVar("R", bound=Message)
+
+_CLAIM = """
+INSERT INTO idempotency_records (user_id, request_id, method, request_hash, created_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (user_id, request_id) DO NOTHING
+RETURNING true
+"""
+
+_FETCH = """
+SELECT method, request_hash, response, error_code, error_reason, error_message, error_metadata
+FROM idempotency_records WHERE user_id = $1 AND request_id = $2
+"""
+
+_STORE_RESPONSE = """
+UPDATE idempotency_records SET response = $3 WHERE user_id = $1 AND request_id = $2
+"""
+
+_STORE_ERROR = """
+UPDATE idempotency_records
+SET error_code = $3, error_reason = $4, error_message = $5, error_metadata = $6::jsonb
+WHERE user_id = $1 AND request_id = $2
+"""
+
+# Idempotency scope for requests that belong to no account yet (provider events).
+BILLING_SCOPE = "~billing"
+
+
+def request_hash(method: str, request: Message) -> bytes:
+    return hashlib.sha256(
+        method.encode() + b"\0" + request.SerializeToString(deterministic=True)
+    ).digest()
+
+
+async def execute(
+    pool: Pool,
+    clock: Clock,
+    *,
+    scope: str,
+    request_id: str,
+    method: str,
+    request: Message,
+    response_type: type[R],
+    work: Callable[[Connection, dt.datetime], Awaitable[R]],
+) -> R:
+    """Run ``work`` at most once per (scope, request_id), in one transaction with its guard."""
+    digest = request_hash(method, request)
+    refusal: list[errors.LedgerError] = []
+
+    async def transaction(conn: Connection) -> R:
+        now = clock.now()
+        claimed = await conn.fetchval(_CLAIM, scope, request_id, method, digest, now)
+        if not claimed:
+            return await _replay(conn, scope, request_id, method, digest, response_type)
+        try:
+            # A savepoint: a refusal rolls back whatever the work wrote before it was
+            # refused, so "a refusal changes nothing" holds by construction.
+            async with conn.transaction():
+                response = await work(conn, now)
+        except errors.LedgerError as exc:
+            if not exc.stored:
+                raise
+            await _store_error(conn, scope, request_id, exc)
+            refusal.append(exc)
+            return response_type()
+        await conn.execute(_STORE_RESPONSE, scope, request_id, response.SerializeToString())
+        return response
+
+    result = await db.run_transaction(pool, transaction)
+    if refusal:
+        raise refusal[0]
+    return result
+
+
+async def _replay(
+    conn: Connection,
+    scope: str,
+    request_id: str,
+    method: str,
+    digest: bytes,
+    response_type: type[R],
+) -> R:
+    row = await conn.fetchrow(_FETCH, scope, request_id)
+    assert row is not None, "a conflicting claim is committed before it is visible"
+    if row["method"] != method or bytes(row["request_hash"]) != digest:
+        raise errors.request_id_reused(request_id)
+    if row["error_code"] is not None:
+        raise errors.LedgerError(
+            grpc.StatusCode(_code_tuple(row["error_code"])),
+            row["error_reason"],
+            row["error_message"],
+            json.loads(row["error_metadata"] or "{}"),
+        )
+    response = response_type()
+    response.ParseFromString(row["response"])
+    if "replayed" in response.DESCRIPTOR.fields_by_name:
+        setattr(response, "replayed", True)  # noqa: B010 - every mutating response has it
+    return response
+
+
+def _code_tuple(value: int) -> tuple[int, str]:
+    for code in grpc.StatusCode:
+        if code.value[0] == value:
+            return code.value  # type: ignore[no-any-return]
+    raise ValueError(value)
+
+
+async def _store_error(
+    conn: Connection, scope: str, request_id: str, exc: errors.LedgerError
+) -> None:
+    await conn.execute(
+        _STORE_ERROR,
+        scope,
+        request_id,
+        exc.code.value[0],
+        exc.reason,
+        exc.message,
+        json.dumps(exc.metadata, sort_keys=True),
+    )

@@ -1,0 +1,93 @@
+"""ReverseDebit: give a debit's credits back to the lots they came from (SPEC §6 admin).
+
+A partial reversal gives back to the longest-lived lots first (the reverse of burn-down),
+so the user keeps the credits least likely to expire. Each consumption records how much of
+it was reversed, so reversals never exceed the debit, however many there are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping
+
+from server import errors
+from server.db import Connection
+from server.ledger import accounts, history, lots
+
+_DEBIT = "SELECT type FROM credit_transactions WHERE user_id = $1 AND transaction_id = $2"
+
+_CONSUMED = """
+SELECT c.lot_id, c.amount_micros - c.reversed_micros AS reversible
+FROM lot_consumptions c
+JOIN credit_lots l ON l.user_id = c.user_id AND l.lot_id = c.lot_id
+WHERE c.user_id = $1 AND c.transaction_id = $2 AND c.amount_micros > c.reversed_micros
+ORDER BY l.expires_at DESC NULLS FIRST, l.granted_at DESC, l.lot_id DESC
+"""
+
+_MARK = """
+UPDATE lot_consumptions c SET reversed_micros = c.reversed_micros + g.amount
+FROM unnest($3::bigint[], $4::bigint[]) AS g(lot_id, amount)
+WHERE c.user_id = $1 AND c.transaction_id = $2 AND c.lot_id = g.lot_id
+"""
+
+_ACCOUNT = """
+UPDATE credits SET balance_micros = balance_micros + $2, updated_at = $3 WHERE user_id = $1
+RETURNING balance_micros - held_micros AS available_micros
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReversalResult:
+    transaction_id: int
+    reversed_micros: int
+    available_micros: int
+
+
+async def reverse_debit(
+    conn: Connection,
+    user_id: str,
+    debit_id: int,
+    amount_micros: int | None,
+    request_id: str,
+    metadata: Mapping[str, str],
+    now: dt.datetime,
+) -> ReversalResult:
+    account = await accounts.lock(conn, user_id, now)
+    if await conn.fetchval(_DEBIT, user_id, debit_id) != "debit":
+        raise errors.not_found(
+            "TRANSACTION_NOT_FOUND",
+            "no debit with that transaction_id",
+            transaction_id=str(debit_id),
+        )
+    consumed = await conn.fetch(_CONSUMED, user_id, debit_id)
+    reversible = sum(c["reversible"] for c in consumed)
+    amount = reversible if amount_micros is None else amount_micros
+    if reversible == 0 or amount > reversible:
+        raise errors.precondition(
+            "REVERSAL_EXCEEDS_DEBIT",
+            f"{reversible} micros of the debit are left to reverse",
+            reversible_micros=str(reversible),
+        )
+    portions: list[tuple[int, int]] = []
+    left = amount
+    for c in consumed:
+        take = min(left, c["reversible"])
+        if take:
+            portions.append((c["lot_id"], take))
+            left -= take
+    await lots.restore(conn, user_id, portions)
+    await conn.execute(_MARK, user_id, debit_id, [p[0] for p in portions], [p[1] for p in portions])
+    tx_id = await history.append(
+        conn,
+        user_id,
+        "reversal",
+        amount,
+        account.balance_micros + amount,
+        now,
+        request_id=request_id,
+        related_transaction_id=debit_id,
+        metadata=metadata,
+    )
+    available = await conn.fetchval(_ACCOUNT, user_id, amount, now)
+    return ReversalResult(tx_id, amount, available)

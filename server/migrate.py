@@ -1,0 +1,77 @@
+"""Plain numbered SQL migrations, applied once each, in order of their numbers, under an
+advisory lock.
+
+Several replicas may start at once: the session-level advisory lock makes them apply each
+file exactly once. An applied file whose checksum changed is refused rather than ignored,
+since the database no longer matches the code that describes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from importlib import resources
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_LOCK_KEY = 0x63726564_6974  # "credit" — arbitrary, stable
+
+_CREATE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+class MigrationError(Exception):
+    """An applied migration was edited, or the files are misnumbered."""
+
+
+def load_migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("server") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if not name.endswith(".sql"):
+            continue
+        version = int(name.split("_", 1)[0])
+        found.append((version, name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migrations share a number: {versions}")
+    return found
+
+
+async def migrate(conn: asyncpg.Connection[asyncpg.Record]) -> list[str]:
+    """Apply pending migrations; return the names applied by this call."""
+    applied_now: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATIONS_LOCK_KEY)
+    try:
+        await conn.execute(_CREATE)
+        rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        applied = {r["version"]: r["checksum"] for r in rows}
+        for version, name, sql in load_migrations():
+            checksum = hashlib.sha256(sql.encode()).hexdigest()
+            if version in applied:
+                if applied[version] != checksum:
+                    raise MigrationError(f"applied migration {name} was edited")
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    version,
+                    name,
+                    checksum,
+                )
+            log.info("migration applied", extra={"migration": name})
+            applied_now.append(name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATIONS_LOCK_KEY)
+    return applied_now

@@ -1,0 +1,57 @@
+"""Thin gRPC servicers: validate the request, call one ledger function, convert the result.
+
+``Runtime`` is what every servicer needs: the pool, the clock and the settings, plus
+``execute``, which runs a mutating ledger function under its request_id guard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from google.protobuf.message import Message
+
+from server import db
+from server.clock import Clock
+from server.db import Connection, Pool
+from server.ledger import idempotency
+
+R = TypeVar("R", bound=Message)
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    pool: Pool
+    clock: Clock
+    trial_credits_micros: int = 5_000_000
+
+    async def execute(
+        self,
+        *,
+        scope: str,
+        request_id: str,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        work: Callable[[Connection, dt.datetime], Awaitable[R]],
+    ) -> R:
+        return await idempotency.execute(
+            self.pool,
+            self.clock,
+            scope=scope,
+            request_id=request_id,
+            method=method,
+            request=request,
+            response_type=response_type,
+            work=work,
+        )
+
+    async def write(self, work: Callable[[Connection, dt.datetime], Awaitable[T]]) -> T:
+        """A naturally idempotent write (EnsureAccount, SetAgentPrice, ...)."""
+        return await db.run_transaction(self.pool, lambda conn: work(conn, self.clock.now()))
+
+    async def read(self, work: Callable[[Connection, dt.datetime], Awaitable[T]]) -> T:
+        return await db.read(self.pool, lambda conn: work(conn, self.clock.now()))

@@ -1,0 +1,227 @@
+"""WalletService: the agent runtimes' RPCs. Validate -> ledger -> convert, nothing more."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import grpc
+from creditwallet.v1 import wallet_service_pb2 as wpb
+from creditwallet.v1 import wallet_service_pb2_grpc as wgrpc
+
+from server import convert, errors, limits, metrics, validate
+from server.db import Connection
+from server.ledger import accounts, balances, debit, history, holds
+from server.services import Runtime
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class WalletService(wgrpc.WalletServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def EnsureAccount(
+        self, request: wpb.EnsureAccountRequest, context: Context
+    ) -> wpb.EnsureAccountResponse:
+        user_id = validate.user_id(request.user_id)
+        if request.referral_code:
+            raise errors.LedgerError(
+                grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "referral codes are not live yet"
+            )
+
+        async def work(conn: Connection, now: dt.datetime) -> bool:
+            _, created = await accounts.ensure(conn, user_id, now, self.rt.trial_credits_micros)
+            return created
+
+        created = await self.rt.write(work)
+        balance = await self._balance(user_id)
+        return wpb.EnsureAccountResponse(
+            created=created,
+            balance=wpb.Balance(
+                available_micros=balance.available_micros,
+                held_micros=balance.held_micros,
+                debt_micros=balance.debt_micros,
+                lots=balance.lots,
+            ),
+        )
+
+    async def GetBalance(
+        self, request: wpb.GetBalanceRequest, context: Context
+    ) -> wpb.GetBalanceResponse:
+        return await self._balance(validate.user_id(request.user_id))
+
+    async def _balance(self, user_id: str) -> wpb.GetBalanceResponse:
+        async def read(conn: Connection, now: dt.datetime) -> wpb.GetBalanceResponse | None:
+            account = await accounts.read(conn, user_id)
+            if account.sweep_due(now):
+                return None
+            lots = await balances.live_lots(conn, user_id, now)
+            return wpb.GetBalanceResponse(
+                user_id=user_id,
+                available_micros=account.available_micros,
+                held_micros=account.held_micros,
+                debt_micros=account.debt_micros,
+                lots=convert.lot_groups(lots),
+            )
+
+        response = await self.rt.read(read)
+        if response is None:
+            await self.rt.write(lambda conn, now: balances.sweep(conn, user_id, now))
+            response = await self.rt.read(read)
+        assert response is not None, "a sweep leaves nothing due at the same instant"
+        return response
+
+    async def Debit(self, request: wpb.DebitRequest, context: Context) -> wpb.DebitResponse:
+        cmd = debit.DebitCommand(
+            user_id=validate.user_id(request.user_id),
+            request_id=validate.request_id(request.request_id),
+            session_id=validate.text(
+                request.session_id, "session_id", limits.SESSION_ID_LENGTH_MAX
+            ),
+            metadata=validate.metadata(request.metadata),
+            **_cost(request),
+        )
+
+        async def work(conn: Connection, now: dt.datetime) -> wpb.DebitResponse:
+            result = await debit.debit(conn, cmd, now)
+            return wpb.DebitResponse(
+                transaction_id=str(result.transaction_id),
+                charged_micros=result.charged_micros,
+                available_micros=result.available_micros,
+                streak_reward=convert.streak_reward(result.reward),
+            )
+
+        response = await self.rt.execute(
+            scope=cmd.user_id,
+            request_id=cmd.request_id,
+            method="Debit",
+            request=request,
+            response_type=wpb.DebitResponse,
+            work=work,
+        )
+        if not response.replayed:
+            metrics.DEBITED_MICROS.inc(response.charged_micros)
+        return response
+
+    async def Authorize(
+        self, request: wpb.AuthorizeRequest, context: Context
+    ) -> wpb.AuthorizeResponse:
+        cmd = holds.AuthorizeCommand(
+            user_id=validate.user_id(request.user_id),
+            request_id=validate.request_id(request.request_id),
+            session_id=validate.text(
+                request.session_id, "session_id", limits.SESSION_ID_LENGTH_MAX
+            ),
+            metadata=validate.metadata(request.metadata),
+            ttl_seconds=validate.ttl_seconds(request.ttl_seconds),
+            **_cost(request),
+        )
+
+        async def work(conn: Connection, now: dt.datetime) -> wpb.AuthorizeResponse:
+            result = await holds.authorize(conn, cmd, now)
+            return wpb.AuthorizeResponse(
+                hold_id=str(result.hold_id),
+                expires_at=convert.timestamp(result.expires_at),
+                held_micros=result.held_micros,
+                available_micros=result.available_micros,
+            )
+
+        return await self.rt.execute(
+            scope=cmd.user_id,
+            request_id=cmd.request_id,
+            method="Authorize",
+            request=request,
+            response_type=wpb.AuthorizeResponse,
+            work=work,
+        )
+
+    async def Capture(self, request: wpb.CaptureRequest, context: Context) -> wpb.CaptureResponse:
+        hold_id = validate.hold_id(request.hold_id)
+        request_id = validate.request_id(request.request_id)
+        amount = (
+            validate.amount(request.amount_micros) if request.HasField("amount_micros") else None
+        )
+        user_id = await self.rt.read(lambda conn, now: holds.hold_owner(conn, hold_id))
+
+        async def work(conn: Connection, now: dt.datetime) -> wpb.CaptureResponse:
+            result = await holds.capture(conn, user_id, hold_id, amount, request_id, now)
+            return wpb.CaptureResponse(
+                transaction_id=str(result.transaction_id),
+                charged_micros=result.charged_micros,
+                released_micros=result.released_micros,
+                available_micros=result.available_micros,
+                streak_reward=convert.streak_reward(result.reward),
+            )
+
+        return await self.rt.execute(
+            scope=user_id,
+            request_id=request_id,
+            method="Capture",
+            request=request,
+            response_type=wpb.CaptureResponse,
+            work=work,
+        )
+
+    async def Void(self, request: wpb.VoidRequest, context: Context) -> wpb.VoidResponse:
+        hold_id = validate.hold_id(request.hold_id)
+        request_id = validate.request_id(request.request_id)
+        user_id = await self.rt.read(lambda conn, now: holds.hold_owner(conn, hold_id))
+
+        async def work(conn: Connection, now: dt.datetime) -> wpb.VoidResponse:
+            result = await holds.void(conn, user_id, hold_id, now)
+            return wpb.VoidResponse(
+                released_micros=result.released_micros, available_micros=result.available_micros
+            )
+
+        return await self.rt.execute(
+            scope=user_id,
+            request_id=request_id,
+            method="Void",
+            request=request,
+            response_type=wpb.VoidResponse,
+            work=work,
+        )
+
+    async def ListTransactions(
+        self, request: wpb.ListTransactionsRequest, context: Context
+    ) -> wpb.ListTransactionsResponse:
+        user_id = validate.user_id(request.user_id)
+        size = validate.page_size(request.page_size, limits.PAGE_SIZE_DEFAULT)
+        type_ = convert.type_name(request.type)
+
+        async def read(conn: Connection, now: dt.datetime) -> wpb.ListTransactionsResponse:
+            await accounts.read(conn, user_id)
+            rows, token = await history.page(conn, user_id, type_, size, request.page_token)
+            return wpb.ListTransactionsResponse(
+                transactions=[convert.transaction(r) for r in rows], next_page_token=token
+            )
+
+        return await self.rt.read(read)
+
+    async def GetStreak(
+        self, request: wpb.GetStreakRequest, context: Context
+    ) -> wpb.GetStreakResponse:
+        raise _not_yet("GetStreak")
+
+    async def GetReferralCode(
+        self, request: wpb.GetReferralCodeRequest, context: Context
+    ) -> wpb.GetReferralCodeResponse:
+        raise _not_yet("GetReferralCode")
+
+    async def RedeemReferralCode(
+        self, request: wpb.RedeemReferralCodeRequest, context: Context
+    ) -> wpb.RedeemReferralCodeResponse:
+        raise _not_yet("RedeemReferralCode")
+
+
+def _cost(request: wpb.DebitRequest | wpb.AuthorizeRequest) -> dict[str, Any]:
+    quantity = request.quantity if request.HasField("quantity") else None
+    agent, qty, amount = validate.cost(request.agent_id, quantity, request.amount_micros)
+    return {"agent_id": agent, "quantity": qty, "amount_micros": amount}
+
+
+def _not_yet(method: str) -> errors.LedgerError:
+    return errors.LedgerError(
+        grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", f"{method} is not implemented yet"
+    )

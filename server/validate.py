@@ -1,0 +1,113 @@
+"""Request validation: malformed input is refused before any transaction opens.
+
+Everything here raises ``INVALID_ARGUMENT`` (never stored under the request_id) with the
+offending field in the ErrorInfo metadata.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+
+from server import errors, limits
+
+_ID = re.compile(r"[A-Za-z0-9._:@-]+")
+
+
+def user_id(value: str, field: str = "user_id") -> str:
+    return identifier(value, field, limits.USER_ID_LENGTH_MAX)
+
+
+def agent_id(value: str, field: str = "agent_id") -> str:
+    return identifier(value, field, limits.AGENT_ID_LENGTH_MAX)
+
+
+def identifier(value: str, field: str, length_max: int) -> str:
+    if not 1 <= len(value) <= length_max or not _ID.fullmatch(value):
+        raise errors.invalid(field, f"{field} must be 1-{length_max} chars of [A-Za-z0-9._:@-]")
+    return value
+
+
+def request_id(value: str) -> str:
+    if not 1 <= len(value) <= limits.REQUEST_ID_LENGTH_MAX or not value.isprintable():
+        raise errors.invalid(
+            "request_id", f"request_id must be 1-{limits.REQUEST_ID_LENGTH_MAX} printable chars"
+        )
+    return value
+
+
+def text(value: str, field: str, length_max: int) -> str:
+    if len(value) > length_max or "\x00" in value:
+        raise errors.invalid(field, f"{field} must be at most {length_max} chars, without NUL")
+    return value
+
+
+def amount(value: int, field: str = "amount_micros") -> int:
+    if not 0 < value <= limits.AMOUNT_MICROS_MAX:
+        raise errors.invalid(field, f"{field} must be between 1 and {limits.AMOUNT_MICROS_MAX}")
+    return value
+
+
+def metadata(value: Mapping[str, str]) -> dict[str, str]:
+    if len(value) > limits.METADATA_KEYS_MAX:
+        raise errors.invalid("metadata", f"at most {limits.METADATA_KEYS_MAX} metadata keys")
+    for key, item in value.items():
+        text(key, "metadata", limits.METADATA_KEY_LENGTH_MAX)
+        text(item, "metadata", limits.METADATA_VALUE_LENGTH_MAX)
+        if not key:
+            raise errors.invalid("metadata", "metadata keys must not be empty")
+    return dict(value)
+
+
+def cost(
+    agent: str, quantity: int | None, amount_micros: int
+) -> tuple[str | None, int | None, int | None]:
+    """Exactly one of (agent_id[, quantity]) or amount_micros; returns (agent, qty, amount)."""
+    if agent and amount_micros:
+        raise errors.invalid("amount_micros", "give either agent_id or amount_micros, not both")
+    if agent:
+        qty = 1 if quantity is None else quantity
+        if not 0 < qty <= limits.QUANTITY_MAX:
+            raise errors.invalid(
+                "quantity", f"quantity must be between 1 and {limits.QUANTITY_MAX}"
+            )
+        return agent_id(agent), qty, None
+    if quantity is not None:
+        raise errors.invalid("quantity", "quantity needs agent_id")
+    if not amount_micros:
+        raise errors.invalid("amount_micros", "give agent_id or a positive amount_micros")
+    return None, None, amount(amount_micros)
+
+
+def page_size(value: int, default: int) -> int:
+    if value == 0:
+        return default
+    if not 0 < value <= limits.PAGE_SIZE_MAX:
+        raise errors.invalid("page_size", f"page_size must be between 1 and {limits.PAGE_SIZE_MAX}")
+    return value
+
+
+def hold_id(value: str) -> uuid.UUID:
+    try:
+        if len(value) > limits.HOLD_ID_LENGTH_MAX:
+            raise ValueError(value)
+        return uuid.UUID(value)
+    except ValueError:
+        raise errors.invalid("hold_id", "hold_id is malformed") from None
+
+
+def transaction_id(value: str) -> int:
+    if not value.isascii() or not value.isdigit() or not 0 < int(value) <= limits.INT64_MAX:
+        raise errors.invalid("transaction_id", "transaction_id is malformed")
+    return int(value)
+
+
+def ttl_seconds(value: int) -> int:
+    if value == 0:
+        return limits.HOLD_TTL_SECONDS_DEFAULT
+    if not 0 < value <= limits.HOLD_TTL_SECONDS_MAX:
+        raise errors.invalid(
+            "ttl_seconds", f"ttl_seconds must be between 1 and {limits.HOLD_TTL_SECONDS_MAX}"
+        )
+    return value

@@ -1,0 +1,55 @@
+"""Session fixtures: the embedded cluster and template; a ledger server per test module."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from clients.wallet import AsyncCreditWalletClient
+from server import db
+from tests import harness
+
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Short path: the cluster's unix socket lives under it (108-byte limit).
+    return Path(tempfile.mkdtemp(prefix="cw-", dir="/tmp"))
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def base_dsn(data_dir: Path) -> str:
+    dsn = db.start_embedded(data_dir)
+    await harness.prepare_template(dsn)
+    return dsn
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def ledger(base_dsn: str, data_dir: Path) -> AsyncIterator[harness.Ledger]:
+    running = await harness.start_ledger(base_dsn, data_dir)
+    yield running
+    await running.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def admin(ledger: harness.Ledger) -> AsyncCreditWalletClient:
+    return ledger.client("admin")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def agent(ledger: harness.Ledger) -> AsyncCreditWalletClient:
+    return ledger.client("agent")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def verified(ledger: harness.Ledger, admin: AsyncCreditWalletClient) -> AsyncIterator[None]:
+    """Every scenario ends with VerifyLedger clean (SPEC §12)."""
+    yield
+    report = await admin.verify_ledger()
+    assert report.ok, [f"{v.invariant} {v.user_id}: {v.detail}" for v in report.violations]
