@@ -57,8 +57,8 @@ WITH lot AS (
 )
 UPDATE credits SET balance_micros = balance_micros + $3::bigint,
     debt_micros = debt_micros - $4::bigint,
-    next_expiry_at = CASE WHEN $6::timestamptz IS NULL OR $3::bigint = $4::bigint THEN next_expiry_at
-                          ELSE LEAST(next_expiry_at, $6::timestamptz) END,
+    next_expiry_at = CASE WHEN $6::timestamptz IS NULL OR $3::bigint = $4::bigint
+                          THEN next_expiry_at ELSE LEAST(next_expiry_at, $6::timestamptz) END,
     updated_at = $5
 WHERE user_id = $1
 RETURNING (SELECT lot_id FROM lot), user_id, balance_micros, held_micros, debt_micros,
