@@ -12,7 +12,7 @@ import datetime as dt
 from server import errors
 from server.db import Connection
 from server.ledger import lots
-from server.ledger.types import Account
+from server.ledger.types import Account, default_expiry
 
 _LOCK = """
 SELECT user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
@@ -65,6 +65,7 @@ async def ensure(
                 source="trial",
                 amount_micros=trial_micros,
                 now=now,
+                expires_at=default_expiry("trial", now),
                 grant_key="trial",
             )
         ).account
