@@ -19,7 +19,7 @@ async def main() -> int:
     except ConfigError as exc:
         print(f"credit-wallet server: {exc}", file=sys.stderr)
         return 2
-    logs.configure(config.log_json)
+    logs.configure(config.log_json, logging.getLevelNamesMapping()[config.log_level])
     dsn = config.database_url or db.start_embedded(config.data_dir)
     running = await app.start(config, dsn=dsn)
     log.info("gRPC server listening", extra={"address": config.grpc_address, "port": running.port})

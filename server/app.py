@@ -1,4 +1,9 @@
-"""Assembling the gRPC server: services, interceptor, health, reflection, limits, TLS."""
+"""Assembling the gRPC server: services, interceptor, health, reflection, limits, TLS.
+
+Also the operator's side: a health probe that turns the gRPC health status NOT_SERVING while
+the database is unreachable (server/health.py), and the Prometheus endpoint on
+METRICS_ADDRESS when it is set (server/metrics.py).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,13 @@ from creditwallet.v1 import admin_service_pb2_grpc as agrpc
 from creditwallet.v1 import billing_service_pb2_grpc as bgrpc
 from creditwallet.v1 import wallet_service_pb2_grpc as wgrpc
 from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server import db, limits, migrate
+from server import db, limits, metrics, migrate
 from server.clock import Clock, SystemClock
 from server.config import ServerConfig
+from server.health import DatabaseHealth
 from server.interceptor import GatewayInterceptor
 from server.services import Runtime
 from server.services.admin import AdminService
@@ -38,13 +44,18 @@ class RunningServer:
     port: int
     runtime: Runtime
     health: health_aio.HealthServicer
+    probe: DatabaseHealth
+    metrics_endpoint: metrics.MetricsEndpoint | None = None
 
     async def stop(self, grace_seconds: float = limits.GRPC_SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop accepting, finish in-flight calls, finish detached work, close the pool."""
+        await self.probe.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_seconds)
         await db.drain_detached()
         await self.runtime.pool.close()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
 
 
 async def start(
@@ -87,9 +98,13 @@ async def start(
     else:
         port = server.add_secure_port(bind, credentials)
     await server.start()
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, runtime, health_servicer)
+    # Migrations just ran, so the database answered: SERVING until the probe says otherwise.
+    probe = DatabaseHealth(dsn, health_servicer, SERVICE_NAMES)
+    await probe.set(True)
+    probe.start()
+    metrics.watch_pool(pool)
+    endpoint = metrics.serve(config.metrics_address) if config.metrics_address else None
+    return RunningServer(server, port, runtime, health_servicer, probe, endpoint)
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:

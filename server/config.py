@@ -11,6 +11,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _is_host_port(value: str) -> bool:
+    host, _, port = value.rpartition(":")
+    return bool(host) and port.isdigit() and int(port) <= 65535
+
 
 class ConfigError(Exception):
     """A required setting is missing or malformed; start-up stops with its name."""
@@ -42,6 +49,9 @@ class ServerConfig:
     tls_client_ca_path: Path | None = None
     trial_credits_micros: int = 5_000_000
     log_json: bool = True
+    # host:port of the Prometheus endpoint; None (METRICS_ADDRESS unset) serves no metrics.
+    metrics_address: str | None = None
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -72,7 +82,13 @@ class ServerConfig:
             tls_client_ca_path=optional_path("TLS_CLIENT_CA_PATH"),
             trial_credits_micros=int(trial),
             log_json=env.get("LOG_FORMAT", "json") == "json",
+            metrics_address=env.get("METRICS_ADDRESS") or None,
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
         )
+        if cfg.log_level not in _LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")
+        if cfg.metrics_address is not None and not _is_host_port(cfg.metrics_address):
+            raise ConfigError("METRICS_ADDRESS must be host:port")
         if (cfg.tls_cert_path is None) != (cfg.tls_key_path is None):
             raise ConfigError("TLS_CERT_PATH and TLS_KEY_PATH must be set together")
         return cfg

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from grpc_status import rpc_status
 
-from server import errors, metrics
+from server import errors, limits, metrics
 from server.config import Secret
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,20 @@ def _guarded(
                 )
                 failure = errors.internal()
         code = failure.code if failure else grpc.StatusCode.OK
-        metrics.observe_rpc(name, code.name, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        metrics.observe_rpc(name, code.name, seconds)
+        # The access log: never the metadata (it holds the bearer token), only what is safe.
+        log.debug(
+            "rpc",
+            extra={
+                "method": name,
+                "code": code.name,
+                "request_id": str(getattr(request, "request_id", ""))[
+                    : limits.REQUEST_ID_LENGTH_MAX
+                ],
+                "duration_ms": round(seconds * 1000, 3),
+            },
+        )
         if failure is not None:
             if failure.reason == "INSUFFICIENT_CREDITS":
                 metrics.INSUFFICIENT.inc()

@@ -1,8 +1,24 @@
-"""Prometheus metrics of the gRPC server (served on METRICS_ADDRESS when set)."""
+"""Prometheus metrics of the gRPC server (served on METRICS_ADDRESS when set).
+
+One registry of our own (not prometheus_client's global one), so the endpoint shows what
+this service records and nothing a library registered behind our back. ``serve`` runs
+prometheus_client's small threaded HTTP server: scrapes never touch the event loop that
+handles RPCs, and the pool gauges are read at scrape time, so they are never stale.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import logging
+import threading
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from server.db import Pool
+
+log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry()
 
@@ -25,13 +41,53 @@ INSUFFICIENT = Counter(
     registry=REGISTRY,
 )
 DEBITED_MICROS = Counter("creditwallet_debited_micros", "Micro-credits debited", registry=REGISTRY)
+DEBITS = Counter("creditwallet_debits", "Debits applied (replays not counted)", registry=REGISTRY)
 ROLLOVERS = Counter(
     "creditwallet_rollover_runs", "Rollover runs by outcome", ["outcome"], registry=REGISTRY
 )
 POOL_SIZE = Gauge("creditwallet_db_pool_size", "Connections open in the pool", registry=REGISTRY)
 POOL_IDLE = Gauge("creditwallet_db_pool_idle", "Idle connections in the pool", registry=REGISTRY)
+POOL_MAX = Gauge(
+    "creditwallet_db_pool_max", "Most connections the pool may open", registry=REGISTRY
+)
+DATABASE_UP = Gauge(
+    "creditwallet_database_up", "1 when the health probe reached the database", registry=REGISTRY
+)
 
 
 def observe_rpc(method: str, code: str, seconds: float) -> None:
     RPCS.labels(method, code).inc()
     RPC_SECONDS.labels(method).observe(seconds)
+
+
+def watch_pool(pool: Pool) -> None:
+    """Read the pool's figures at each scrape instead of updating them on every acquire."""
+    POOL_SIZE.set_function(pool.get_size)
+    POOL_IDLE.set_function(pool.get_idle_size)
+    POOL_MAX.set_function(pool.get_max_size)
+
+
+class MetricsEndpoint:
+    """The Prometheus HTTP endpoint, on its own daemon thread; ``stop`` frees the port."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5.0)
+
+
+def serve(address: str) -> MetricsEndpoint:
+    """Serve REGISTRY on ``host:port`` (port 0 picks a free one, for tests)."""
+    host, _, port = address.rpartition(":")
+    server, thread = start_http_server(int(port), addr=host, registry=REGISTRY)
+    endpoint = MetricsEndpoint(server, thread)
+    log.info("metrics listening", extra={"address": f"{host}:{endpoint.port}"})
+    return endpoint

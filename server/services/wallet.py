@@ -101,6 +101,7 @@ class WalletService(wgrpc.WalletServiceServicer):
             work=work,
         )
         if not response.replayed:
+            metrics.DEBITS.inc()
             metrics.DEBITED_MICROS.inc(response.charged_micros)
         return response
 
