@@ -1,0 +1,123 @@
+"""Two server processes on one database (SPEC §4, issue 6 "Replicas").
+
+They start together on an empty database — the advisory lock makes them apply each migration
+exactly once — then every debit's request_id is sent to both at the same moment, on accounts
+that cannot pay for all of them. Each request_id is applied at most once and both replicas
+give the same answer for it; each account is drained exactly to zero, never below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest_asyncio
+
+from clients import errors as cw
+from clients.wallet import AsyncCreditWalletClient
+from server import migrate
+from tests import harness
+from tests.faults import load
+from tests.faults.conftest import Scale
+from tests.faults.serverproc import ServerProcess
+
+TRIAL_MICROS = 5 * load.CREDIT
+DEBIT_MICROS = load.CREDIT // 2
+FITS = TRIAL_MICROS // DEBIT_MICROS  # debits each account can pay for
+DEMAND = 3  # request_ids per account = DEMAND * FITS
+CONCURRENCY = 16
+_names = itertools.count(1)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def replicas(base_dsn: str, logs_dir: Path) -> AsyncIterator[list[ServerProcess]]:
+    """Two servers started at the same moment on a database with no schema yet."""
+    name = f"cw_replicas_{next(_names)}"
+    conn = await asyncpg.connect(base_dsn)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    dsn = harness.dsn_for(base_dsn, name)
+    procs = [ServerProcess(dsn, logs_dir / f"replica-{i}.log") for i in range(2)]
+    for proc in procs:
+        proc.start()
+    try:
+        await asyncio.gather(*(proc.wait_serving() for proc in procs))
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+async def answer(client: AsyncCreditWalletClient, user: str, request_id: str) -> tuple[str, bool]:
+    """(transaction_id or refusal reason, replayed) of one debit."""
+    try:
+        reply = await client.debit(user, amount_micros=DEBIT_MICROS, request_id=request_id)
+    except cw.CreditWalletError as exc:
+        return exc.reason, False
+    return reply.transaction_id, reply.replayed
+
+
+async def test_migrations_once_and_no_double_debit_across_replicas(
+    replicas: list[ServerProcess], scale: Scale, record: list[str]
+) -> None:
+    versions = [v for v, _, _ in migrate.load_migrations()]
+    applied_lines = sum(p.log_text().count('"migration applied"') for p in replicas)
+    assert applied_lines == len(versions), "each migration is applied by exactly one replica"
+
+    admin = load.client(replicas[0].target)
+    agents = [load.client(p.target, "agent") for p in replicas]
+    users = [harness.new_user() for _ in range(scale.users)]
+    gate = asyncio.Semaphore(CONCURRENCY)
+    try:
+        for user in users:
+            await admin.ensure_account(user)
+
+        async def both(user: str, request_id: str) -> list[tuple[str, bool]]:
+            async with gate:
+                return list(await asyncio.gather(*(answer(a, user, request_id) for a in agents)))
+
+        jobs = [(u, f"replica-{u}-{i}") for i in range(DEMAND * FITS) for u in users]
+        answers = await asyncio.gather(*(both(u, rid) for u, rid in jobs))
+        report = await admin.verify_ledger()
+    finally:
+        for client in (admin, *agents):
+            await client.close()
+
+    disagreements = [
+        (job, pair) for job, pair in zip(jobs, answers, strict=True) if pair[0][0] != pair[1][0]
+    ]
+    assert not disagreements, disagreements[:5]
+    fresh_both = [
+        job
+        for job, pair in zip(jobs, answers, strict=True)
+        if pair[0][0].isdigit() and not pair[0][1] and not pair[1][1]
+    ]
+    assert not fresh_both, ("applied by both replicas", fresh_both[:5])
+    conn = await asyncpg.connect(replicas[0].dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT user_id, count(*) AS n, count(DISTINCT request_id) AS ids "
+            "FROM credit_transactions WHERE type = 'debit' GROUP BY user_id"
+        )
+        balances = await conn.fetch("SELECT user_id, balance_micros FROM credits")
+        migrations = await conn.fetchval("SELECT count(*) FROM schema_migrations")
+    finally:
+        await conn.close()
+    assert migrations == len(versions)
+    assert {r["user_id"]: (r["n"], r["ids"]) for r in rows} == {u: (FITS, FITS) for u in users}
+    assert all(b["balance_micros"] == 0 for b in balances), "drained exactly, never below"
+    assert report.ok, [v.detail for v in report.violations][:5]
+    accepted = sum(1 for pair in answers if pair[0][0].isdigit())
+    record.append(
+        f"2 replicas: attempted={len(jobs)} request_ids x2 sends, acknowledged={accepted}, "
+        f"found_in_ledger={sum(r['n'] for r in rows)}, applied_twice=0, "
+        f"refused_insufficient={len(jobs) - accepted}, invariant_violations="
+        f"{len(report.violations)}, migrations applied once={migrations}"
+    )
+    for proc in replicas:
+        load.assert_no_secrets(proc.log_text(), "a replica's log")
