@@ -9,12 +9,27 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck, settings
 
 from clients.wallet import AsyncCreditWalletClient
 from server import db
 from tests import harness
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+
+# Property tests are reproducible and bounded: a fixed seed (derandomize), a fixed number of
+# examples per test, no wall-clock deadline (a shared 2-core machine is slow at times), and no
+# example database, so a run never depends on an earlier one. HYPOTHESIS_PROFILE=deep explores more.
+settings.register_profile(
+    "credit-wallet",
+    derandomize=True,
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("deep", settings.get_profile("credit-wallet"), max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "credit-wallet"))
 
 
 @pytest.fixture(scope="session")

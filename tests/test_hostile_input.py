@@ -1,0 +1,167 @@
+"""Hostile input on every RPC (issue 6): only the SPEC's codes, and nothing changes.
+
+For every RPC of WalletService, BillingService and AdminService, hypothesis builds requests
+from the message descriptor (tests/hostile.py) and sends them with the admin token (which may
+call everything). Each answer must be a code the SPEC lists (§6) — never UNKNOWN or
+INTERNAL; RPCs not built on this branch yet may also answer UNIMPLEMENTED (``NOT_YET_RPCS``).
+A refused request changes no money (accounts, lots, transactions, holds, prices); a
+malformed one (INVALID_ARGUMENT) also stores no idempotency record. Requests that happen to
+be valid may succeed: the ledger must then still verify (the ``verified`` fixture).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from creditwallet.v1 import common_pb2 as pb
+from creditwallet.v1 import wallet_service_pb2 as wpb
+from google.protobuf.message import Message
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clients import rpcs
+from clients.wallet import AsyncCreditWalletClient
+from server import limits
+from tests import hostile
+from tests.harness import TOKENS, Ledger, new_user
+
+pytestmark = pytest.mark.usefixtures("verified")
+
+CREDIT = 1_000_000
+SPEC_CODES = frozenset(
+    {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+    }
+)
+# RPCs that answer UNIMPLEMENTED until issue 3 (billing) and issue 4 (streaks, referrals) land;
+# once they do, drop them from here so UNIMPLEMENTED becomes a failure for them too.
+NOT_YET_RPCS = frozenset(
+    {
+        *(r.name for r in rpcs.ALL_RPCS if r.service == rpcs.BILLING_SERVICE),
+        "GetStreak",
+        "GetReferralCode",
+        "RedeemReferralCode",
+        "EnsureAccount",  # with a referral_code
+    }
+)
+METADATA = (("authorization", f"Bearer {TOKENS['admin']}"),)
+
+SNAPSHOT = """
+SELECT (SELECT count(*) FROM credits) AS accounts,
+       (SELECT coalesce(sum(balance_micros), 0) FROM credits) AS balances,
+       (SELECT coalesce(sum(held_micros), 0) FROM credits) AS held,
+       (SELECT count(*) FROM credit_lots) AS lots,
+       (SELECT coalesce(sum(remaining_micros), 0) FROM credit_lots) AS remaining,
+       (SELECT count(*) FROM credit_transactions) AS transactions,
+       (SELECT coalesce(sum(amount_micros), 0) FROM credit_transactions) AS moved,
+       (SELECT count(*) FROM holds) AS holds,
+       (SELECT count(*) FROM holds WHERE status = 'pending') AS pending,
+       (SELECT count(*) FROM agent_pricing) AS prices,
+       (SELECT coalesce(sum(price_micros), 0) FROM agent_pricing) AS price_sum,
+       (SELECT count(*) FROM user_activity) AS activity,
+       (SELECT count(*) FROM referral_codes) AS referral_codes,
+       (SELECT count(*) FROM idempotency_records) AS idempotency
+"""
+
+
+async def snapshot(ledger: Ledger) -> dict[str, Any]:
+    async with ledger.pool.acquire() as conn:
+        row = await conn.fetchrow(SNAPSHOT)
+    assert row is not None
+    return dict(row)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def known(admin: AsyncCreditWalletClient) -> list[str]:
+    """Values that pass validation, so hostile requests also reach the ledger's checks."""
+    rich, broke = new_user(), new_user()
+    for user in (rich, broke):
+        await admin.ensure_account(user)
+    await admin.grant(rich, 100 * CREDIT, pb.LOT_SOURCE_TOP_UP)
+    await admin.debit(broke, amount_micros=5 * CREDIT)  # the trial, spent
+    await admin.set_agent_price("pricey", 10 * CREDIT)
+    await admin.set_agent_price("maxed", limits.AMOUNT_MICROS_MAX)  # x quantity overflows
+    await admin.set_agent_price("off", CREDIT, active=False)
+    hold = await admin.authorize(rich, amount_micros=CREDIT, ttl_seconds=3600)
+    spent = await admin.debit(rich, amount_micros=CREDIT)
+    return [rich, broke, "pricey", "maxed", "off", hold.hold_id, spent.transaction_id, "2026-01"]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def channel(ledger: Ledger) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(ledger.target) as opened:
+        yield opened
+
+
+async def code_of(channel: grpc.aio.Channel, rpc: rpcs.Rpc[Any, Any], request: Message) -> Any:
+    call = channel.unary_unary(
+        rpc.path,
+        request_serializer=rpc.request_type.SerializeToString,
+        response_deserializer=rpc.response_type.FromString,
+    )
+    try:
+        await call(request, metadata=METADATA, timeout=10)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("rpc", rpcs.ALL_RPCS, ids=[r.name for r in rpcs.ALL_RPCS])
+@given(data=st.data())
+async def test_hostile_requests_get_spec_codes_and_change_nothing(
+    ledger: Ledger,
+    channel: grpc.aio.Channel,
+    known: list[str],
+    rpc: rpcs.Rpc[Any, Any],
+    data: st.DataObject,
+) -> None:
+    request = data.draw(hostile.requests(rpc.request_type, known), label="request")
+    before = await snapshot(ledger)
+    code = await code_of(channel, rpc, request)
+    after = await snapshot(ledger)
+    not_yet = {grpc.StatusCode.UNIMPLEMENTED} if rpc.name in NOT_YET_RPCS else set()
+    allowed = SPEC_CODES | not_yet
+    assert code in allowed, (code, request)
+    if code != grpc.StatusCode.OK:
+        money = {k: v for k, v in after.items() if k != "idempotency"}
+        assert money == {k: v for k, v in before.items() if k != "idempotency"}, request
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert after["idempotency"] == before["idempotency"], "a malformed request was stored"
+
+
+async def test_price_times_quantity_overflowing_int64_is_invalid(
+    ledger: Ledger, channel: grpc.aio.Channel, known: list[str]
+) -> None:
+    rich = known[0]
+    before = await snapshot(ledger)
+    for quantity in (2, 10**4, limits.QUANTITY_MAX, 2**62, 2**63 - 1):
+        request = wpb.DebitRequest(
+            user_id=rich, request_id=f"overflow-{quantity}", agent_id="maxed", quantity=quantity
+        )
+        assert await code_of(channel, rpcs.DEBIT, request) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await snapshot(ledger) == before
+
+
+async def test_oversized_message_is_refused_and_the_server_keeps_serving(
+    ledger: Ledger, channel: grpc.aio.Channel, known: list[str]
+) -> None:
+    rich = known[0]
+    huge = wpb.DebitRequest(
+        user_id=rich,
+        request_id="oversized",
+        amount_micros=1,
+        metadata={"blob": "x" * (limits.GRPC_MESSAGE_BYTES_MAX + 1)},
+    )
+    before = await snapshot(ledger)
+    assert await code_of(channel, rpcs.DEBIT, huge) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await snapshot(ledger) == before
+    balance = wpb.GetBalanceRequest(user_id=rich)
+    assert await code_of(channel, rpcs.GET_BALANCE, balance) == grpc.StatusCode.OK
