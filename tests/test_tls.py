@@ -1,0 +1,113 @@
+"""TLS and mutual TLS from certificate paths (SPEC §13), with certificates made by the test.
+
+The server reads TLS_CERT_PATH / TLS_KEY_PATH (and TLS_CLIENT_CA_PATH for mutual TLS) into
+its config; ``app._credentials`` turns them into gRPC server credentials. A client that
+trusts the test CA gets through; one that does not (the system roots), or speaks plaintext,
+does not; under mutual TLS a client without a certificate is refused at the handshake.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from clients import errors as cw
+from clients.wallet import AsyncCreditWalletClient
+from server import app
+from tests import certs, harness
+
+CALL_TIMEOUT_SECONDS = 3.0
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> certs.Certs:
+    return certs.make(tmp_path_factory.mktemp("certs"))
+
+
+async def _start(
+    base_dsn: str, data_dir: Path, made: certs.Certs, mutual: bool
+) -> app.RunningServer:
+    config = dataclasses.replace(
+        harness.config(data_dir),
+        tls_cert_path=made.server_cert,
+        tls_key_path=made.server_key,
+        tls_client_ca_path=made.ca if mutual else None,
+    )
+    dsn = await harness.fresh_database(base_dsn)
+    return await app.start(config, dsn=dsn, address="127.0.0.1:0")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def tls_server(base_dsn: str, data_dir: Path, made: certs.Certs) -> AsyncIterator[str]:
+    running = await _start(base_dsn, data_dir, made, mutual=False)
+    yield f"127.0.0.1:{running.port}"
+    await running.stop(grace_seconds=1.0)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def mtls_server(base_dsn: str, data_dir: Path, made: certs.Certs) -> AsyncIterator[str]:
+    running = await _start(base_dsn, data_dir, made, mutual=True)
+    yield f"127.0.0.1:{running.port}"
+    await running.stop(grace_seconds=1.0)
+
+
+async def _ensure(
+    target: str,
+    *,
+    tls: bool = False,
+    root_certificates: bytes | None = None,
+    private_key: bytes | None = None,
+    certificate_chain: bytes | None = None,
+) -> None:
+    client = AsyncCreditWalletClient(
+        target,
+        harness.TOKENS["agent"],
+        retries=0,
+        timeout_seconds=CALL_TIMEOUT_SECONDS,
+        tls=tls,
+        root_certificates=root_certificates,
+        private_key=private_key,
+        certificate_chain=certificate_chain,
+    )
+    try:
+        await client.ensure_account(harness.new_user())
+    finally:
+        await client.close()
+
+
+async def test_tls_call_succeeds_with_the_ca(tls_server: str, made: certs.Certs) -> None:
+    await _ensure(tls_server, root_certificates=made.ca.read_bytes())
+
+
+async def test_tls_call_fails_without_the_ca(tls_server: str) -> None:
+    with pytest.raises(cw.CreditWalletError) as refused:
+        await _ensure(tls_server, tls=True)  # the system's roots do not know our CA
+    assert refused.value.reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+
+async def test_plaintext_client_cannot_talk_to_a_tls_server(tls_server: str) -> None:
+    with pytest.raises(cw.CreditWalletError):
+        await _ensure(tls_server)
+
+
+async def test_mtls_refuses_a_client_without_a_certificate(
+    mtls_server: str, made: certs.Certs
+) -> None:
+    with pytest.raises(cw.CreditWalletError) as refused:
+        await _ensure(mtls_server, root_certificates=made.ca.read_bytes())
+    assert refused.value.reason in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+
+async def test_mtls_accepts_a_client_with_a_certificate(
+    mtls_server: str, made: certs.Certs
+) -> None:
+    await _ensure(
+        mtls_server,
+        root_certificates=made.ca.read_bytes(),
+        private_key=made.client_key.read_bytes(),
+        certificate_chain=made.client_cert.read_bytes(),
+    )
