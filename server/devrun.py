@@ -35,6 +35,7 @@ def main() -> int:
     env.setdefault("GATEWAY_ADDRESS", "127.0.0.1:8080")
     env.setdefault("LEDGER_TARGET", env["GRPC_ADDRESS"])
     env.setdefault("LOG_FORMAT", "text")
+    env.setdefault("METRICS_ADDRESS", "127.0.0.1:9464")
     if not env.get("DATABASE_URL"):
         env["DATABASE_URL"] = db.start_embedded(Path(env.get("DATA_DIR", ".data")))
         print(f"PostgreSQL (embedded) data in {env.get('DATA_DIR', '.data')}/pg")
@@ -42,6 +43,7 @@ def main() -> int:
     if importlib.util.find_spec("webhook_gateway.__main__") is not None:
         procs.append(subprocess.Popen([sys.executable, "-m", "webhook_gateway"], env=env))
     print(f"gRPC server   {env['GRPC_ADDRESS']}")
+    print(f"metrics       http://{env['METRICS_ADDRESS']}/metrics")
     print(f"gateway       http://{env['GATEWAY_ADDRESS']}  (POST /stripe/webhook, POST /rollover)")
     for name, value in made.items():
         print(f"{name}={value}   (generated for this run)")

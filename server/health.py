@@ -46,6 +46,7 @@ class DatabaseHealth:
         self._interval_seconds = interval_seconds
         self._conn: db.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # one ping at a time, so one connection at a time
         self.serving: bool | None = None
 
     async def set(self, serving: bool) -> None:
@@ -69,6 +70,10 @@ class DatabaseHealth:
 
     async def probe(self) -> bool:
         """One ping: True when ``SELECT 1`` answered within the timeout."""
+        async with self._lock:
+            return await self._ping()
+
+    async def _ping(self) -> bool:
         try:
             async with asyncio.timeout(limits.HEALTH_PROBE_TIMEOUT_SECONDS):
                 if self._conn is None or self._conn.is_closed():
