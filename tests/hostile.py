@@ -22,6 +22,9 @@ from hypothesis import strategies as st
 from server import limits
 
 FD = descriptor.FieldDescriptor
+# A field or message descriptor. Typed loosely on purpose: protobuf's stubs tell the upb and
+# the pure-Python descriptor classes apart, and Optional[...] every nested type.
+Descriptor = Any
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 INT32_MIN = -(2**31)
@@ -93,14 +96,14 @@ def timestamp_values() -> st.SearchStrategy[dict[str, int]]:
     )
 
 
-def field_values(field: FD, known: Sequence[str]) -> st.SearchStrategy[Any]:
+def field_values(field: Descriptor, known: Sequence[str]) -> st.SearchStrategy[Any]:
     single = _single_value(field, known)
     if field.is_repeated and not _is_map(field):
         return st.lists(single, max_size=20)
     return single
 
 
-def _single_value(field: FD, known: Sequence[str]) -> st.SearchStrategy[Any]:
+def _single_value(field: Descriptor, known: Sequence[str]) -> st.SearchStrategy[Any]:
     if _is_map(field):
         entry = field.message_type
         keys = field_values(entry.fields_by_name["key"], known)
@@ -127,13 +130,11 @@ def _single_value(field: FD, known: Sequence[str]) -> st.SearchStrategy[Any]:
     raise NotImplementedError(f"no strategy for {field.full_name}")
 
 
-def _is_map(field: FD) -> bool:
-    return field.type == FD.TYPE_MESSAGE and field.message_type.GetOptions().map_entry
+def _is_map(field: Descriptor) -> bool:
+    return bool(field.type == FD.TYPE_MESSAGE and field.message_type.GetOptions().map_entry)
 
 
-def message_values(
-    message: descriptor.Descriptor, known: Sequence[str]
-) -> st.SearchStrategy[dict[str, Any]]:
+def message_values(message: Descriptor, known: Sequence[str]) -> st.SearchStrategy[dict[str, Any]]:
     """A dict of field name -> value; each field may be left unset."""
     return st.fixed_dictionaries(
         {},
