@@ -19,7 +19,7 @@ import asyncpg
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 
-from server import db, limits
+from server import db, limits, metrics
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class DatabaseHealth:
         if self.serving is not None:
             log.warning("database %s", "reachable again" if serving else "unreachable")
         self.serving = serving
+        metrics.DATABASE_UP.set(1 if serving else 0)
         for name in self._services:
             await self._servicer.set(name, SERVING if serving else NOT_SERVING)
 

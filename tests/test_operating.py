@@ -62,6 +62,7 @@ async def test_metrics_are_served_on_metrics_address(base_dsn: str, data_dir: Pa
         "creditwallet_db_pool_size",
         "creditwallet_db_pool_idle",
         "creditwallet_db_pool_max 20.0",
+        "creditwallet_database_up 1.0",
     ):
         assert expected in text, expected
 
