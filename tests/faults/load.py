@@ -119,10 +119,6 @@ async def when_acknowledged(tally: Tally, count: int, timeout_seconds: float = 6
             await asyncio.sleep(0.01)
 
 
-timeout = asyncio.timeout
-pause = asyncio.sleep
-
-
 async def with_fault(load: Awaitable[None], fault: Awaitable[None]) -> None:
     """Run the load and the fault together; both must finish."""
     await asyncio.gather(load, fault)
@@ -170,8 +166,8 @@ async def resolve(admin: AsyncCreditWalletClient, tally: Tally) -> None:
         tally.acknowledged[op.request_id] = reply.transaction_id
 
 
-def check(name: str, ops: Sequence[Op], tally: Tally, result: Audit) -> str:
-    """Assert the scenario's guarantees; return its one-line figures for the summary."""
+def check(name: str, ops: Sequence[Op], tally: Tally, result: Audit, record: list[str]) -> None:
+    """Record the scenario's one-line figures (first, so a failure shows them), then assert."""
     sent = {op.request_id for op in ops}
     acknowledged = set(tally.acknowledged)
     line = (
@@ -181,6 +177,7 @@ def check(name: str, ops: Sequence[Op], tally: Tally, result: Audit) -> str:
         f"(sends={tally.sends} replayed={tally.replayed} gave_up={len(tally.gave_up)} "
         f"codes={dict(sorted(tally.codes.items()))})"
     )
+    record.append(line)
     assert tally.attempted == len(ops), line
     assert not result.applied_twice(), (line, result.applied_twice()[:5])
     assert acknowledged <= set(result.found), (line, sorted(acknowledged - set(result.found))[:5])
@@ -189,7 +186,6 @@ def check(name: str, ops: Sequence[Op], tally: Tally, result: Audit) -> str:
     assert not mismatched, (line, mismatched[:5])  # the answer named the row in the ledger
     assert acknowledged == sent, line  # every debit got its answer in the end
     assert result.violations == 0, (line, result.violation_details[:5])
-    return line
 
 
 def client(

@@ -42,7 +42,7 @@ async def test_expired_deadlines_retry_with_same_request_id(
         await load.run_load(client_for, ops, scale.plan, tally)
         await load.resolve(admin, tally)
         result = await load.audit(server_proc.dsn, admin, PREFIX)
-        record.append(load.check("deadline expired mid-debit", ops, tally, result))
+        load.check("deadline expired mid-debit", ops, tally, result, record)
         assert tally.codes["DEADLINE_EXCEEDED"] > 0
         assert tally.replayed > 0, "no deadline expired after a commit; the test proves less"
     finally:

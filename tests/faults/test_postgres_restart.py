@@ -7,6 +7,8 @@ no restart — serves again: its pool replaces the dead connections and health s
 
 from __future__ import annotations
 
+import asyncio
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from grpc_health.v1 import health_pb2
 from tests.faults import load
 from tests.faults.cluster import PrivateCluster
 from tests.faults.conftest import Scale
-from tests.faults.serverproc import ServerProcess
+from tests.faults.serverproc import ServerProcess, free_port
 from tests.harness import new_user
 
 PREFIX = "pgrestart"
@@ -38,7 +40,9 @@ def cluster() -> Iterator[PrivateCluster]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def private_server(cluster: PrivateCluster, logs_dir: Path) -> AsyncIterator[ServerProcess]:
     """A server child on the private cluster's database (it migrates it on start)."""
-    proc = ServerProcess(cluster.dsn, logs_dir / "server.log")
+    proc = ServerProcess(
+        cluster.dsn, logs_dir / "server.log", METRICS_ADDRESS=f"127.0.0.1:{free_port()}"
+    )
     proc.start()
     try:
         await proc.wait_serving()
@@ -47,10 +51,16 @@ async def private_server(cluster: PrivateCluster, logs_dir: Path) -> AsyncIterat
         proc.stop()
 
 
+def scrape(address: str) -> str:
+    """The server subprocess's Prometheus text: the operator saw the outage too."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as reply:
+        return str(reply.read().decode())
+
+
 async def wait_health(proc: ServerProcess, status: int) -> None:
-    async with load.timeout(HEALTH_WAIT_SECONDS):
+    async with asyncio.timeout(HEALTH_WAIT_SECONDS):
         while await proc.health() != status:
-            await load.pause(0.1)
+            await asyncio.sleep(0.1)
 
 
 async def test_postgres_stop_and_start_mid_load(
@@ -72,9 +82,9 @@ async def test_postgres_stop_and_start_mid_load(
             await cluster.stop_async()
             await wait_health(proc, NOT_SERVING)
             unavailable = tally.codes["UNAVAILABLE"]
-            async with load.timeout(HEALTH_WAIT_SECONDS):
+            async with asyncio.timeout(HEALTH_WAIT_SECONDS):
                 while tally.codes["UNAVAILABLE"] == unavailable:  # callers meet the outage
-                    await load.pause(0.05)
+                    await asyncio.sleep(0.05)
             seen["unavailable_during_outage"] = tally.codes["UNAVAILABLE"]
             await cluster.start_async()
             await wait_health(proc, SERVING)
@@ -85,8 +95,11 @@ async def test_postgres_stop_and_start_mid_load(
         assert proc.starts == 1, "the server was restarted"
         await load.resolve(admin, tally)
         result = await load.audit(cluster.dsn, admin, PREFIX)
-        record.append(load.check("stop+start PostgreSQL", ops, tally, result))
+        load.check("stop+start PostgreSQL", ops, tally, result, record)
         assert seen["unavailable_during_outage"] > 0
+        scraped = await asyncio.to_thread(scrape, proc.env["METRICS_ADDRESS"])
+        assert 'creditwallet_rpcs_total{code="UNAVAILABLE",method="Debit"}' in scraped
+        assert "creditwallet_database_up 1.0" in scraped
     finally:
         await admin.close()
         await agent.close()

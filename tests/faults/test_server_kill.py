@@ -41,7 +41,7 @@ async def test_kill_9_mid_load_then_restart(
         assert server_proc.starts == 2
         await load.resolve(admin, tally)
         result = await load.audit(server_proc.dsn, admin, PREFIX)
-        record.append(load.check("kill -9 server", ops, tally, result))
+        load.check("kill -9 server", ops, tally, result, record)
         assert tally.codes["UNAVAILABLE"] > 0, "the fault never reached a caller"
     finally:
         await admin.close()
