@@ -3,7 +3,8 @@
 ``make faults`` passes ``--faults-full`` for the long form; the normal ``make test`` run
 collects this directory too and runs every scenario in its short form (a few seconds each).
 Each scenario records one line of figures; they are printed together at the end of the run,
-so they show without ``-s``.
+so they show without ``-s``. (``--faults-full`` is declared here, so pass it only with
+``pytest tests/faults``, as the make target does.)
 """
 
 from __future__ import annotations
