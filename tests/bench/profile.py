@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 _BUCKETS = (
-    ("idle", ("epoll", "select.py", "_run_once (asyncio", "run_forever", "poll (")),
     ("asyncpg", ("asyncpg",)),
     ("protobuf", ("protobuf",)),
     ("grpc", ("grpc",)),
@@ -40,12 +39,17 @@ class Report:
             if not n.isdigit():
                 continue
             counts[classify(stack)] += int(n)
+        counts.pop("grpc poller thread", None)  # shares of the event-loop thread only
         total = sum(counts.values()) or 1
         return {k: round(100.0 * v / total, 1) for k, v in counts.most_common()}
 
 
 def classify(stack: str) -> str:
     frames = stack.split(";")
+    if frames[0].startswith("Thread._bootstrap"):
+        return "grpc poller thread"
+    if frames[-1].startswith(("Runner.run ", "run_forever", "BaseEventLoop.run_forever")):
+        return "idle"  # uvloop waiting in C: for PostgreSQL or for callers
     for frame in reversed(frames):
         for bucket, needles in _BUCKETS:
             if any(needle in frame for needle in needles):
