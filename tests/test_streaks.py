@@ -165,7 +165,8 @@ async def test_concurrent_debits_on_milestone_day_reward_once(
     assert len(rewarded) == 1
     assert rewarded[0][1].streak_reward.milestone_days == 3
     replay = await admin.debit(user, amount_micros=CREDIT, request_id=rewarded[0][0])
-    assert replay.replayed and replay.streak_reward == rewarded[0][1].streak_reward
+    assert replay.replayed
+    assert replay.streak_reward == rewarded[0][1].streak_reward
     assert await streak_lots(ledger, user) == [(3, CREDIT)]
     streak = (await admin.get_streak(user)).streak
     assert streak.current_days == 3
@@ -193,7 +194,8 @@ async def test_milestones_are_configurable(ledger: Ledger, admin: AsyncCreditWal
     user = await funded_user(admin)
     async with ledger.pool.acquire() as conn:
         await conn.execute(
-            "INSERT INTO streak_milestone_rewards (milestone_days, reward_micros) VALUES (2, 500000)"
+            "INSERT INTO streak_milestone_rewards (milestone_days, reward_micros) "
+            "VALUES (2, 500000)"
         )
     try:
         assert (await admin.get_streak(user)).streak.next_milestone_days == 2
