@@ -222,3 +222,23 @@ async def test_get_streak_of_a_new_and_an_unknown_account(
     assert (streak.next_milestone_days, streak.next_milestone_reward_micros) == (3, CREDIT)
     with pytest.raises(AccountNotFound):
         await agent.get_streak(new_user())
+
+
+async def test_verify_ledger_flags_a_reward_without_its_lot(
+    ledger: Ledger, admin: AsyncCreditWalletClient
+) -> None:
+    user = await funded_user(admin)
+    async with ledger.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO streak_milestones (user_id, streak_start, milestone_days, "
+            "reward_micros, transaction_id, granted_at) VALUES ($1, $2, 3, 1, -1, $3)",
+            user,
+            ledger.clock.now().date(),
+            ledger.clock.now(),
+        )
+    try:
+        report = await admin.verify_ledger()
+        assert [(v.invariant, v.user_id) for v in report.violations] == [(3, user)]
+    finally:
+        async with ledger.pool.acquire() as conn:
+            await conn.execute("DELETE FROM streak_milestones WHERE user_id = $1", user)
