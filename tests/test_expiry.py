@@ -59,12 +59,24 @@ async def test_expired_credits_are_never_spendable_before_any_sweep(
     with pytest.raises(InsufficientCredits) as refused:
         await admin.debit(user, amount_micros=3 * CREDIT)
     assert refused.value.metadata["available_micros"] == str(2 * CREDIT)
-    # The first successful touch is a debit: it records the expiry, then spends the top-up.
+    # Even the refused debit was a touch: the expiry it found is recorded (it is true
+    # whether the debit goes on or not), once.
+    assert await expiries(admin, user) == [(common_pb2.LOT_SOURCE_TRIAL, -5 * CREDIT)]
     spent = await admin.debit(user, amount_micros=2 * CREDIT)
     assert spent.available_micros == 0
-    assert await expiries(admin, user) == [(common_pb2.LOT_SOURCE_TRIAL, -5 * CREDIT)]
     await admin.get_balance(user)
     assert len(await expiries(admin, user)) == 1
+
+
+async def test_a_successful_debit_records_the_expiry_it_finds(
+    ledger: Ledger, admin: AsyncCreditWalletClient
+) -> None:
+    user = new_user()
+    await admin.ensure_account(user)
+    await admin.grant(user, 2 * CREDIT, common_pb2.LOT_SOURCE_TOP_UP)
+    ledger.clock.advance(days=30)
+    assert (await admin.debit(user, amount_micros=CREDIT)).available_micros == CREDIT
+    assert await expiries(admin, user) == [(common_pb2.LOT_SOURCE_TRIAL, -5 * CREDIT)]
 
 
 async def test_burn_down_prefers_the_soonest_expiring_lot(

@@ -12,7 +12,7 @@ import datetime as dt
 from server import errors
 from server.db import Connection
 from server.ledger import lots
-from server.ledger.types import DEFAULT_LOT_LIFETIME, Account
+from server.ledger.types import Account, default_expiry
 
 _LOCK = """
 SELECT user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
@@ -58,8 +58,6 @@ async def ensure(
         return await lock(conn, user_id, now), False
     account = Account.from_row(row)
     if trial_micros > 0:
-        # The trial lot expires like any other (SPEC §5: 30 days by default).
-        lifetime = DEFAULT_LOT_LIFETIME["trial"]
         account = (
             await lots.grant(
                 conn,
@@ -67,7 +65,7 @@ async def ensure(
                 source="trial",
                 amount_micros=trial_micros,
                 now=now,
-                expires_at=now + lifetime if lifetime else None,
+                expires_at=default_expiry("trial", now),
                 grant_key="trial",
             )
         ).account

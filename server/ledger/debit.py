@@ -1,5 +1,9 @@
 """The debit path (Debit RPC): all or nothing, never overdrawing, burn-down order of SPEC §5.
 
+Every refusal is decided before the first write of the debit itself (the only earlier
+writes are due expiries, which are true whether the debit goes on or not), so the
+idempotency guard needs no savepoint around it (``refuses_before_writing``).
+
 One transaction: lock the account (which also records due expiries), price the use,
 refuse if in debt or short, then one statement burns the lots down, writes the history
 row and its lot consumptions and moves the balance. Streak activity follows in the same

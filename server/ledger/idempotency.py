@@ -71,8 +71,15 @@ async def execute(
     request: Message,
     response_type: type[R],
     work: Callable[[Connection, dt.datetime], Awaitable[R]],
+    refuses_before_writing: bool = False,
 ) -> R:
-    """Run ``work`` at most once per (scope, request_id), in one transaction with its guard."""
+    """Run ``work`` at most once per (scope, request_id), in one transaction with its guard.
+
+    ``refuses_before_writing``: the work decides every refusal before its first write of its
+    own (only bookkeeping that is true either way, such as recording due expiries, may come
+    first), so no savepoint is needed to undo a refused attempt. The debit path declares it
+    and saves two round trips; everything else gets the savepoint.
+    """
     digest = request_hash(method, request)
     refusal: list[errors.LedgerError] = []
 
@@ -84,8 +91,11 @@ async def execute(
         try:
             # A savepoint: a refusal rolls back whatever the work wrote before it was
             # refused, so "a refusal changes nothing" holds by construction.
-            async with conn.transaction():
+            if refuses_before_writing:
                 response = await work(conn, now)
+            else:
+                async with conn.transaction():
+                    response = await work(conn, now)
         except errors.LedgerError as exc:
             if not exc.stored:
                 raise

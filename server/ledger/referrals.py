@@ -31,7 +31,7 @@ from typing import Final
 from server import errors
 from server.db import Connection
 from server.ledger import accounts, lots
-from server.ledger.types import DEFAULT_LOT_LIFETIME, Account
+from server.ledger.types import Account, default_expiry
 
 CODE_ALPHABET: Final = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
 CODE_LENGTH: Final = 8
@@ -138,14 +138,13 @@ async def redeem(
         raise not_allowed("already_paid", "an account that has paid may not redeem")
     if owner["rewards_granted"] >= REFERRER_REWARDS_MAX:
         raise not_allowed("referrer_cap", "the code's owner has earned all its rewards")
-    lifetime = DEFAULT_LOT_LIFETIME["referral"]
     granted = await lots.grant(
         conn,
         account,
         source="referral",
         amount_micros=REFEREE_REWARD_MICROS,
         now=now,
-        expires_at=now + lifetime if lifetime else None,
+        expires_at=default_expiry("referral", now),
         request_id=request_id,
         metadata={"role": "referee", "code": code, "referrer_user_id": referrer},
         grant_key="referral:referee",
@@ -170,14 +169,13 @@ async def on_first_payment(conn: Connection, user_id: str, now: dt.datetime) -> 
     if await conn.fetchval(_COUNT_REWARD, referrer, REFERRER_REWARDS_MAX) is None:
         await conn.execute(_CLOSE_REFERRAL, user_id, "capped", now, None)
         return None
-    lifetime = DEFAULT_LOT_LIFETIME["referral"]
     granted = await lots.grant(
         conn,
         account,
         source="referral",
         amount_micros=REFERRER_REWARD_MICROS,
         now=now,
-        expires_at=now + lifetime if lifetime else None,
+        expires_at=default_expiry("referral", now),
         metadata={"role": "referrer", "referee_user_id": user_id},
         grant_key=f"referral:referrer:{user_id}",
     )

@@ -36,7 +36,7 @@ from typing import Final
 
 from server.db import Connection
 from server.ledger import lots
-from server.ledger.types import DEFAULT_LOT_LIFETIME, Account
+from server.ledger.types import Account, default_expiry
 
 # Two forgiven days of one streak are at least this many days apart.
 GRACE_WINDOW_DAYS: Final = 7
@@ -183,7 +183,9 @@ async def record_debit(conn: Connection, account: Account, now: dt.datetime) -> 
     """Count a successful debit for the UTC day of ``now``; return a milestone reward if reached.
 
     Runs in the debit's transaction under its account lock, so the reward and the debit
-    commit or roll back together.
+    commit or roll back together. It must never raise a ``LedgerError``: the debit path
+    runs without a savepoint (``refuses_before_writing``), so a stored refusal raised
+    here would commit the debit beside it. Any other failure aborts the whole transaction.
     """
     day = utc_day(now)
     first_today = await conn.fetchval(_ACTIVITY, account.user_id, day)
@@ -213,14 +215,13 @@ async def _reward(
     amount = await conn.fetchval(_DUE_REWARD, account.user_id, state.streak_start, milestone)
     if amount is None:
         return None
-    lifetime = DEFAULT_LOT_LIFETIME["streak"]
     granted = await lots.grant(
         conn,
         account,
         source="streak",
         amount_micros=amount,
         now=now,
-        expires_at=now + lifetime if lifetime else None,
+        expires_at=default_expiry("streak", now),
         metadata={"milestone_days": str(milestone), "streak_start": str(state.streak_start)},
         grant_key=f"streak:{state.streak_start.isoformat()}:{milestone}",
     )

@@ -32,6 +32,11 @@ DEFAULT_LOT_LIFETIME: Final[dict[str, dt.timedelta | None]] = {
 }
 
 
+def default_expiry(source: str, now: dt.datetime) -> dt.datetime | None:
+    lifetime = DEFAULT_LOT_LIFETIME[source]
+    return now + lifetime if lifetime is not None else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Account:
     """The locked ``credits`` row of one user."""

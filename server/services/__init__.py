@@ -37,6 +37,7 @@ class Runtime:
         request: Message,
         response_type: type[R],
         work: Callable[[Connection, dt.datetime], Awaitable[R]],
+        refuses_before_writing: bool = False,
     ) -> R:
         return await idempotency.execute(
             self.pool,
@@ -47,6 +48,7 @@ class Runtime:
             request=request,
             response_type=response_type,
             work=work,
+            refuses_before_writing=refuses_before_writing,
         )
 
     async def write(self, work: Callable[[Connection, dt.datetime], Awaitable[T]]) -> T:

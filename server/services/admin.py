@@ -12,7 +12,7 @@ from creditwallet.v1 import admin_service_pb2_grpc as agrpc
 from server import convert, errors, limits, validate
 from server.db import Connection
 from server.ledger import accounts, lots, pricing, reversals, stats, verify
-from server.ledger.types import DEFAULT_LOT_LIFETIME
+from server.ledger.types import default_expiry
 from server.services import Runtime
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -35,8 +35,7 @@ class AdminService(agrpc.AdminServiceServicer):
         async def work(conn: Connection, now: dt.datetime) -> apb.GrantResponse:
             expires_at = explicit_expiry
             if expires_at is None:
-                lifetime = DEFAULT_LOT_LIFETIME[source]
-                expires_at = now + lifetime if lifetime else None
+                expires_at = default_expiry(source, now)
             elif expires_at <= now:
                 raise errors.invalid("expires_at", "expires_at must be in the future")
             account = await accounts.create_without_trial(conn, user_id, now)

@@ -105,6 +105,7 @@ class WalletService(wgrpc.WalletServiceServicer):
             request=request,
             response_type=wpb.DebitResponse,
             work=work,
+            refuses_before_writing=True,
         )
         if not response.replayed:
             metrics.DEBITED_MICROS.inc(response.charged_micros)
