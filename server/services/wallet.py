@@ -98,14 +98,13 @@ class WalletService(wgrpc.WalletServiceServicer):
                 streak_reward=convert.streak_reward(result.reward),
             )
 
-        response = await self.rt.execute(
+        response = await self.rt.execute_debit(
             scope=cmd.user_id,
             request_id=cmd.request_id,
             method="Debit",
             request=request,
             response_type=wpb.DebitResponse,
             work=work,
-            refuses_before_writing=True,
         )
         if not response.replayed:
             metrics.DEBITED_MICROS.inc(response.charged_micros)
