@@ -115,9 +115,12 @@ def db_dsn(base_dsn: str) -> str:
 
 
 @contextlib.contextmanager
-def server_process(dsn: str, tokens: dict[str, str]) -> Iterator[tuple[str, int]]:
+def server_process(
+    dsn: str, tokens: dict[str, str], batching: bool = True
+) -> Iterator[tuple[str, int]]:
     port = free_port()
     env = dict(os.environ, DATABASE_URL=dsn, GRPC_ADDRESS=f"127.0.0.1:{port}", LOG_FORMAT="text")
+    env["DEBIT_BATCHING"] = "on" if batching else "off"
     env.update({f"{k.upper()}_TOKEN": v for k, v in tokens.items()})
     proc = subprocess.Popen([sys.executable, "-m", "server"], env=env, stderr=subprocess.DEVNULL)
     try:
@@ -151,49 +154,81 @@ def debit_request(tag: str, spread: bool, n: int) -> wpb.DebitRequest:
     )
 
 
-async def scenario_rows(
-    args: argparse.Namespace, target: str, token: str, dsn: str, server_pid: int
-) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+Scenario = tuple[bool, int]  # (spread, callers)
+SCENARIOS: list[Scenario] = [(spread, c) for spread in (True, False) for c in CALLERS]
+
+
+async def grpc_figures(
+    args: argparse.Namespace, dsn: str, tokens: dict[str, str], batching: bool
+) -> tuple[dict[Scenario, Figures], dict[str, float]]:
+    """Debit over gRPC, through the project's client, for every scenario."""
+    figures: dict[Scenario, Figures] = {}
+    breakdown: dict[str, float] = {}
     run_id = secrets.token_hex(4)
-    async with in_process_handler(dsn) as handler:
-        clients = [AsyncCreditWalletClient(target, token, retries=0) for _ in range(4)]
+    with server_process(dsn, tokens, batching) as (target, pid):
+        clients = [AsyncCreditWalletClient(target, tokens["agent"], retries=0) for _ in range(4)]
         await wait_ready(clients[0])
-        for spread in (True, False):
-            for callers in CALLERS:
-                grpc_runs: list[Figures] = []
-                sql_runs: list[Figures] = []
-                for r in range(args.repeats):
-                    tag = f"{run_id}-{spread}-{callers}-{r}"
+        for spread, callers in SCENARIOS:
+            runs: list[Figures] = []
+            for r in range(args.repeats):
+                tag = f"g{run_id}-{spread}-{callers}-{r}"
 
-                    async def via_grpc(n: int, tag: str = tag, spread: bool = spread) -> object:
-                        client = clients[n % len(clients)]
-                        return await client.wallet.Debit(debit_request("g" + tag, spread, n))
+                async def call(n: int, tag: str = tag, spread: bool = spread) -> object:
+                    client = clients[n % len(clients)]
+                    return await client.wallet.Debit(debit_request(tag, spread, n))
 
-                    async def via_sql(n: int, tag: str = tag, spread: bool = spread) -> object:
-                        request = debit_request("s" + tag, spread, n)
-                        return await handler.Debit(request, None)  # type: ignore[arg-type]
-
-                    profiled = args.profile and spread and callers == 64 and r == 0
-                    with profile.sampling(server_pid, args.seconds, enabled=profiled) as report:
-                        grpc_runs.append(await closed_loop(callers, args.seconds, via_grpc))
-                    if profiled:
-                        rows.append({"profile": report.breakdown()})
-                    sql_runs.append(await closed_loop(callers, args.seconds, via_sql))
-                g, s = median_of(grpc_runs), median_of(sql_runs)
-                rows.append(
-                    {
-                        "load": "spread" if spread else "hot",
-                        "callers": callers,
-                        "grpc": dataclasses.asdict(g),
-                        "ceiling": dataclasses.asdict(s),
-                        "ratio": g.per_second / s.per_second if s.per_second else 0.0,
-                        "p99_ratio": g.p99_ms / s.p99_ms if s.p99_ms else 0.0,
-                    }
-                )
-                print_row(rows[-1])
+                profiled = args.profile and batching and spread and callers == 64 and r == 0
+                with profile.sampling(pid, args.seconds, enabled=profiled) as report:
+                    runs.append(await closed_loop(callers, args.seconds, call))
+                if profiled:
+                    breakdown = report.breakdown()
+            figures[(spread, callers)] = median_of(runs)
         for client in clients:
             await client.close()
+    return figures, breakdown
+
+
+async def ceiling_figures(args: argparse.Namespace, dsn: str) -> dict[Scenario, Figures]:
+    """The same Debit handler in-process on an asyncpg pool: the debit's SQL, no gRPC."""
+    figures: dict[Scenario, Figures] = {}
+    run_id = secrets.token_hex(4)
+    async with in_process_handler(dsn) as handler:
+        for spread, callers in SCENARIOS:
+            runs: list[Figures] = []
+            for r in range(args.repeats):
+                tag = f"s{run_id}-{spread}-{callers}-{r}"
+
+                async def call(n: int, tag: str = tag, spread: bool = spread) -> object:
+                    request = debit_request(tag, spread, n)
+                    return await handler.Debit(request, None)  # type: ignore[arg-type]
+
+                runs.append(await closed_loop(callers, args.seconds, call))
+            figures[(spread, callers)] = median_of(runs)
+    return figures
+
+
+def combine(
+    per_tx: dict[Scenario, Figures],
+    grouped: dict[Scenario, Figures],
+    ceiling: dict[Scenario, Figures],
+) -> list[dict[str, Any]]:
+    rows = []
+    for key in SCENARIOS:
+        g, b, s = per_tx[key], grouped[key], ceiling[key]
+        rows.append(
+            {
+                "load": "spread" if key[0] else "hot",
+                "callers": key[1],
+                "grpc": dataclasses.asdict(g),
+                "grpc_group_commit": dataclasses.asdict(b),
+                "ceiling": dataclasses.asdict(s),
+                "ratio": g.per_second / s.per_second,
+                "ratio_group_commit": b.per_second / s.per_second,
+                "p99_ratio": g.p99_ms / s.p99_ms,
+                "p99_ratio_group_commit": b.p99_ms / s.p99_ms,
+            }
+        )
+        print_row(rows[-1])
     return rows
 
 
@@ -258,14 +293,24 @@ async def rollover_row(base_dsn: str) -> dict[str, Any] | None:
 
 
 def print_row(row: dict[str, Any]) -> None:
-    g, s = row["grpc"], row["ceiling"]
+    g, b, s = row["grpc"], row["grpc_group_commit"], row["ceiling"]
     print(
-        f"{row['load']:>6} {row['callers']:>3} | grpc {g['per_second']:>7.0f}/s "
-        f"p50 {g['p50_ms']:>6.2f} p99 {g['p99_ms']:>6.2f} ms | ceiling {s['per_second']:>7.0f}/s "
-        f"p50 {s['p50_ms']:>6.2f} p99 {s['p99_ms']:>6.2f} ms | ratio {row['ratio']:.2f} "
-        f"p99x {row['p99_ratio']:.2f}",
+        f"{row['load']:>6} {row['callers']:>3} | "
+        f"{g['per_second']:>6.0f}/s {g['p50_ms']:>6.2f} {g['p99_ms']:>7.2f} | "
+        f"{b['per_second']:>6.0f}/s {b['p50_ms']:>6.2f} {b['p99_ms']:>7.2f} | "
+        f"{s['per_second']:>6.0f}/s {s['p50_ms']:>6.2f} {s['p99_ms']:>7.2f} | "
+        f"{row['ratio']:>5.2f} {row['ratio_group_commit']:>5.2f} | "
+        f"{row['p99_ratio']:>5.2f} {row['p99_ratio_group_commit']:>5.2f}",
         flush=True,
     )
+
+
+HEADER = (
+    "  load  n  | gRPC Debit, per-tx      | gRPC Debit, group commit | ceiling: in-process SQL "
+    "| ratio     | p99 ratio\n"
+    "           |  rate    p50     p99    |  rate    p50     p99     |  rate    p50     p99    "
+    "| tx    gc  | tx    gc"
+)
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -276,8 +321,15 @@ async def main(args: argparse.Namespace) -> int:
     dsn = await prepare(base_dsn)
     tokens = {s: secrets.token_urlsafe(16) for s in ("agent", "billing", "admin")}
     print(f"make bench: {ACCOUNTS:,} accounts, {args.seconds}s per run, median of {args.repeats}")
-    with server_process(dsn, tokens) as (target, pid):
-        rows = await scenario_rows(args, target, tokens["agent"], dsn, pid)
+    per_tx, _ = await grpc_figures(args, dsn, tokens, batching=False)
+    grouped, breakdown = await grpc_figures(args, dsn, tokens, batching=True)
+    ceiling = await ceiling_figures(args, dsn)
+    print(HEADER)
+    rows = combine(per_tx, grouped, ceiling)
+    if breakdown:
+        print("server profile (group commit, spread, 64 callers), % of the event-loop thread:")
+        print("  " + ", ".join(f"{k} {v}%" for k, v in breakdown.items()))
+    with server_process(dsn, tokens) as (target, _):
         history = await history_rows(args, target, tokens["admin"], dsn)
     rollover = await rollover_row(base_dsn)
     result = {
@@ -285,8 +337,8 @@ async def main(args: argparse.Namespace) -> int:
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "repeats": args.repeats,
         "seconds_per_run": args.seconds,
-        "debit": [r for r in rows if "load" in r],
-        "profile": next((r["profile"] for r in rows if "profile" in r), None),
+        "debit": rows,
+        "profile": breakdown,
         "history": history,
         "rollover": rollover,
     }
