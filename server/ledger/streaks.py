@@ -179,7 +179,9 @@ async def read(conn: Connection, user_id: str, now: dt.datetime) -> View:
     return view(await load(conn, user_id), utc_day(now), milestones)
 
 
-async def record_debit(conn: Connection, account: Account, now: dt.datetime) -> Reward | None:
+async def record_debit(
+    conn: Connection, account: Account, now: dt.datetime, first_today: bool | None = None
+) -> Reward | None:
     """Count a successful debit for the UTC day of ``now``; return a milestone reward if reached.
 
     Runs in the debit's transaction under its account lock, so the reward and the debit
@@ -188,7 +190,8 @@ async def record_debit(conn: Connection, account: Account, now: dt.datetime) -> 
     here would commit the debit beside it. Any other failure aborts the whole transaction.
     """
     day = utc_day(now)
-    first_today = await conn.fetchval(_ACTIVITY, account.user_id, day)
+    if first_today is None:  # the debit path counts the activity in its own statement
+        first_today = await conn.fetchval(_ACTIVITY, account.user_id, day)
     if not first_today:
         return None
     state = advance(await load(conn, account.user_id), day)
