@@ -11,7 +11,7 @@ from creditwallet.v1 import wallet_service_pb2_grpc as wgrpc
 
 from server import convert, errors, limits, metrics, validate
 from server.db import Connection
-from server.ledger import accounts, balances, debit, history, holds
+from server.ledger import accounts, balances, debit, history, holds, subscriptions
 from server.services import Runtime
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -63,6 +63,7 @@ class WalletService(wgrpc.WalletServiceServicer):
                 held_micros=account.held_micros,
                 debt_micros=account.debt_micros,
                 lots=convert.lot_groups(lots),
+                subscription=convert.subscription(await subscriptions.for_user(conn, user_id)),
             )
 
         response = await self.rt.read(read)
