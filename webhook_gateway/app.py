@@ -65,6 +65,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     options = [
         ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
         ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
+        # A restarted ledger is found again within about a second, not minutes.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
     channel = grpc.aio.insecure_channel(config.ledger_target, options=options)
     api = StripeApi(config.stripe_secret_key, config.stripe_api_base, config.stripe_timeout_seconds)
