@@ -130,7 +130,8 @@ async def test_replay_returns_original_and_reuse_is_refused(admin: AsyncCreditWa
     await admin.ensure_account(user)
     first = await admin.debit(user, amount_micros=CREDIT, request_id="r1")
     again = await admin.debit(user, amount_micros=CREDIT, request_id="r1")
-    assert again.replayed and again.transaction_id == first.transaction_id
+    assert again.replayed
+    assert again.transaction_id == first.transaction_id
     assert again.available_micros == first.available_micros
     with pytest.raises(cw.RequestIdReused):
         await admin.debit(user, amount_micros=2 * CREDIT, request_id="r1")
