@@ -27,8 +27,8 @@ WITH users AS (
     SELECT 'bench-' || lpad(i::text, 8, '0') AS user_id FROM generate_series(1, $1) AS i
 ), accounts AS (
     INSERT INTO credits (user_id, balance_micros, next_expiry_at, created_at, updated_at)
-    SELECT user_id, 600000000, $2::timestamptz - interval '1 day', $2::timestamptz - interval '90 days',
-           $2::timestamptz - interval '1 day'
+    SELECT user_id, 600000000, $2::timestamptz - interval '1 day',
+           $2::timestamptz - interval '90 days', $2::timestamptz - interval '1 day'
     FROM users RETURNING user_id
 ), subs AS (
     INSERT INTO subscriptions (subscription_id, customer_id, user_id, status, price_id,
