@@ -201,3 +201,21 @@ async def test_sequential_and_concurrent_runs_give_one_result(
     assert [await admin.get_balance(u) for u in users] == before
     for user in users:
         assert await expiries(admin, user) == [-3]
+
+
+async def test_rollover_releases_expired_holds_and_records_expiry(
+    ledger: Ledger, admin: AsyncCreditWalletClient
+) -> None:
+    user = new_user()
+    soon = ledger.clock.now() + dt.timedelta(hours=1)
+    await admin.grant(user, 4 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=soon)
+    await admin.grant(user, 6 * CREDIT, pb.LOT_SOURCE_TOP_UP)
+    await admin.authorize(user, amount_micros=5 * CREDIT, ttl_seconds=600)
+    ledger.clock.advance(hours=2)
+    summary = await rollover.run(ledger.pool, "2026-11", ledger.clock.now(), chunk_accounts=3)
+    assert summary.holds_released == 1
+    # The hold gave 4 back to the (expired) promo lot and 1 to the top-up: 4 expire.
+    assert summary.credits_expired_micros == 4 * CREDIT
+    balance = await admin.get_balance(user)
+    assert (balance.available_micros, balance.held_micros) == (6 * CREDIT, 0)
+    assert await expiries(admin, user) == [-4]
