@@ -18,6 +18,7 @@ from server import db, limits, migrate
 from server.clock import Clock, SystemClock
 from server.config import ServerConfig
 from server.interceptor import GatewayInterceptor
+from server.ledger.batching import DebitBatcher
 from server.services import Runtime
 from server.services.admin import AdminService
 from server.services.billing import BillingService
@@ -43,6 +44,8 @@ class RunningServer:
         """Stop accepting, finish in-flight calls, finish detached work, close the pool."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_seconds)
+        if self.runtime.debit_batcher is not None:
+            await self.runtime.debit_batcher.drain()
         await db.drain_detached()
         await self.runtime.pool.close()
 
@@ -53,7 +56,9 @@ async def start(
     pool = await db.create_pool(dsn)
     async with pool.acquire() as conn:
         await migrate.migrate(db.unwrap(conn))
-    runtime = Runtime(pool, clock or SystemClock(), config.trial_credits_micros)
+    clock = clock or SystemClock()
+    batcher = DebitBatcher(pool, clock) if config.debit_batching else None
+    runtime = Runtime(pool, clock, config.trial_credits_micros, batcher)
     options = [
         ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
         ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),

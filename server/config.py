@@ -42,6 +42,7 @@ class ServerConfig:
     tls_client_ca_path: Path | None = None
     trial_credits_micros: int = 5_000_000
     log_json: bool = True
+    debit_batching: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -72,6 +73,7 @@ class ServerConfig:
             tls_client_ca_path=optional_path("TLS_CLIENT_CA_PATH"),
             trial_credits_micros=int(trial),
             log_json=env.get("LOG_FORMAT", "json") == "json",
+            debit_batching=env.get("DEBIT_BATCHING", "on") != "off",
         )
         if (cfg.tls_cert_path is None) != (cfg.tls_key_path is None):
             raise ConfigError("TLS_CERT_PATH and TLS_KEY_PATH must be set together")

@@ -146,6 +146,18 @@ def streak_reward(reward: streaks.Reward | None) -> pb.StreakReward | None:
     )
 
 
+def streak(view: streaks.View) -> pb.Streak:
+    last = view.last_active_day
+    return pb.Streak(
+        current_days=view.current_days,
+        longest_days=view.longest_days,
+        next_milestone_days=view.next_milestone_days,
+        next_milestone_reward_micros=view.next_milestone_reward_micros,
+        grace_day_used=view.grace_day_used,
+        last_active_date=last.isoformat() if last else "",
+    )
+
+
 def type_total(row: asyncpg.Record, micros: int) -> admin_pb.TransactionTypeTotal:
     return admin_pb.TransactionTypeTotal(
         type=TYPE_TO_PB[row["type"]], count=row["count"], total_amount_micros=micros
