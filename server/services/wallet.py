@@ -11,7 +11,16 @@ from creditwallet.v1 import wallet_service_pb2_grpc as wgrpc
 
 from server import convert, limits, metrics, validate
 from server.db import Connection
-from server.ledger import accounts, balances, debit, history, holds, referrals, streaks
+from server.ledger import (
+    accounts,
+    balances,
+    debit,
+    history,
+    holds,
+    referrals,
+    streaks,
+    subscriptions,
+)
 from server.services import Runtime
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -68,6 +77,7 @@ class WalletService(wgrpc.WalletServiceServicer):
                 held_micros=account.held_micros,
                 debt_micros=account.debt_micros,
                 lots=convert.lot_groups(lots),
+                subscription=convert.subscription(await subscriptions.for_user(conn, user_id)),
                 streak=convert.streak(await streaks.read(conn, user_id, now)),
             )
 
