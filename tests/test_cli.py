@@ -62,3 +62,34 @@ async def test_wrong_token_is_refused_without_echoing_it(
     err = capsys.readouterr().err
     assert "UNAUTHENTICATED" in err
     assert "not-the-token" not in err
+
+
+async def test_balance_shows_the_subscription(
+    ledger: Ledger, admin: AsyncCreditWalletClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from creditwallet.v1 import billing_service_pb2 as bpb
+    from creditwallet.v1 import common_pb2 as pb
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    user = new_user()
+    await admin.ensure_account(user)
+    start = Timestamp(seconds=int(ledger.clock.now().timestamp()))
+    end = Timestamp(seconds=start.seconds + 30 * 86400)
+    await admin.billing.SyncSubscription(
+        bpb.SyncSubscriptionRequest(
+            request_id=f"evt-{user}",
+            subscription_id=f"sub-{user}",
+            customer_id=f"cus-{user}",
+            user_id=user,
+            status=pb.SUBSCRIPTION_STATUS_PAST_DUE,
+            price_id="price_monthly",
+            period_credits_micros=250_000_000,
+            current_period_start=start,
+            current_period_end=end,
+            event_created_at=start,
+        )
+    )
+    assert await cli(ledger, "balance", user) == 0
+    out = capsys.readouterr().out
+    assert "subscription" in out
+    assert "PAST_DUE" in out.upper().replace(" ", "_")
