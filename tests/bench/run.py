@@ -45,6 +45,7 @@ from server.clock import SystemClock
 from server.services import Runtime
 from server.services.wallet import WalletService
 from tests.bench import profile
+from tests.bench.rollover_bench import bench_rollover
 from tests.bench.workload import (
     ACCOUNTS,
     DEBIT_MICROS,
@@ -281,14 +282,13 @@ async def history_rows(
     return result
 
 
-async def rollover_row(base_dsn: str) -> dict[str, Any] | None:
-    try:
-        from tests.bench.rollover_bench import bench_rollover  # type: ignore[import-not-found]
-    except ImportError:
-        print("rollover: not measured (no Rollover in this build)")
-        return None
-    seconds = await bench_rollover(base_dsn, ACCOUNTS)
-    print(f"rollover of {ACCOUNTS:,} subscribers: {seconds:.1f}s")
+async def rollover_row(base_dsn: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(base_dsn)
+    await conn.execute("DROP DATABASE IF EXISTS cw_rollover_bench WITH (FORCE)")
+    await conn.execute("CREATE DATABASE cw_rollover_bench")
+    await conn.close()
+    head, _, query = base_dsn.partition("?")
+    seconds = await bench_rollover(f"{head.rsplit('/', 1)[0]}/cw_rollover_bench?{query}", ACCOUNTS)
     return {"subscribers": ACCOUNTS, "seconds": seconds}
 
 
