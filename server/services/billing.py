@@ -233,5 +233,4 @@ def _time(message: Any, field: str, *, required: bool = False) -> dt.datetime | 
         if required:
             raise errors.invalid(field, f"{field} is required")
         return None
-    value: dt.datetime = getattr(message, field).ToDatetime(tzinfo=dt.UTC)
-    return value
+    return validate.timestamp(getattr(message, field), field)
