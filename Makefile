@@ -44,7 +44,7 @@ run: proto
 	$(PY) -m server.devrun
 
 bench: proto
-	$(PY) -m tests.bench.run
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m tests.bench.run $(BENCH_ARGS)
 
 faults: proto
 	$(VENV)/bin/pytest tests/faults -o addopts="-ra -q -p no:cacheprovider" --faults-full

@@ -24,6 +24,7 @@ from server.clock import Clock, SystemClock
 from server.config import ServerConfig
 from server.health import DatabaseHealth
 from server.interceptor import GatewayInterceptor
+from server.ledger.batching import DebitBatcher
 from server.services import Runtime
 from server.services.admin import AdminService
 from server.services.billing import BillingService
@@ -52,6 +53,8 @@ class RunningServer:
         await self.probe.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_seconds)
+        if self.runtime.debit_batcher is not None:
+            await self.runtime.debit_batcher.drain()
         await db.drain_detached()
         await self.runtime.pool.close()
         if self.metrics_endpoint is not None:
@@ -64,7 +67,9 @@ async def start(
     pool = await db.create_pool(dsn)
     async with pool.acquire() as conn:
         await migrate.migrate(db.unwrap(conn))
-    runtime = Runtime(pool, clock or SystemClock(), config.trial_credits_micros)
+    clock = clock or SystemClock()
+    batcher = DebitBatcher(pool, clock) if config.debit_batching else None
+    runtime = Runtime(pool, clock, config.trial_credits_micros, batcher)
     options = [
         ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
         ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),

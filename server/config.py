@@ -52,6 +52,7 @@ class ServerConfig:
     # host:port of the Prometheus endpoint; None (METRICS_ADDRESS unset) serves no metrics.
     metrics_address: str | None = None
     log_level: str = "INFO"
+    debit_batching: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -84,6 +85,7 @@ class ServerConfig:
             log_json=env.get("LOG_FORMAT", "json") == "json",
             metrics_address=env.get("METRICS_ADDRESS") or None,
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            debit_batching=env.get("DEBIT_BATCHING", "on") != "off",
         )
         if cfg.log_level not in _LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")

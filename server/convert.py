@@ -109,6 +109,33 @@ def agent_price(row: asyncpg.Record) -> pb.AgentPrice:
     )
 
 
+SUBSCRIPTION_STATUS_TO_PB = {
+    "unspecified": pb.SUBSCRIPTION_STATUS_UNSPECIFIED,
+    "active": pb.SUBSCRIPTION_STATUS_ACTIVE,
+    "trialing": pb.SUBSCRIPTION_STATUS_TRIALING,
+    "past_due": pb.SUBSCRIPTION_STATUS_PAST_DUE,
+    "unpaid": pb.SUBSCRIPTION_STATUS_UNPAID,
+    "incomplete": pb.SUBSCRIPTION_STATUS_INCOMPLETE,
+    "incomplete_expired": pb.SUBSCRIPTION_STATUS_INCOMPLETE_EXPIRED,
+    "canceled": pb.SUBSCRIPTION_STATUS_CANCELED,
+    "paused": pb.SUBSCRIPTION_STATUS_PAUSED,
+}
+
+
+def subscription(row: asyncpg.Record | None) -> pb.Subscription | None:
+    if row is None:
+        return None
+    return pb.Subscription(
+        subscription_id=row["subscription_id"],
+        status=SUBSCRIPTION_STATUS_TO_PB[row["status"]],
+        price_id=row["price_id"],
+        current_period_start=timestamp(row["current_period_start"]),
+        current_period_end=timestamp(row["current_period_end"]),
+        cancel_at_period_end=row["cancel_at_period_end"],
+        period_credits_micros=row["period_credits_micros"],
+    )
+
+
 def streak_reward(reward: streaks.Reward | None) -> pb.StreakReward | None:
     if reward is None:
         return None
@@ -116,6 +143,18 @@ def streak_reward(reward: streaks.Reward | None) -> pb.StreakReward | None:
         milestone_days=reward.milestone_days,
         amount_micros=reward.amount_micros,
         transaction_id=str(reward.transaction_id),
+    )
+
+
+def streak(view: streaks.View) -> pb.Streak:
+    last = view.last_active_day
+    return pb.Streak(
+        current_days=view.current_days,
+        longest_days=view.longest_days,
+        next_milestone_days=view.next_milestone_days,
+        next_milestone_reward_micros=view.next_milestone_reward_micros,
+        grace_day_used=view.grace_day_used,
+        last_active_date=last.isoformat() if last else "",
     )
 
 

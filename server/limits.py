@@ -68,3 +68,12 @@ assert AMOUNT_MICROS_MAX < INT64_MAX
 assert DB_POOL_SIZE_MIN <= DB_POOL_SIZE_MAX
 assert IDEMPOTENCY_RETENTION_DAYS >= 7
 assert HEALTH_PROBE_TIMEOUT_SECONDS <= HEALTH_PROBE_INTERVAL_SECONDS
+
+# Group commit of debits: at most this many debits share one transaction, and at most this
+# many such transactions run at once (each holds one pooled connection). There is no timer:
+# debits that arrive while the batches in flight are busy form the next batch, so a lone
+# debit never waits and a busy server commits many debits per WAL flush.
+DEBIT_BATCH_MAX: Final = 32
+DEBIT_BATCHES_IN_FLIGHT_MAX: Final = 4
+
+assert DEBIT_BATCHES_IN_FLIGHT_MAX < DB_POOL_SIZE_MAX

@@ -45,6 +45,17 @@ DEBITS = Counter("creditwallet_debits", "Debits applied (replays not counted)", 
 ROLLOVERS = Counter(
     "creditwallet_rollover_runs", "Rollover runs by outcome", ["outcome"], registry=REGISTRY
 )
+DEBIT_BATCH_SIZE = Histogram(
+    "creditwallet_debit_batch_size",
+    "Debits committed together by group commit",
+    registry=REGISTRY,
+    buckets=(1, 2, 4, 8, 16, 32),
+)
+DEBIT_BATCHES_ABORTED = Counter(
+    "creditwallet_debit_batches_aborted",
+    "Debit batches rerun one by one after a failure",
+    registry=REGISTRY,
+)
 POOL_SIZE = Gauge("creditwallet_db_pool_size", "Connections open in the pool", registry=REGISTRY)
 POOL_IDLE = Gauge("creditwallet_db_pool_idle", "Idle connections in the pool", registry=REGISTRY)
 POOL_MAX = Gauge(

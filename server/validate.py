@@ -6,9 +6,12 @@ offending field in the ErrorInfo metadata.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 from collections.abc import Mapping
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from server import errors, limits
 
@@ -111,3 +114,18 @@ def ttl_seconds(value: int) -> int:
             "ttl_seconds", f"ttl_seconds must be between 1 and {limits.HOLD_TTL_SECONDS_MAX}"
         )
     return value
+
+
+# Timestamps a ledger can mean: anything outside is a malformed request, not a date.
+TIMESTAMP_MIN = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+TIMESTAMP_MAX = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+
+
+def timestamp(value: Timestamp, field: str) -> dt.datetime:
+    try:
+        moment = value.ToDatetime(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):
+        raise errors.invalid(field, f"{field} is out of range") from None
+    if not TIMESTAMP_MIN <= moment < TIMESTAMP_MAX:
+        raise errors.invalid(field, f"{field} must be between 2000 and 2200")
+    return moment

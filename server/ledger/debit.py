@@ -1,9 +1,13 @@
 """The debit path (Debit RPC): all or nothing, never overdrawing, burn-down order of SPEC §5.
 
+Every refusal is decided before the first write of the debit itself (the only earlier
+writes are due expiries, which are true whether the debit goes on or not), so the
+idempotency guard needs no savepoint around it (``refuses_before_writing``).
+
 One transaction: lock the account (which also records due expiries), price the use,
 refuse if in debt or short, then one statement burns the lots down, writes the history
-row and its lot consumptions and moves the balance. Streak activity follows in the same
-transaction.
+row and its lot consumptions, moves the balance and counts the day's activity. The streak
+bookkeeping follows in the same transaction, only on the day's first debit.
 """
 
 from __future__ import annotations
@@ -46,9 +50,14 @@ WITH live AS (
 ), account AS (
     UPDATE credits SET balance_micros = $4, updated_at = $3 WHERE user_id = $1
     RETURNING user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
+), activity AS (
+    INSERT INTO user_activity (user_id, day, debit_count) VALUES ($1, $11, 1)
+    ON CONFLICT (user_id, day) DO UPDATE SET debit_count = user_activity.debit_count + 1
+    RETURNING (xmax = 0) AS first_today
 )
 SELECT (SELECT transaction_id FROM tx) AS transaction_id,
        (SELECT coalesce(sum(amount), 0) FROM burnt)::bigint AS burnt_micros,
+       (SELECT first_today FROM activity) AS first_today,
        account.* FROM account
 """
 
@@ -88,12 +97,13 @@ async def debit(conn: Connection, cmd: DebitCommand, now: dt.datetime) -> DebitR
         cmd.session_id or None,
         None,
         json.dumps(dict(cmd.metadata), sort_keys=True) if cmd.metadata else None,
+        streaks.utc_day(now),
     )
     assert row is not None
     if row["burnt_micros"] != amount:
         raise AssertionError(f"debit of {amount} burnt {row['burnt_micros']} from the lots")
     account = Account.from_row(row)
-    reward = await streaks.record_debit(conn, account, now)
+    reward = await streaks.record_debit(conn, account, now, row["first_today"])
     if reward is not None:
         account = reward.account
     return DebitResult(row["transaction_id"], amount, account.available_micros, reward)

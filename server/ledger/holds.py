@@ -165,7 +165,7 @@ async def capture(
     if charge > held:
         raise errors.invalid("amount_micros", f"amount_micros exceeds the held {held}")
     spent, given_back = _split(await conn.fetch(_PORTIONS, user_id, hold_id), charge)
-    await lots.restore(conn, user_id, given_back)
+    await lots.restore(conn, user_id, given_back, now)
     tx_id = await history.append(
         conn,
         user_id,
@@ -184,7 +184,7 @@ async def capture(
     await conn.execute(_FINALIZE, user_id, hold_id, "captured", charge, now, tx_id)
     row = await conn.fetchrow(_RELEASE_ACCOUNT, user_id, charge, held, now)
     assert row is not None
-    account = Account.from_row(row)
+    account = await lots.settle_debt(conn, Account.from_row(row), now)
     reward = await streaks.record_debit(conn, account, now)
     if reward is not None:
         account = reward.account
@@ -196,11 +196,12 @@ async def void(conn: Connection, user_id: str, hold_id: uuid.UUID, now: dt.datet
     hold = await _pending_hold(conn, user_id, hold_id)
     held = hold["amount_micros"]
     portions = await conn.fetch(_PORTIONS, user_id, hold_id)
-    await lots.restore(conn, user_id, [(p["lot_id"], p["amount_micros"]) for p in portions])
+    await lots.restore(conn, user_id, [(p["lot_id"], p["amount_micros"]) for p in portions], now)
     await conn.execute(_FINALIZE, user_id, hold_id, "voided", 0, now, None)
     row = await conn.fetchrow(_RELEASE_ACCOUNT, user_id, 0, held, now)
     assert row is not None
-    return VoidResult(held, Account.from_row(row).available_micros)
+    account = await lots.settle_debt(conn, Account.from_row(row), now)
+    return VoidResult(held, account.available_micros)
 
 
 async def _pending_hold(conn: Connection, user_id: str, hold_id: uuid.UUID) -> asyncpg.Record:

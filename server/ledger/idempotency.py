@@ -14,11 +14,12 @@ idempotency keys and TigerBeetle's transfer ids):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -71,34 +72,72 @@ async def execute(
     request: Message,
     response_type: type[R],
     work: Callable[[Connection, dt.datetime], Awaitable[R]],
+    refuses_before_writing: bool = False,
 ) -> R:
-    """Run ``work`` at most once per (scope, request_id), in one transaction with its guard."""
-    digest = request_hash(method, request)
-    refusal: list[errors.LedgerError] = []
+    """Run ``work`` at most once per (scope, request_id), in one transaction with its guard.
 
-    async def transaction(conn: Connection) -> R:
-        now = clock.now()
-        claimed = await conn.fetchval(_CLAIM, scope, request_id, method, digest, now)
+    ``refuses_before_writing``: the work decides every refusal before its first write of its
+    own (only bookkeeping that is true either way, such as recording due expiries, may come
+    first), so no savepoint is needed to undo a refused attempt. The debit path declares it
+    and saves two round trips; everything else gets the savepoint.
+    """
+    guard = Guard(scope, request_id, method, request_hash(method, request), response_type)
+
+    async def transaction(conn: Connection) -> R | errors.LedgerError:
+        return await guard.attempt(conn, clock.now(), work, refuses_before_writing)
+
+    outcome = await db.run_transaction(pool, transaction)
+    if isinstance(outcome, errors.LedgerError):
+        raise outcome
+    return outcome
+
+
+@dataclasses.dataclass(frozen=True)
+class Guard(Generic[R]):
+    """One request's idempotency guard, usable alone or as one of a batch's requests."""
+
+    scope: str
+    request_id: str
+    method: str
+    digest: bytes
+    response_type: type[R]
+
+    async def attempt(
+        self,
+        conn: Connection,
+        now: dt.datetime,
+        work: Callable[[Connection, dt.datetime], Awaitable[R]],
+        refuses_before_writing: bool,
+    ) -> R | errors.LedgerError:
+        """Claim, run and record, inside the caller's transaction.
+
+        Returns the response, or the stored refusal (committed with the transaction, then
+        raised to the caller). Malformed-request refusals propagate and roll back.
+        """
+        claimed = await conn.fetchval(
+            _CLAIM, self.scope, self.request_id, self.method, self.digest, now
+        )
         if not claimed:
-            return await _replay(conn, scope, request_id, method, digest, response_type)
+            return await _replay(
+                conn, self.scope, self.request_id, self.method, self.digest, self.response_type
+            )
         try:
-            # A savepoint: a refusal rolls back whatever the work wrote before it was
-            # refused, so "a refusal changes nothing" holds by construction.
-            async with conn.transaction():
+            if refuses_before_writing:
                 response = await work(conn, now)
+            else:
+                # A savepoint: a refusal rolls back whatever the work wrote before it was
+                # refused, so "a refusal changes nothing" holds by construction.
+                async with conn.transaction():
+                    response = await work(conn, now)
         except errors.LedgerError as exc:
             if not exc.stored:
                 raise
-            await _store_error(conn, scope, request_id, exc)
-            refusal.append(exc)
-            return response_type()
-        await conn.execute(_STORE_RESPONSE, scope, request_id, response.SerializeToString())
+            await _store_error(conn, self.scope, self.request_id, exc)
+            return exc
+        await conn.execute(
+            _STORE_RESPONSE, self.scope, self.request_id, response.SerializeToString()
+        )
         return response
-
-    result = await db.run_transaction(pool, transaction)
-    if refusal:
-        raise refusal[0]
-    return result
 
 
 async def _replay(

@@ -48,6 +48,18 @@ UPDATE credits SET next_expiry_at = LEAST(next_expiry_at, (SELECT min(expires_at
 WHERE user_id = $1
 """
 
+# Debt is paid from live credits as soon as there are any: lots shrink, debt shrinks by the
+# same amount, the balance does not move.
+_SETTLE_DEBT = """
+UPDATE credits SET debt_micros = debt_micros - $2, updated_at = $3 WHERE user_id = $1
+RETURNING user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
+"""
+
+_LIVE_TOTAL = """
+SELECT coalesce(sum(remaining_micros), 0)::bigint FROM credit_lots
+WHERE user_id = $1 AND remaining_micros > 0 AND (expires_at IS NULL OR expires_at > $2)
+"""
+
 _GRANT = """
 WITH lot AS (
     INSERT INTO credit_lots (user_id, source, amount_micros, remaining_micros, granted_at,
@@ -123,10 +135,34 @@ async def consume(
     return taken
 
 
-async def restore(conn: Connection, user_id: str, portions: Sequence[tuple[int, int]]) -> None:
-    """Give amounts back to the lots they came from (void, expiry of a hold, reversal)."""
+async def restore(
+    conn: Connection, user_id: str, portions: Sequence[tuple[int, int]], now: dt.datetime
+) -> None:
+    """Give amounts back to the lots they came from (void, expiry of a hold, reversal).
+
+    Callers finish their own bookkeeping (held, balance) and then call ``settle_debt``.
+    """
     if portions:
         await conn.execute(_RESTORE, user_id, [p[0] for p in portions], [p[1] for p in portions])
+
+
+async def settle_debt(conn: Connection, account: Account, now: dt.datetime) -> Account:
+    """Pay recorded debt from live credits, as a new grant would.
+
+    Credits that come back (a void, an expired hold, a reversal) while the account owes
+    debt must pay it: otherwise a refund could be owed twice, once as debt and once as
+    the later expiry of the very credits that came back.
+    """
+    if account.debt_micros == 0:
+        return account
+    live = await conn.fetchval(_LIVE_TOTAL, account.user_id, now)
+    paid = min(account.debt_micros, live or 0)
+    if paid == 0:
+        return account
+    await consume(conn, account.user_id, paid, now)
+    row = await conn.fetchrow(_SETTLE_DEBT, account.user_id, paid, now)
+    assert row is not None
+    return Account.from_row(row)
 
 
 async def grant(
@@ -177,7 +213,7 @@ async def sweep(conn: Connection, account: Account, now: dt.datetime) -> Account
     if holds:
         released = sum(h["amount_micros"] for h in holds)
         portions = await conn.fetch(_HOLD_PORTIONS, user_id, [h["hold_id"] for h in holds])
-        await restore(conn, user_id, [(p["lot_id"], p["amount"]) for p in portions])
+        await restore(conn, user_id, [(p["lot_id"], p["amount"]) for p in portions], now)
     expired = await conn.fetch(_EXPIRE_LOTS, user_id, now)
     balance = account.balance_micros
     for lot in sorted(expired, key=lambda r: (r["expires_at"], r["lot_id"])):
@@ -202,7 +238,7 @@ async def sweep(conn: Connection, account: Account, now: dt.datetime) -> Account
         now,
     )
     assert row is not None
-    return Account.from_row(row)
+    return await settle_debt(conn, Account.from_row(row), now) if holds else Account.from_row(row)
 
 
 async def expire_portion(

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from server import errors
 from server.db import Connection
 from server.ledger import accounts, history, lots
+from server.ledger.types import Account
 
 _DEBIT = "SELECT type FROM credit_transactions WHERE user_id = $1 AND transaction_id = $2"
 
@@ -33,7 +34,7 @@ WHERE c.user_id = $1 AND c.transaction_id = $2 AND c.lot_id = g.lot_id
 
 _ACCOUNT = """
 UPDATE credits SET balance_micros = balance_micros + $2, updated_at = $3 WHERE user_id = $1
-RETURNING balance_micros - held_micros AS available_micros
+RETURNING user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
 """
 
 
@@ -76,7 +77,7 @@ async def reverse_debit(
         if take:
             portions.append((c["lot_id"], take))
             left -= take
-    await lots.restore(conn, user_id, portions)
+    await lots.restore(conn, user_id, portions, now)
     await conn.execute(_MARK, user_id, debit_id, [p[0] for p in portions], [p[1] for p in portions])
     tx_id = await history.append(
         conn,
@@ -89,5 +90,7 @@ async def reverse_debit(
         related_transaction_id=debit_id,
         metadata=metadata,
     )
-    available = await conn.fetchval(_ACCOUNT, user_id, amount, now)
-    return ReversalResult(tx_id, amount, available)
+    row = await conn.fetchrow(_ACCOUNT, user_id, amount, now)
+    assert row is not None
+    account = await lots.settle_debt(conn, Account.from_row(row), now)
+    return ReversalResult(tx_id, amount, account.available_micros)

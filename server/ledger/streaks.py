@@ -1,21 +1,82 @@
-"""Smart Streaks: per-day activity and milestone rewards (SPEC §9).
+"""Smart Streaks: per-day activity, the streak state and milestone rewards (SPEC §9).
 
-``record_debit`` runs inside every successful debit's transaction. It counts the day's
-activity; the streak bookkeeping and rewards are added by the streaks issue.
+Rules, exactly (days are UTC dates):
+
+- A day is *active* when the user made at least one successful debit (Debit or Capture)
+  on it. A reversed debit still made its day active.
+- A *streak* is a run of active days in which every gap between two consecutive active
+  days is either 0 missed days or exactly 1 missed day that is *forgiven*. A missed day is
+  forgiven when the streak forgave no other missed day in the 7 days before it, i.e. any
+  two forgiven days of one streak are at least 7 days apart, so any 7 consecutive days
+  hold at most one forgiven day ("one missed day in any 7").
+- ``current_days`` counts the streak's active days; a forgiven day is not counted (it is
+  bridged, not credited). Two missed days in a row, or a second missed day within 7 days
+  of the last forgiven one, end the streak; the next active day starts a new one at 1.
+- At read time on day T with last active day L: the streak is alive when L >= T - 1, or
+  when L = T - 2 and the missed day T - 1 could still be forgiven (if the user is active
+  today). Otherwise the current streak reads 0; the stored row is replaced on the next
+  active day. ``grace_day_used`` says a missed day within the last 7 days (or the pending
+  T - 1) was forgiven, so missing the next day ends the streak.
+- Milestones (table ``streak_milestone_rewards``, default 3/7/14/30 days → 1/5/10/25
+  credits) are rewarded when ``current_days`` reaches them, once per streak: the streak
+  is identified by its first day, and ``streak_milestones`` has that as its primary key
+  with the milestone. The reward is a ``streak`` lot (90 days) granted in the debit's
+  transaction. A new streak after a broken one earns every milestone again.
+
+Cost: only the first debit of a day (the ``user_activity`` upsert says so) reads or
+writes the streak; later debits that day pay one upsert. The caller holds the account
+lock, so streak updates of one user are serialized with all their other writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from typing import Final
 
 from server.db import Connection
-from server.ledger.types import Account
+from server.ledger import lots
+from server.ledger.types import Account, default_expiry
+
+# Two forgiven days of one streak are at least this many days apart.
+GRACE_WINDOW_DAYS: Final = 7
 
 _ACTIVITY = """
 INSERT INTO user_activity (user_id, day, debit_count) VALUES ($1, $2, 1)
 ON CONFLICT (user_id, day) DO UPDATE SET debit_count = user_activity.debit_count + 1
 RETURNING (xmax = 0) AS first_today
+"""
+
+_STATE = """
+SELECT current_days, streak_start, last_active_day, longest_days, grace_day
+FROM streaks WHERE user_id = $1
+"""
+
+_SAVE = """
+INSERT INTO streaks (user_id, current_days, streak_start, last_active_day, longest_days,
+                     grace_day, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (user_id) DO UPDATE SET current_days = $2, streak_start = $3,
+    last_active_day = $4, longest_days = $5, grace_day = $6, updated_at = $7
+"""
+
+# The reward of this milestone, unless this streak already got it.
+_DUE_REWARD = """
+SELECT r.reward_micros FROM streak_milestone_rewards r
+WHERE r.milestone_days = $3 AND NOT EXISTS (
+    SELECT 1 FROM streak_milestones m
+    WHERE m.user_id = $1 AND m.streak_start = $2 AND m.milestone_days = $3)
+"""
+
+# A plain INSERT: a duplicate is a bug, and its unique violation aborts the debit.
+_RECORD_MILESTONE = """
+INSERT INTO streak_milestones (user_id, streak_start, milestone_days, reward_micros,
+                               transaction_id, granted_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+"""
+
+_MILESTONES = """
+SELECT milestone_days, reward_micros FROM streak_milestone_rewards ORDER BY milestone_days
 """
 
 
@@ -27,7 +88,153 @@ class Reward:
     account: Account
 
 
-async def record_debit(conn: Connection, account: Account, now: dt.datetime) -> Reward | None:
-    """Count a successful debit for the UTC day of ``now``; return a milestone reward if reached."""
-    await conn.fetchval(_ACTIVITY, account.user_id, now.date())
-    return None
+@dataclasses.dataclass(frozen=True)
+class State:
+    """A user's streak as of its last active day (the ``streaks`` row)."""
+
+    current_days: int
+    streak_start: dt.date
+    last_active_day: dt.date
+    longest_days: int
+    grace_day: dt.date | None
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+    """The streak as GetStreak shows it on a given day."""
+
+    current_days: int
+    longest_days: int
+    next_milestone_days: int
+    next_milestone_reward_micros: int
+    grace_day_used: bool
+    last_active_day: dt.date | None
+
+
+def utc_day(now: dt.datetime) -> dt.date:
+    return now.astimezone(dt.UTC).date()
+
+
+def forgivable(state: State, missed: dt.date) -> bool:
+    """Whether ``missed`` may be forgiven: no other forgiven day in the 7 days before it."""
+    return state.grace_day is None or (missed - state.grace_day).days >= GRACE_WINDOW_DAYS
+
+
+def advance(state: State | None, day: dt.date) -> State | None:
+    """The state after the first debit of ``day``; None when it changes nothing."""
+    if state is None:
+        return State(1, day, day, 1, None)
+    gap = (day - state.last_active_day).days
+    if gap <= 0:  # not a new day (a clock behind another replica's): nothing to count
+        return None
+    grace = state.grace_day
+    if gap == 1:
+        current = state.current_days + 1
+    elif gap == 2 and forgivable(state, day - dt.timedelta(days=1)):
+        current, grace = state.current_days + 1, day - dt.timedelta(days=1)
+    else:
+        return State(1, day, day, max(state.longest_days, 1), None)
+    return State(current, state.streak_start, day, max(state.longest_days, current), grace)
+
+
+def view(state: State | None, today: dt.date, milestones: list[tuple[int, int]]) -> View:
+    """The streak as seen on ``today``, whether or not the user was active since."""
+    current, grace_used = 0, False
+    if state is not None:
+        gap = (today - state.last_active_day).days
+        yesterday = today - dt.timedelta(days=1)
+        if gap <= 1:
+            current = state.current_days
+            next_miss = state.last_active_day + dt.timedelta(days=1)
+            grace_used = not forgivable(state, next_miss)
+        elif gap == 2 and forgivable(state, yesterday):
+            current, grace_used = state.current_days, True
+    next_days, next_reward = next(((d, r) for d, r in milestones if d > current), (0, 0))
+    return View(
+        current_days=current,
+        longest_days=state.longest_days if state else 0,
+        next_milestone_days=next_days,
+        next_milestone_reward_micros=next_reward,
+        grace_day_used=grace_used,
+        last_active_day=state.last_active_day if state else None,
+    )
+
+
+async def load(conn: Connection, user_id: str) -> State | None:
+    row = await conn.fetchrow(_STATE, user_id)
+    if row is None:
+        return None
+    return State(
+        current_days=row["current_days"],
+        streak_start=row["streak_start"],
+        last_active_day=row["last_active_day"],
+        longest_days=row["longest_days"],
+        grace_day=row["grace_day"],
+    )
+
+
+async def read(conn: Connection, user_id: str, now: dt.datetime) -> View:
+    """GetStreak (and the streak in GetBalance); the caller checked the account exists."""
+    milestones = [(r["milestone_days"], r["reward_micros"]) for r in await conn.fetch(_MILESTONES)]
+    return view(await load(conn, user_id), utc_day(now), milestones)
+
+
+async def record_debit(
+    conn: Connection, account: Account, now: dt.datetime, first_today: bool | None = None
+) -> Reward | None:
+    """Count a successful debit for the UTC day of ``now``; return a milestone reward if reached.
+
+    Runs in the debit's transaction under its account lock, so the reward and the debit
+    commit or roll back together. It must never raise a ``LedgerError``: the debit path
+    runs without a savepoint (``refuses_before_writing``), so a stored refusal raised
+    here would commit the debit beside it. Any other failure aborts the whole transaction.
+    """
+    day = utc_day(now)
+    if first_today is None:  # the debit path counts the activity in its own statement
+        first_today = await conn.fetchval(_ACTIVITY, account.user_id, day)
+    if not first_today:
+        return None
+    state = advance(await load(conn, account.user_id), day)
+    if state is None:
+        return None
+    await conn.execute(
+        _SAVE,
+        account.user_id,
+        state.current_days,
+        state.streak_start,
+        state.last_active_day,
+        state.longest_days,
+        state.grace_day,
+        now,
+    )
+    return await _reward(conn, account, state, now)
+
+
+async def _reward(
+    conn: Connection, account: Account, state: State, now: dt.datetime
+) -> Reward | None:
+    """Grant the milestone ``state.current_days`` if it is one and this streak lacks it."""
+    milestone = state.current_days
+    amount = await conn.fetchval(_DUE_REWARD, account.user_id, state.streak_start, milestone)
+    if amount is None:
+        return None
+    granted = await lots.grant(
+        conn,
+        account,
+        source="streak",
+        amount_micros=amount,
+        now=now,
+        expires_at=default_expiry("streak", now),
+        metadata={"milestone_days": str(milestone), "streak_start": str(state.streak_start)},
+        grant_key=f"streak:{state.streak_start.isoformat()}:{milestone}",
+    )
+    await conn.execute(
+        _RECORD_MILESTONE,
+        account.user_id,
+        state.streak_start,
+        milestone,
+        amount,
+        granted.transaction_id,
+        now,
+    )
+    return Reward(milestone, amount, granted.transaction_id, granted.account)

@@ -11,6 +11,7 @@ import dataclasses
 
 from server import limits
 from server.db import Connection
+from server.ledger import verify_rewards
 
 # 1. balance = sum(history) = sum(lots.remaining) + held - debt; held = pending holds.
 _PER_ACCOUNT = """
@@ -115,6 +116,8 @@ async def verify(conn: Connection) -> tuple[int, list[Violation]]:
                 3, r["user_id"], f"request_id {r['request_id']!r} wrote {r['n']} {r['type']} rows"
             )
         )
+    for user_id, detail in await verify_rewards.violations(conn, cap):
+        found.append(Violation(3, user_id, detail))
     totals = await conn.fetchrow(_TOTALS)
     assert totals is not None
     if totals["history"] != totals["balances"]:

@@ -17,6 +17,7 @@ from server import db
 from server.clock import Clock
 from server.db import Connection, Pool
 from server.ledger import idempotency
+from server.ledger.batching import DebitBatcher
 
 R = TypeVar("R", bound=Message)
 T = TypeVar("T")
@@ -27,6 +28,8 @@ class Runtime:
     pool: Pool
     clock: Clock
     trial_credits_micros: int = 5_000_000
+    # Group commit of debits (ledger/batching.py); None runs each debit in its own transaction.
+    debit_batcher: DebitBatcher | None = None
 
     async def execute(
         self,
@@ -37,6 +40,7 @@ class Runtime:
         request: Message,
         response_type: type[R],
         work: Callable[[Connection, dt.datetime], Awaitable[R]],
+        refuses_before_writing: bool = False,
     ) -> R:
         return await idempotency.execute(
             self.pool,
@@ -47,7 +51,36 @@ class Runtime:
             request=request,
             response_type=response_type,
             work=work,
+            refuses_before_writing=refuses_before_writing,
         )
+
+    async def execute_debit(
+        self,
+        *,
+        scope: str,
+        request_id: str,
+        method: str,
+        request: Message,
+        response_type: type[R],
+        work: Callable[[Connection, dt.datetime], Awaitable[R]],
+    ) -> R:
+        """A debit-like write that refuses before writing: group-committed when enabled."""
+        if self.debit_batcher is None:
+            return await self.execute(
+                scope=scope,
+                request_id=request_id,
+                method=method,
+                request=request,
+                response_type=response_type,
+                work=work,
+                refuses_before_writing=True,
+            )
+        guard = idempotency.Guard(
+            scope, request_id, method, idempotency.request_hash(method, request), response_type
+        )
+        response = await self.debit_batcher.submit(guard, work)
+        assert isinstance(response, response_type)
+        return response
 
     async def write(self, work: Callable[[Connection, dt.datetime], Awaitable[T]]) -> T:
         """A naturally idempotent write (EnsureAccount, SetAgentPrice, ...)."""

@@ -29,7 +29,9 @@ class AdminService(agrpc.AdminServiceServicer):
         amount = validate.amount(request.amount_micros)
         metadata = validate.metadata(request.metadata)
         explicit_expiry = (
-            request.expires_at.ToDatetime(dt.UTC) if request.HasField("expires_at") else None
+            validate.timestamp(request.expires_at, "expires_at")
+            if request.HasField("expires_at")
+            else None
         )
 
         async def work(conn: Connection, now: dt.datetime) -> apb.GrantResponse:

@@ -9,9 +9,18 @@ import grpc
 from creditwallet.v1 import wallet_service_pb2 as wpb
 from creditwallet.v1 import wallet_service_pb2_grpc as wgrpc
 
-from server import convert, errors, limits, metrics, validate
+from server import convert, limits, metrics, validate
 from server.db import Connection
-from server.ledger import accounts, balances, debit, history, holds
+from server.ledger import (
+    accounts,
+    balances,
+    debit,
+    history,
+    holds,
+    referrals,
+    streaks,
+    subscriptions,
+)
 from server.services import Runtime
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -25,13 +34,18 @@ class WalletService(wgrpc.WalletServiceServicer):
         self, request: wpb.EnsureAccountRequest, context: Context
     ) -> wpb.EnsureAccountResponse:
         user_id = validate.user_id(request.user_id)
-        if request.referral_code:
-            raise errors.LedgerError(
-                grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "referral codes are not live yet"
-            )
+        code = (
+            referrals.parse_code(request.referral_code, "referral_code")
+            if request.referral_code
+            else None
+        )
 
         async def work(conn: Connection, now: dt.datetime) -> bool:
             _, created = await accounts.ensure(conn, user_id, now, self.rt.trial_credits_micros)
+            # Only the creating call redeems: a refusal rolls the creation back, and a
+            # later call (a retry after success included) changes nothing.
+            if created and code is not None:
+                await referrals.redeem(conn, user_id, code, now, request_id=None)
             return created
 
         created = await self.rt.write(work)
@@ -63,6 +77,8 @@ class WalletService(wgrpc.WalletServiceServicer):
                 held_micros=account.held_micros,
                 debt_micros=account.debt_micros,
                 lots=convert.lot_groups(lots),
+                subscription=convert.subscription(await subscriptions.for_user(conn, user_id)),
+                streak=convert.streak(await streaks.read(conn, user_id, now)),
             )
 
         response = await self.rt.read(read)
@@ -92,7 +108,7 @@ class WalletService(wgrpc.WalletServiceServicer):
                 streak_reward=convert.streak_reward(result.reward),
             )
 
-        response = await self.rt.execute(
+        response = await self.rt.execute_debit(
             scope=cmd.user_id,
             request_id=cmd.request_id,
             method="Debit",
@@ -203,26 +219,53 @@ class WalletService(wgrpc.WalletServiceServicer):
     async def GetStreak(
         self, request: wpb.GetStreakRequest, context: Context
     ) -> wpb.GetStreakResponse:
-        raise _not_yet("GetStreak")
+        user_id = validate.user_id(request.user_id)
+
+        async def read(conn: Connection, now: dt.datetime) -> wpb.GetStreakResponse:
+            await accounts.read(conn, user_id)
+            return wpb.GetStreakResponse(
+                streak=convert.streak(await streaks.read(conn, user_id, now))
+            )
+
+        return await self.rt.read(read)
 
     async def GetReferralCode(
         self, request: wpb.GetReferralCodeRequest, context: Context
     ) -> wpb.GetReferralCodeResponse:
-        raise _not_yet("GetReferralCode")
+        user_id = validate.user_id(request.user_id)
+
+        async def work(conn: Connection, now: dt.datetime) -> wpb.GetReferralCodeResponse:
+            code, rewards = await referrals.code_of(conn, user_id, now)
+            return wpb.GetReferralCodeResponse(code=code, rewards_granted=rewards)
+
+        return await self.rt.write(work)
 
     async def RedeemReferralCode(
         self, request: wpb.RedeemReferralCodeRequest, context: Context
     ) -> wpb.RedeemReferralCodeResponse:
-        raise _not_yet("RedeemReferralCode")
+        user_id = validate.user_id(request.user_id)
+        request_id = validate.request_id(request.request_id)
+        code = referrals.parse_code(request.code)
+
+        async def work(conn: Connection, now: dt.datetime) -> wpb.RedeemReferralCodeResponse:
+            result = await referrals.redeem(conn, user_id, code, now, request_id)
+            return wpb.RedeemReferralCodeResponse(
+                transaction_id=str(result.transaction_id),
+                granted_micros=result.granted_micros,
+                available_micros=result.account.available_micros,
+            )
+
+        return await self.rt.execute(
+            scope=user_id,
+            request_id=request_id,
+            method="RedeemReferralCode",
+            request=request,
+            response_type=wpb.RedeemReferralCodeResponse,
+            work=work,
+        )
 
 
 def _cost(request: wpb.DebitRequest | wpb.AuthorizeRequest) -> dict[str, Any]:
     quantity = request.quantity if request.HasField("quantity") else None
     agent, qty, amount = validate.cost(request.agent_id, quantity, request.amount_micros)
     return {"agent_id": agent, "quantity": qty, "amount_micros": amount}
-
-
-def _not_yet(method: str) -> errors.LedgerError:
-    return errors.LedgerError(
-        grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", f"{method} is not implemented yet"
-    )

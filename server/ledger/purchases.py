@@ -1,0 +1,84 @@
+"""One-off purchases (top-ups): credits granted once per purchase, whatever delivers it.
+
+The business key is the purchase id (a checkout session), not the event id: Stripe may
+deliver ``checkout.session.completed`` and ``.async_payment_succeeded`` for one session, and
+redeliver either. The account lock serializes two events of one purchase; the second finds
+the purchase row and changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from server.db import Connection
+from server.ledger import accounts, customers, lots, referrals, refunds, subscriptions
+
+
+@dataclasses.dataclass(frozen=True)
+class PurchaseCommand:
+    request_id: str
+    user_id: str
+    purchase_id: str
+    payment_id: str
+    customer_id: str
+    price_id: str
+    credits_micros: int
+    amount_paid_minor: int
+    currency: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PurchaseResult:
+    transaction_id: int
+    granted_micros: int
+    already_recorded: bool
+
+
+_FIND = "SELECT transaction_id FROM purchases WHERE purchase_id = $1"
+
+_INSERT = """
+INSERT INTO purchases (purchase_id, user_id, payment_id, customer_id, price_id, credits_micros,
+    amount_paid_minor, currency, lot_id, transaction_id, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+"""
+
+
+async def record(conn: Connection, cmd: PurchaseCommand, now: dt.datetime) -> PurchaseResult:
+    """Grant a never-expiring top_up lot once per purchase_id, then apply any early refund."""
+    if cmd.customer_id:
+        await customers.link(conn, cmd.customer_id, cmd.user_id, now)
+        # Subscriptions of this customer that waited for their user get it now
+        # (subscription rows are locked before accounts, as SyncSubscription does).
+        await subscriptions.adopt_customer(conn, cmd.customer_id, now)
+    account = await accounts.create_without_trial(conn, cmd.user_id, now)
+    existing = await conn.fetchval(_FIND, cmd.purchase_id)
+    if existing is not None:
+        return PurchaseResult(existing, 0, already_recorded=True)
+    granted = await lots.grant(
+        conn,
+        account,
+        source="top_up",
+        amount_micros=cmd.credits_micros,
+        now=now,
+        request_id=cmd.request_id,
+        metadata={"purchase_id": cmd.purchase_id, "price_id": cmd.price_id},
+        grant_key=f"purchase:{cmd.purchase_id}",
+    )
+    await conn.execute(
+        _INSERT,
+        cmd.purchase_id,
+        cmd.user_id,
+        cmd.payment_id,
+        cmd.customer_id,
+        cmd.price_id,
+        cmd.credits_micros,
+        cmd.amount_paid_minor,
+        cmd.currency,
+        granted.lot_id,
+        granted.transaction_id,
+        now,
+    )
+    await refunds.apply(conn, cmd.payment_id, now)
+    await referrals.on_first_payment(conn, cmd.user_id, now)
+    return PurchaseResult(granted.transaction_id, cmd.credits_micros, already_recorded=False)

@@ -1,0 +1,168 @@
+"""Refunds: claw purchased credits back in proportion to the refunded amount (SPEC §7).
+
+Stripe's ``amount_refunded`` is cumulative, so the ledger keeps the largest amount reported
+per payment and claws back up to a *target* (credits * refunded // paid), minus what was
+already clawed back: a repeated, reordered or partial event can never claw twice. The
+refund may arrive before the payment it refunds is recorded; it is kept, and applied when
+the purchase or the paid period arrives.
+
+Where the credits come from: the payment's own lot first; what was already spent is taken
+from the account's other live lots in burn-down order; only the rest becomes debt, which
+later grants pay off (``lots.grant``) and which blocks debits meanwhile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+
+from server.db import Connection
+from server.ledger import accounts, history, lots
+from server.ledger.types import Account
+
+_REMEMBER = """
+INSERT INTO payment_refunds (payment_id, amount_refunded_minor, refund_ids, updated_at)
+VALUES ($1, $2, $3::text[], $4)
+ON CONFLICT (payment_id) DO UPDATE SET
+    amount_refunded_minor = GREATEST(payment_refunds.amount_refunded_minor,
+                                     EXCLUDED.amount_refunded_minor),
+    refund_ids = ARRAY(SELECT DISTINCT unnest(payment_refunds.refund_ids || EXCLUDED.refund_ids)
+                       ORDER BY 1),
+    updated_at = EXCLUDED.updated_at
+"""
+
+# The payment's credits: a purchase, or a granted subscription period.
+_PAYMENT = """
+SELECT 'purchase' AS kind, purchase_id AS key, NULL::timestamptz AS period_start, user_id,
+       credits_micros, amount_paid_minor, clawed_back_micros, lot_id, 'top_up' AS source
+FROM purchases WHERE payment_id = $1
+UNION ALL
+SELECT 'period', subscription_id, period_start, user_id, credits_micros, amount_paid_minor,
+       clawed_back_micros, lot_id, 'subscription'
+FROM subscription_periods WHERE payment_id = $1 AND lot_id IS NOT NULL
+"""
+
+_REFUNDED = "SELECT amount_refunded_minor FROM payment_refunds WHERE payment_id = $1"
+
+# One payment's refund and its purchase (or paid period) may be recorded at the same moment,
+# each unable to see the other's uncommitted row: both take this per-payment lock, so the
+# second always sees the first (a cycle with an account lock is a deadlock, and retried).
+_PAYMENT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('payment:' || $1, 0))"
+
+_SET_PURCHASE = "UPDATE purchases SET clawed_back_micros = $2 WHERE purchase_id = $1"
+_SET_PERIOD = """
+UPDATE subscription_periods SET clawed_back_micros = $3
+WHERE subscription_id = $1 AND period_start = $2
+"""
+
+_LIVE_LOT = """
+SELECT remaining_micros FROM credit_lots
+WHERE user_id = $1 AND lot_id = $2 AND (expires_at IS NULL OR expires_at > $3)
+"""
+
+_LIVE_TOTAL = """
+SELECT coalesce(sum(remaining_micros), 0)::bigint FROM credit_lots
+WHERE user_id = $1 AND remaining_micros > 0 AND (expires_at IS NULL OR expires_at > $2)
+"""
+
+_TAKE_FROM_LOT = """
+UPDATE credit_lots SET remaining_micros = remaining_micros - $3 WHERE user_id = $1 AND lot_id = $2
+"""
+
+_SETTLE = """
+UPDATE credits SET balance_micros = balance_micros - $2, debt_micros = debt_micros + $3,
+    updated_at = $4
+WHERE user_id = $1
+RETURNING user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class RefundResult:
+    user_id: str
+    clawed_back_micros: int
+    account: Account | None
+
+
+async def record(
+    conn: Connection,
+    payment_id: str,
+    amount_refunded_minor: int,
+    refund_ids: Sequence[str],
+    now: dt.datetime,
+) -> RefundResult:
+    """Remember the cumulative refunded amount, then claw back what it now requires."""
+    await conn.execute(_PAYMENT_LOCK, payment_id)
+    await conn.execute(_REMEMBER, payment_id, amount_refunded_minor, list(refund_ids), now)
+    return await apply(conn, payment_id, now)
+
+
+async def apply(conn: Connection, payment_id: str, now: dt.datetime) -> RefundResult:
+    """Bring the clawback of one payment up to its remembered refunded amount."""
+    if not payment_id:
+        return RefundResult("", 0, None)
+    await conn.execute(_PAYMENT_LOCK, payment_id)
+    refunded = await conn.fetchval(_REFUNDED, payment_id)
+    rows = await conn.fetch(_PAYMENT, payment_id)
+    if not rows:
+        return RefundResult("", 0, None)
+    first = rows[0]
+    account = await accounts.lock(conn, first["user_id"], now)
+    # Re-read under the account lock: a concurrent refund of the same payment has finished.
+    row = (await conn.fetch(_PAYMENT, payment_id))[0]
+    paid = row["amount_paid_minor"]
+    target = row["credits_micros"] * min(refunded or 0, paid) // paid if paid > 0 else 0
+    delta = target - row["clawed_back_micros"]
+    if delta <= 0:
+        return RefundResult(row["user_id"], 0, account)
+    account = await claw_back(
+        conn, account, row["lot_id"], row["source"], delta, now, payment_id=payment_id
+    )
+    if row["kind"] == "purchase":
+        await conn.execute(_SET_PURCHASE, row["key"], target)
+    else:
+        await conn.execute(_SET_PERIOD, row["key"], row["period_start"], target)
+    return RefundResult(row["user_id"], delta, account)
+
+
+async def claw_back(
+    conn: Connection,
+    account: Account,
+    lot_id: int,
+    source: str,
+    amount_micros: int,
+    now: dt.datetime,
+    *,
+    payment_id: str,
+) -> Account:
+    """Take amount back: from its lot, then from other live lots, the rest as debt."""
+    user_id = account.user_id
+    in_lot = await conn.fetchval(_LIVE_LOT, user_id, lot_id, now) or 0
+    from_lot = min(in_lot, amount_micros)
+    if from_lot:
+        await conn.execute(_TAKE_FROM_LOT, user_id, lot_id, from_lot)
+    rest = amount_micros - from_lot
+    live = await conn.fetchval(_LIVE_TOTAL, user_id, now) or 0
+    from_others = min(rest, live)
+    if from_others:
+        await lots.consume(conn, user_id, from_others, now)
+    debt = rest - from_others
+    await history.append(
+        conn,
+        user_id,
+        "clawback",
+        -amount_micros,
+        account.balance_micros - amount_micros,
+        now,
+        source=source,
+        metadata={
+            "payment_id": payment_id,
+            "lot_id": str(lot_id),
+            "from_other_lots_micros": str(from_others),
+            "debt_micros": str(debt),
+        },
+    )
+    row = await conn.fetchrow(_SETTLE, user_id, amount_micros, debt, now)
+    assert row is not None
+    return Account.from_row(row)

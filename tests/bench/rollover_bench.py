@@ -1,0 +1,112 @@
+"""Rollover of N subscribers, for ``make bench``: load with set-based SQL, time the run.
+
+Each subscriber has an active monthly subscription whose previous period ended, two
+subscription lots (the expired one of two periods ago, which the rollover records as
+``expire``, and the carried one of the last period) and a top-up. Timed: one
+``rollover.run`` over all of them, chunked as in production.
+
+    .venv/bin/python -m tests.bench.rollover_bench            # embedded PostgreSQL, 100,000
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+
+from server import db, migrate
+from server.ledger import rollover
+
+_LOAD = """
+WITH users AS (
+    SELECT 'bench-' || lpad(i::text, 8, '0') AS user_id FROM generate_series(1, $1) AS i
+), accounts AS (
+    INSERT INTO credits (user_id, balance_micros, next_expiry_at, created_at, updated_at)
+    SELECT user_id, 600000000, $2::timestamptz - interval '1 day',
+           $2::timestamptz - interval '90 days', $2::timestamptz - interval '1 day'
+    FROM users RETURNING user_id
+), subs AS (
+    INSERT INTO subscriptions (subscription_id, customer_id, user_id, status, price_id,
+        period_credits_micros, current_period_start, current_period_end, last_event_at,
+        created_at, updated_at)
+    SELECT 'sub_' || user_id, 'cus_' || user_id, user_id, 'active', 'price_cw_monthly_250',
+           250000000, $2::timestamptz - interval '1 day', $2::timestamptz + interval '30 days',
+           $2::timestamptz - interval '1 day', $2::timestamptz - interval '90 days', $2::timestamptz
+    FROM accounts RETURNING user_id
+)
+INSERT INTO credit_lots (user_id, source, amount_micros, remaining_micros, granted_at,
+                         expires_at, transaction_id, grant_key)
+SELECT user_id, src, 250000000, rem, $2::timestamptz - g, $2::timestamptz + e, 0, key || user_id
+FROM subs, (VALUES
+    ('subscription', 100000000::bigint, interval '61 days', interval '-1 day', 'old:'),
+    ('subscription', 250000000::bigint, interval '31 days', interval '29 days', 'last:'),
+    ('top_up', 250000000::bigint, interval '40 days', NULL::interval, 'top:')
+) AS v(src, rem, g, e, key)
+"""
+
+_HISTORY = """
+INSERT INTO credit_transactions (user_id, type, source, amount_micros, balance_after_micros,
+                                 created_at)
+SELECT user_id, 'grant', 'adjustment', 600000000, 600000000, $1::timestamptz - interval '90 days'
+FROM credits WHERE user_id LIKE 'bench-%'
+"""
+
+_PERIODS = """
+INSERT INTO subscription_periods (subscription_id, period_start, period_end, user_id,
+    credits_micros, lot_id, transaction_id, recorded_at, granted_at)
+SELECT 'sub_' || l.user_id, l.granted_at, l.granted_at + interval '30 days', l.user_id,
+       250000000, l.lot_id, 0, l.granted_at, l.granted_at
+FROM credit_lots l WHERE l.source = 'subscription' AND l.user_id LIKE 'bench-%'
+"""
+
+
+async def bench_rollover(dsn: str, accounts: int) -> float:
+    """Seconds one Rollover takes over ``accounts`` freshly loaded subscribers."""
+    conn = await asyncpg.connect(dsn)
+    now = dt.datetime.now(dt.UTC)
+    try:
+        await migrate.migrate(conn)
+        async with conn.transaction():
+            await conn.execute(_LOAD, accounts, now)
+            await conn.execute(_HISTORY, now)
+            await conn.execute(_PERIODS)
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    pool = await db.create_pool(dsn)
+    try:
+        started = time.perf_counter()
+        summary = await rollover.run(pool, now.strftime("%Y-%m"), now)
+        seconds = time.perf_counter() - started
+    finally:
+        await pool.close()
+    assert summary.accounts_processed >= accounts, summary
+    print(
+        f"rollover: {summary.accounts_processed} accounts in {seconds:.2f} s "
+        f"({summary.chunks} chunks, expired {summary.credits_expired_micros // 10**6} credits, "
+        f"carried {summary.credits_carried_micros // 10**6} credits)"
+    )
+    return seconds
+
+
+async def _main(accounts: int) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="cw-bench-", dir="/tmp"))
+    base = db.start_embedded(data_dir)
+    conn = await asyncpg.connect(base)
+    try:
+        await conn.execute("DROP DATABASE IF EXISTS cw_rollover_bench")
+        await conn.execute("CREATE DATABASE cw_rollover_bench")
+    finally:
+        await conn.close()
+    head, _, query = base.partition("?")
+    dsn = f"{head.rsplit('/', 1)[0]}/cw_rollover_bench" + (f"?{query}" if query else "")
+    await bench_rollover(dsn, accounts)
+
+
+if __name__ == "__main__":
+    asyncio.run(_main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000))

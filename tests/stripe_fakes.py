@@ -1,0 +1,188 @@
+"""Stripe as the tests see it: fixture objects, signed events, a local Stripe API, a gateway.
+
+Objects are copied from ../shared/stripe-fixtures/objects.json (Stripe's published shapes)
+and only the fields a scenario needs are set. Events are signed exactly as Stripe signs them:
+``Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import hmac
+import io
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from server.config import Secret
+from webhook_gateway.app import create_app
+from webhook_gateway.config import GatewayConfig
+
+# A copy of ../shared/stripe-fixtures/objects.json (Stripe's openapi fixtures, 2026-08-21).
+OBJECTS: dict[str, Any] = json.loads(Path(__file__).with_name("stripe_objects.json").read_text())
+SECRETS = ("whsec_test_current_" + "x" * 16, "whsec_test_next_" + "y" * 16)
+CRON_SECRET = "cron-secret-" + "z" * 20
+MONTHLY = "price_cw_monthly_250"
+TOP_UP_500 = "price_cw_topup_500"
+_ids = itertools.count(1)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{next(_ids)}_{int(time.time() * 1000) % 10**8}"
+
+
+def obj(kind: str, **fields: Any) -> dict[str, Any]:
+    value = copy.deepcopy(OBJECTS[kind])
+    value.update(fields)
+    return dict(value)
+
+
+def event(kind: str, data: dict[str, Any], created: int, event_id: str | None = None) -> bytes:
+    body = obj("event", id=event_id or new_id("evt"), type=kind, created=created)
+    body["data"] = {"object": data}
+    return json.dumps(body).encode()
+
+
+def sign(body: bytes, secret: str = SECRETS[0], at: int | None = None) -> str:
+    t = int(time.time()) if at is None else at
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def price(price_id: str, credits: int | None, *, recurring: bool) -> dict[str, Any]:
+    product = obj("product", id="prod_" + price_id, metadata={})
+    metadata = {"credits": str(credits)} if credits is not None else {}
+    return obj(
+        "price",
+        id=price_id,
+        metadata=metadata,
+        product=product,
+        recurring=OBJECTS["price"]["recurring"] if recurring else None,
+        type="recurring" if recurring else "one_time",
+    )
+
+
+def line_item(price_obj: dict[str, Any], quantity: int = 1) -> dict[str, Any]:
+    return obj("item", id=new_id("li"), price=price_obj, quantity=quantity)
+
+
+def invoice(
+    sub_id: str, customer: str, start: int, end: int, *, payment: str, paid: int = 999
+) -> dict[str, Any]:
+    line = obj("line_item", id=new_id("il"), period={"start": start, "end": end})
+    line["parent"] = {
+        "type": "subscription_item_details",
+        "subscription_item_details": {"subscription": sub_id, "subscription_item": "si_x"},
+        "invoice_item_details": None,
+    }
+    line["pricing"] = {"type": "price_details", "price_details": {"price": MONTHLY}}
+    inv = obj("invoice", id=new_id("in"), customer=customer, amount_paid=paid, currency="usd")
+    inv["lines"] = {"object": "list", "data": [line], "has_more": False}
+    inv["parent"] = {
+        "type": "subscription_details",
+        "subscription_details": {"subscription": sub_id, "metadata": {}},
+    }
+    inv["payments"] = {"data": [{"payment": {"type": "payment_intent", "payment_intent": payment}}]}
+    return inv
+
+
+def subscription(
+    sub_id: str, customer: str, status: str, start: int, end: int, price_obj: dict[str, Any]
+) -> dict[str, Any]:
+    item = obj(
+        "subscription_item", current_period_start=start, current_period_end=end, price=price_obj
+    )
+    sub = obj(
+        "subscription", id=sub_id, customer=customer, status=status, cancel_at_period_end=False
+    )
+    sub["items"] = {"object": "list", "data": [item], "has_more": False}
+    sub["metadata"] = {}
+    return sub
+
+
+@dataclasses.dataclass
+class FakeStripe:
+    """Stripe's API for the reads the gateway makes; ``down`` makes every call fail."""
+
+    line_items: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    invoices: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    prices: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    down: bool = False
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/checkout/sessions/{id}/line_items", self._line_items)
+        app.router.add_get("/v1/invoices/{id}", self._invoice)
+        app.router.add_get("/v1/prices/{id}", self._price)
+        return app
+
+    def _found(self, value: Any) -> web.Response:
+        if self.down:
+            return web.json_response({"error": {"type": "api_error"}}, status=500)
+        if value is None:
+            return web.json_response(
+                {"error": {"type": "invalid_request_error", "message": "No such object"}},
+                status=404,
+            )
+        return web.json_response(value)
+
+    async def _line_items(self, request: web.Request) -> web.Response:
+        items = self.line_items.get(request.match_info["id"])
+        listed = None if items is None else {"object": "list", "data": items, "has_more": False}
+        return self._found(listed)
+
+    async def _invoice(self, request: web.Request) -> web.Response:
+        return self._found(self.invoices.get(request.match_info["id"]))
+
+    async def _price(self, request: web.Request) -> web.Response:
+        return self._found(self.prices.get(request.match_info["id"]))
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def gateway_config(ledger_target: str, stripe_base: str, billing_token: str) -> GatewayConfig:
+    return GatewayConfig(
+        host="127.0.0.1",
+        port=0,
+        ledger_target=ledger_target,
+        billing_token=Secret(billing_token),
+        webhook_secrets=tuple(Secret(s) for s in SECRETS),
+        cron_secret=Secret(CRON_SECRET),
+        stripe_secret_key=Secret("sk_test_fake"),
+        stripe_api_base=stripe_base,
+        rpc_timeout_seconds=3.0,
+        stripe_timeout_seconds=2.0,
+    )
+
+
+@dataclasses.dataclass
+class Gateway:
+    url: str
+    http: aiohttp.ClientSession
+
+    async def deliver(
+        self, body: bytes, *, secret: str = SECRETS[0], at: int | None = None
+    ) -> aiohttp.ClientResponse:
+        headers = {"Stripe-Signature": sign(body, secret, at), "Content-Type": "application/json"}
+        data = io.BytesIO(body)
+        async with self.http.post(self.url + "/stripe/webhook", data=data, headers=headers) as r:
+            await r.read()
+            return r
+
+
+async def start_gateway(config: GatewayConfig) -> tuple[web.AppRunner, str]:
+    return await serve(create_app(config))

@@ -1,0 +1,52 @@
+"""`creditwallet streak` and `creditwallet referral code|redeem` against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from clients.cli import main
+from clients.wallet import AsyncCreditWalletClient
+from tests.harness import TOKENS, Ledger, new_user
+
+pytestmark = pytest.mark.usefixtures("verified")
+
+
+async def cli(ledger: Ledger, *args: str) -> int:
+    # The sync client blocks; the server runs in this event loop, so call it from a thread.
+    argv = ["--target", ledger.target, "--token", TOKENS["admin"], *args]
+    return await asyncio.to_thread(main, argv)
+
+
+async def test_cli_streak(
+    ledger: Ledger, admin: AsyncCreditWalletClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user = new_user()
+    await admin.ensure_account(user)
+    await admin.debit(user, amount_micros=1_000_000)
+    assert await cli(ledger, "streak", user) == 0
+    out = capsys.readouterr().out
+    assert "current         1 days" in out
+    assert f"last active     {ledger.clock.now().date().isoformat()}" in out
+    assert await cli(ledger, "--json", "streak", user) == 0
+    streak = json.loads(capsys.readouterr().out)["streak"]
+    assert (streak["current_days"], streak["next_milestone_days"]) == (1, 3)
+
+
+async def test_cli_referral_code_and_redeem(
+    ledger: Ledger, admin: AsyncCreditWalletClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    referrer, referee = new_user(), new_user()
+    await admin.ensure_account(referrer)
+    await admin.ensure_account(referee)
+    assert await cli(ledger, "--json", "referral", "code", referrer) == 0
+    code = json.loads(capsys.readouterr().out)["code"]
+    assert code == (await admin.get_referral_code(referrer)).code
+    assert await cli(ledger, "referral", "redeem", referee, code, "--request-id", "cli-r") == 0
+    out = capsys.readouterr().out
+    assert "granted" in out
+    assert "10" in out
+    assert await cli(ledger, "referral", "redeem", referee, code, "--request-id", "cli-r2") == 2
+    assert "REFERRAL_NOT_ALLOWED" in capsys.readouterr().err

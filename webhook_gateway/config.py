@@ -1,0 +1,75 @@
+"""The gateway's configuration: read once from the environment into one frozen object.
+
+Secrets are ``server.config.Secret`` (masked repr), so printing the config never leaks them.
+A missing required value stops start-up with a message naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
+
+from server.config import ConfigError, Secret
+
+DEFAULT_CATALOG_PATH: Final = Path(__file__).with_name("catalog.json")
+# The gateway's own deadline on a ledger RPC: well under Stripe's ~20 s webhook timeout.
+RPC_TIMEOUT_SECONDS: Final = 8.0
+# Stripe API calls (line items, invoices, prices) get at most this long.
+STRIPE_TIMEOUT_SECONDS: Final = 5.0
+# The rollover of every account may take a while (it is chunked and resumable).
+ROLLOVER_TIMEOUT_SECONDS: Final = 300.0
+# Webhook bodies above this are refused with 413 (Stripe's events are a few KiB).
+BODY_BYTES_MAX: Final = 1024 * 1024
+# Stripe's signature tolerance, applied both ways (the library only checks the past).
+SIGNATURE_TOLERANCE_SECONDS: Final = 300
+
+assert RPC_TIMEOUT_SECONDS + STRIPE_TIMEOUT_SECONDS < 20.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayConfig:
+    host: str
+    port: int
+    ledger_target: str
+    billing_token: Secret
+    webhook_secrets: tuple[Secret, ...]
+    cron_secret: Secret
+    stripe_secret_key: Secret | None = None
+    stripe_api_base: str | None = None
+    catalog_path: Path = DEFAULT_CATALOG_PATH
+    rpc_timeout_seconds: float = RPC_TIMEOUT_SECONDS
+    stripe_timeout_seconds: float = STRIPE_TIMEOUT_SECONDS
+    rollover_timeout_seconds: float = ROLLOVER_TIMEOUT_SECONDS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
+        env = os.environ if env is None else env
+
+        def required(name: str) -> str:
+            value = env.get(name, "").strip()
+            if not value:
+                raise ConfigError(f"{name} is required")
+            return value
+
+        address = env.get("GATEWAY_ADDRESS", "127.0.0.1:8080")
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError("GATEWAY_ADDRESS must be host:port")
+        secrets = tuple(
+            Secret(s.strip()) for s in required("STRIPE_WEBHOOK_SECRET").split(",") if s.strip()
+        )
+        key = env.get("STRIPE_SECRET_KEY", "").strip()
+        return cls(
+            host=host,
+            port=int(port),
+            ledger_target=env.get("LEDGER_TARGET") or env.get("GRPC_ADDRESS") or "127.0.0.1:50051",
+            billing_token=Secret(required("BILLING_TOKEN")),
+            webhook_secrets=secrets,
+            cron_secret=Secret(required("CRON_SECRET")),
+            stripe_secret_key=Secret(key) if key else None,
+            stripe_api_base=env.get("STRIPE_API_BASE") or None,
+            catalog_path=Path(env.get("CATALOG_PATH") or DEFAULT_CATALOG_PATH),
+        )

@@ -1,0 +1,272 @@
+"""Stripe events -> typed BillingService requests (SPEC §7), one function per event family.
+
+Both API shapes are accepted: in the current one a subscription's period lives on its items
+and an invoice names its subscription under ``parent.subscription_details``; older versions
+put them at the top level. A renewal's period is the invoice *line's* ``period``.
+Each mapping returns a ``Call`` or, for an event the ledger does not need, an ``Ignored``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from creditwallet.v1 import billing_service_pb2 as bpb
+from creditwallet.v1 import common_pb2 as pb
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
+
+from webhook_gateway import catalog
+from webhook_gateway.stripe_api import StripeApi
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    "active": pb.SUBSCRIPTION_STATUS_ACTIVE,
+    "trialing": pb.SUBSCRIPTION_STATUS_TRIALING,
+    "past_due": pb.SUBSCRIPTION_STATUS_PAST_DUE,
+    "unpaid": pb.SUBSCRIPTION_STATUS_UNPAID,
+    "incomplete": pb.SUBSCRIPTION_STATUS_INCOMPLETE,
+    "incomplete_expired": pb.SUBSCRIPTION_STATUS_INCOMPLETE_EXPIRED,
+    "canceled": pb.SUBSCRIPTION_STATUS_CANCELED,
+    "paused": pb.SUBSCRIPTION_STATUS_PAUSED,
+}
+HANDLED = (
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "charge.refunded",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    method: str
+    request: Message
+
+
+@dataclasses.dataclass(frozen=True)
+class Ignored:
+    reason: str
+
+
+class Mapper:
+    def __init__(self, api: StripeApi, prices: Mapping[str, catalog.PriceCredits]) -> None:
+        self.api = api
+        self.prices = prices
+
+    async def map(self, event: Mapping[str, Any]) -> Call | Ignored:
+        kind = event.get("type")
+        obj = event["data"]["object"]
+        if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
+            return await self._checkout(event, obj)
+        if kind == "invoice.paid":
+            return await self._invoice_paid(event, obj)
+        if kind == "invoice.payment_failed":
+            return _payment_failed(event, obj)
+        if kind in (
+            "customer.subscription.created",
+            "customer.subscription.updated",
+            "customer.subscription.deleted",
+        ):
+            return await self._subscription(event, obj)
+        if kind == "charge.refunded":
+            return _refund(event, obj)
+        return Ignored(f"event type {kind} is not handled")
+
+    async def credits(self, price: Any) -> catalog.PriceCredits:
+        """A price's credits: its (or its product's) metadata, else Stripe's API, vs catalog."""
+        price_id = price if isinstance(price, str) else str(price.get("id", ""))
+        from_api = catalog.from_price_object(price) if isinstance(price, dict) else None
+        if from_api is None:
+            fetched = await self.api.price(price_id)
+            from_api = catalog.from_price_object(fetched) if fetched else None
+        return catalog.decide(price_id, from_api, self.prices)
+
+    async def _checkout(self, event: Mapping[str, Any], obj: Mapping[str, Any]) -> Call | Ignored:
+        if obj.get("payment_status") != "paid":
+            return Ignored("checkout session not paid yet")
+        user = obj.get("client_reference_id") or (obj.get("metadata") or {}).get("user_id")
+        if not user:
+            log.error("paid checkout without a user", extra={"session": obj.get("id")})
+            return Ignored("checkout session names no user")
+        items = await self.api.session_line_items(obj["id"])
+        if items is None:
+            hint = (obj.get("metadata") or {}).get("price_id")
+            if not hint:
+                raise catalog.PriceError("line items unavailable and no price_id metadata")
+            items = [{"price": hint, "quantity": 1}]
+        total, price_id = 0, ""
+        for item in items:
+            found = await self.credits(item["price"])
+            total += found.credits_micros * int(item.get("quantity") or 1)
+            price = item["price"]
+            price_id = price if isinstance(price, str) else str(price["id"])
+        if obj.get("mode") == "subscription":
+            return await self._checkout_subscription(event, obj, str(user), price_id, total)
+        return Call(
+            "RecordPurchase",
+            bpb.RecordPurchaseRequest(
+                request_id=event["id"],
+                user_id=user,
+                purchase_id=obj["id"],
+                payment_id=obj.get("payment_intent") or "",
+                customer_id=obj.get("customer") or "",
+                price_id=price_id,
+                credits_micros=total,
+                amount_paid_minor=int(obj.get("amount_total") or 0),
+                currency=obj.get("currency") or "",
+            ),
+        )
+
+    async def _checkout_subscription(
+        self, event: Mapping[str, Any], obj: Mapping[str, Any], user: str, price: str, total: int
+    ) -> Call:
+        request = bpb.SyncSubscriptionRequest(
+            request_id=event["id"],
+            subscription_id=obj["subscription"],
+            customer_id=obj.get("customer") or "",
+            user_id=user,
+            status=pb.SUBSCRIPTION_STATUS_ACTIVE,
+            price_id=price,
+            period_credits_micros=total,
+            event_created_at=_ts(event["created"]),
+        )
+        invoice = await self.api.invoice(obj["invoice"]) if obj.get("invoice") else None
+        line = _subscription_line(invoice) if invoice else None
+        if invoice is not None and line is not None:
+            _set_period(request, line["period"]["start"], line["period"]["end"])
+            request.paid_period.CopyFrom(_paid_period(invoice, line))
+        return Call("SyncSubscription", request)
+
+    async def _invoice_paid(
+        self, event: Mapping[str, Any], inv: Mapping[str, Any]
+    ) -> Call | Ignored:
+        sub_id = _invoice_subscription(inv)
+        line = _subscription_line(inv)
+        if not sub_id or line is None:
+            return Ignored("invoice is not a subscription invoice")
+        found = await self.credits(_line_price(line))
+        details = (inv.get("parent") or {}).get("subscription_details") or {}
+        request = bpb.SyncSubscriptionRequest(
+            request_id=event["id"],
+            subscription_id=sub_id,
+            customer_id=inv.get("customer") or "",
+            user_id=(details.get("metadata") or {}).get("user_id", ""),
+            status=pb.SUBSCRIPTION_STATUS_ACTIVE,
+            price_id=_line_price_id(line),
+            period_credits_micros=found.credits_micros,
+            event_created_at=_ts(event["created"]),
+        )
+        _set_period(request, line["period"]["start"], line["period"]["end"])
+        request.paid_period.CopyFrom(_paid_period(inv, line))
+        return Call("SyncSubscription", request)
+
+    async def _subscription(self, event: Mapping[str, Any], sub: Mapping[str, Any]) -> Call:
+        item = ((sub.get("items") or {}).get("data") or [{}])[0]
+        price = item.get("price") or sub.get("plan") or ""
+        found = await self.credits(price) if price else None
+        start = item.get("current_period_start") or sub.get("current_period_start")
+        end = item.get("current_period_end") or sub.get("current_period_end")
+        status = "canceled" if event["type"].endswith(".deleted") else sub.get("status", "")
+        request = bpb.SyncSubscriptionRequest(
+            request_id=event["id"],
+            subscription_id=sub["id"],
+            customer_id=sub.get("customer") or "",
+            user_id=(sub.get("metadata") or {}).get("user_id", ""),
+            status=STATUS.get(status, pb.SUBSCRIPTION_STATUS_UNSPECIFIED),
+            price_id=price if isinstance(price, str) else str(price.get("id", "")),
+            period_credits_micros=found.credits_micros if found else 0,
+            cancel_at_period_end=bool(sub.get("cancel_at_period_end")),
+            event_created_at=_ts(event["created"]),
+        )
+        if start and end:
+            _set_period(request, start, end)
+        return Call("SyncSubscription", request)
+
+
+def _payment_failed(event: Mapping[str, Any], inv: Mapping[str, Any]) -> Call | Ignored:
+    sub_id = _invoice_subscription(inv)
+    if not sub_id:
+        return Ignored("invoice is not a subscription invoice")
+    return Call(
+        "RecordPaymentFailure",
+        bpb.RecordPaymentFailureRequest(
+            request_id=event["id"],
+            subscription_id=sub_id,
+            customer_id=inv.get("customer") or "",
+            invoice_id=inv.get("id") or "",
+            event_created_at=_ts(event["created"]),
+        ),
+    )
+
+
+def _refund(event: Mapping[str, Any], charge: Mapping[str, Any]) -> Call | Ignored:
+    payment = charge.get("payment_intent")
+    if not payment:
+        return Ignored("charge has no payment intent")
+    refunds = (charge.get("refunds") or {}).get("data") or []
+    return Call(
+        "RecordRefund",
+        bpb.RecordRefundRequest(
+            request_id=event["id"],
+            payment_id=payment if isinstance(payment, str) else payment["id"],
+            amount_refunded_minor=int(charge.get("amount_refunded") or 0),
+            refund_ids=[r["id"] for r in refunds if isinstance(r, dict) and r.get("id")],
+        ),
+    )
+
+
+def _invoice_subscription(inv: Mapping[str, Any]) -> str:
+    details = (inv.get("parent") or {}).get("subscription_details") or {}
+    sub = details.get("subscription") or inv.get("subscription") or ""
+    return sub if isinstance(sub, str) else str(sub.get("id", ""))
+
+
+def _subscription_line(inv: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The invoice line that bills the subscription's period (not a proration or an item)."""
+    lines = (inv.get("lines") or {}).get("data") or []
+    for line in lines:
+        parent = line.get("parent") or {}
+        if parent.get("type") == "subscription_item_details" or line.get("type") == "subscription":
+            return dict(line)
+    return dict(lines[0]) if lines and lines[0].get("period") else None
+
+
+def _line_price(line: Mapping[str, Any]) -> Any:
+    details = (line.get("pricing") or {}).get("price_details") or {}
+    return details.get("price") or line.get("price") or line.get("plan") or ""
+
+
+def _line_price_id(line: Mapping[str, Any]) -> str:
+    price = _line_price(line)
+    return price if isinstance(price, str) else str(price.get("id", ""))
+
+
+def _paid_period(inv: Mapping[str, Any], line: Mapping[str, Any]) -> bpb.PaidPeriod:
+    payment = inv.get("payment_intent") or ""
+    if not payment:
+        for entry in (inv.get("payments") or {}).get("data") or []:
+            payment = (entry.get("payment") or {}).get("payment_intent") or payment
+    return bpb.PaidPeriod(
+        period_start=_ts(line["period"]["start"]),
+        period_end=_ts(line["period"]["end"]),
+        payment_id=payment if isinstance(payment, str) else str(payment.get("id", "")),
+        amount_paid_minor=int(inv.get("amount_paid") or 0),
+        currency=inv.get("currency") or "",
+    )
+
+
+def _set_period(request: bpb.SyncSubscriptionRequest, start: int, end: int) -> None:
+    request.current_period_start.CopyFrom(_ts(start))
+    request.current_period_end.CopyFrom(_ts(end))
+
+
+def _ts(seconds: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=int(seconds))
