@@ -3,10 +3,10 @@
 For every RPC of WalletService, BillingService and AdminService, hypothesis builds requests
 from the message descriptor (tests/hostile.py) and sends them with the admin token (which may
 call everything). Each answer must be a code the SPEC lists (§6) — never UNKNOWN or
-INTERNAL; RPCs not built on this branch yet may also answer UNIMPLEMENTED (``NOT_YET_RPCS``).
-A refused request changes no money (accounts, lots, transactions, holds, prices); a
-malformed one (INVALID_ARGUMENT) also stores no idempotency record. Requests that happen to
-be valid may succeed: the ledger must then still verify (the ``verified`` fixture).
+INTERNAL (nor UNIMPLEMENTED: every RPC is built). A refused request changes no money
+(accounts, lots, transactions, holds, prices); a malformed one (INVALID_ARGUMENT) also
+stores no idempotency record. Requests that happen to be valid may succeed: the ledger
+must then still verify (the ``verified`` fixture).
 """
 
 from __future__ import annotations
@@ -39,17 +39,6 @@ SPEC_CODES = frozenset(
         grpc.StatusCode.NOT_FOUND,
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.ALREADY_EXISTS,
-    }
-)
-# RPCs that answer UNIMPLEMENTED until issue 3 (billing) and issue 4 (streaks, referrals) land;
-# once they do, drop them from here so UNIMPLEMENTED becomes a failure for them too.
-NOT_YET_RPCS = frozenset(
-    {
-        *(r.name for r in rpcs.ALL_RPCS if r.service == rpcs.BILLING_SERVICE),
-        "GetStreak",
-        "GetReferralCode",
-        "RedeemReferralCode",
-        "EnsureAccount",  # with a referral_code
     }
 )
 METADATA = (("authorization", f"Bearer {TOKENS['admin']}"),)
@@ -127,9 +116,7 @@ async def test_hostile_requests_get_spec_codes_and_change_nothing(
     before = await snapshot(ledger)
     code = await code_of(channel, rpc, request)
     after = await snapshot(ledger)
-    not_yet = {grpc.StatusCode.UNIMPLEMENTED} if rpc.name in NOT_YET_RPCS else set()
-    allowed = SPEC_CODES | not_yet
-    assert code in allowed, (code, request)
+    assert code in SPEC_CODES, (code, request)
     if code != grpc.StatusCode.OK:
         money = {k: v for k, v in after.items() if k != "idempotency"}
         assert money == {k: v for k, v in before.items() if k != "idempotency"}, request
