@@ -117,7 +117,7 @@ async def test_migrations_once_and_no_double_debit_across_replicas(
         f"2 replicas: attempted={len(jobs)} request_ids x2 sends, acknowledged={accepted}, "
         f"found_in_ledger={sum(r['n'] for r in rows)}, applied_twice=0, "
         f"refused_insufficient={len(jobs) - accepted}, invariant_violations="
-        f"{len(report.violations)}, migrations applied once={migrations}"
+        f"{len(report.violations)}, migrations={migrations} (each applied by one replica)"
     )
     for proc in replicas:
         load.assert_no_secrets(proc.log_text(), "a replica's log")
