@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from hypothesis import strategies as st
 
 from server import limits
+from tests.harness import Ledger
 
 FD = descriptor.FieldDescriptor
 # A field or message descriptor. Typed loosely on purpose: protobuf's stubs tell the upb and
@@ -162,3 +163,31 @@ def requests(request_type: type[Message], known: Sequence[str]) -> st.SearchStra
     return message_values(request_type.DESCRIPTOR, known).map(
         lambda values: fill(request_type(), values)
     )
+
+
+# Counts and sums of everything a request could change: equal before and after means it
+# changed nothing.
+SNAPSHOT = """
+SELECT (SELECT count(*) FROM credits) AS accounts,
+       (SELECT coalesce(sum(balance_micros), 0) FROM credits) AS balances,
+       (SELECT coalesce(sum(held_micros), 0) FROM credits) AS held,
+       (SELECT count(*) FROM credit_lots) AS lots,
+       (SELECT coalesce(sum(remaining_micros), 0) FROM credit_lots) AS remaining,
+       (SELECT count(*) FROM credit_transactions) AS transactions,
+       (SELECT coalesce(sum(amount_micros), 0) FROM credit_transactions) AS moved,
+       (SELECT count(*) FROM holds) AS holds,
+       (SELECT count(*) FROM holds WHERE status = 'pending') AS pending,
+       (SELECT count(*) FROM agent_pricing) AS prices,
+       (SELECT coalesce(sum(price_micros), 0) FROM agent_pricing) AS price_sum,
+       (SELECT count(*) FROM user_activity) AS activity,
+       (SELECT count(*) FROM referral_codes) AS referral_codes,
+       (SELECT count(*) FROM idempotency_records) AS idempotency
+"""
+
+
+async def snapshot(ledger: Ledger) -> dict[str, Any]:
+    """The figures of SNAPSHOT, read on the ledger's own pool."""
+    async with ledger.pool.acquire() as conn:
+        row = await conn.fetchrow(SNAPSHOT)
+    assert row is not None
+    return dict(row)

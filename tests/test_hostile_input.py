@@ -28,6 +28,7 @@ from clients.wallet import AsyncCreditWalletClient
 from server import limits
 from tests import hostile
 from tests.harness import TOKENS, Ledger, new_user
+from tests.hostile import snapshot
 
 pytestmark = pytest.mark.usefixtures("verified")
 
@@ -42,30 +43,6 @@ SPEC_CODES = frozenset(
     }
 )
 METADATA = (("authorization", f"Bearer {TOKENS['admin']}"),)
-
-SNAPSHOT = """
-SELECT (SELECT count(*) FROM credits) AS accounts,
-       (SELECT coalesce(sum(balance_micros), 0) FROM credits) AS balances,
-       (SELECT coalesce(sum(held_micros), 0) FROM credits) AS held,
-       (SELECT count(*) FROM credit_lots) AS lots,
-       (SELECT coalesce(sum(remaining_micros), 0) FROM credit_lots) AS remaining,
-       (SELECT count(*) FROM credit_transactions) AS transactions,
-       (SELECT coalesce(sum(amount_micros), 0) FROM credit_transactions) AS moved,
-       (SELECT count(*) FROM holds) AS holds,
-       (SELECT count(*) FROM holds WHERE status = 'pending') AS pending,
-       (SELECT count(*) FROM agent_pricing) AS prices,
-       (SELECT coalesce(sum(price_micros), 0) FROM agent_pricing) AS price_sum,
-       (SELECT count(*) FROM user_activity) AS activity,
-       (SELECT count(*) FROM referral_codes) AS referral_codes,
-       (SELECT count(*) FROM idempotency_records) AS idempotency
-"""
-
-
-async def snapshot(ledger: Ledger) -> dict[str, Any]:
-    async with ledger.pool.acquire() as conn:
-        row = await conn.fetchrow(SNAPSHOT)
-    assert row is not None
-    return dict(row)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
