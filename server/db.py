@@ -157,11 +157,20 @@ async def _with_retries(pool: Pool, work: Callable[[Connection], Awaitable[T]]) 
     raise errors.unavailable("transaction kept conflicting; retry with the same request_id")
 
 
-async def read(pool: Pool, work: Callable[[Connection], Awaitable[T]]) -> T:
-    """Run read-only ``work`` on a pooled connection, mapping unreachability to UNAVAILABLE."""
+async def read(
+    pool: Pool, work: Callable[[Connection], Awaitable[T]], *, snapshot: bool = False
+) -> T:
+    """Run read-only ``work`` on a pooled connection, mapping unreachability to UNAVAILABLE.
+
+    ``snapshot``: run all of the work's statements on one snapshot (a read-only
+    REPEATABLE READ transaction), for reads whose parts must agree with each other.
+    """
     try:
         async with _connection(pool) as conn:
-            return await work(conn)
+            if not snapshot:
+                return await work(conn)
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return await work(conn)
     except errors.LedgerError:
         raise
     except UNAVAILABLE_ERRORS as exc:

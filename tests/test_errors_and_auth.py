@@ -7,8 +7,10 @@ from typing import Any
 import grpc
 import pytest
 from creditwallet.v1 import admin_service_pb2 as apb
+from creditwallet.v1 import common_pb2 as pb
 from creditwallet.v1 import wallet_service_pb2 as wpb
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients import errors as cw
 from clients.wallet import AsyncCreditWalletClient
@@ -156,6 +158,19 @@ BAD_REQUESTS: list[tuple[str, str, Message, type[cw.CreditWalletError], str]] = 
         "admin",
         "SetAgentPrice",
         apb.SetAgentPriceRequest(agent_id="a", price_micros=0),
+        cw.InvalidArgument,
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "admin",
+        "Grant",
+        apb.GrantRequest(
+            user_id=U,
+            request_id="x",
+            amount_micros=CREDIT,
+            source=pb.LOT_SOURCE_PROMO,
+            expires_at=Timestamp(seconds=253_402_300_800),  # year 10000
+        ),
         cw.InvalidArgument,
         "INVALID_ARGUMENT",
     ),

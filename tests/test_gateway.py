@@ -358,3 +358,28 @@ async def test_billing_rpcs_refuse_malformed_requests(ledger: Ledger) -> None:
         )
     with pytest.raises(cw.InvalidArgument):
         await billing.rollover("2026-13")
+
+
+async def test_subscription_refund_finds_its_period_through_stripes_invoice_payments(
+    gateway: sf.Gateway, fake: sf.FakeStripe, admin: AsyncCreditWalletClient, ledger: Ledger
+) -> None:
+    """A current-API invoice.paid names no payment; the gateway asks Stripe for it, so a
+    refund of that payment claws the period's credits back (review finding)."""
+    user, sub_id, customer = new_user(), sf.new_id("sub"), sf.new_id("cus")
+    await admin.ensure_account(user)
+    start = int(ledger.clock.now().timestamp()) - DAY
+    payment = sf.new_id("pi")
+    known = sf.invoice(sub_id, customer, start, start + 30 * DAY, payment=payment)
+    fake.invoices[known["id"]] = known
+    in_event = dict(known)
+    del in_event["payments"]
+    in_event["parent"] = {
+        "type": "subscription_details",
+        "subscription_details": {"subscription": sub_id, "metadata": {"user_id": user}},
+    }
+    assert (await gateway.deliver(sf.event("invoice.paid", in_event, start))).status == 200
+    assert await available(admin, user) == 255 * CREDIT
+    charge = sf.obj("charge", id=sf.new_id("ch"), payment_intent=payment)
+    charge.update(amount=999, amount_refunded=999, refunds={"object": "list", "data": []})
+    assert (await gateway.deliver(sf.event("charge.refunded", charge, start + 60))).status == 200
+    assert await available(admin, user) == 5 * CREDIT

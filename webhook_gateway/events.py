@@ -165,6 +165,13 @@ class Mapper:
             event_created_at=_ts(event["created"]),
         )
         _set_period(request, line["period"]["start"], line["period"]["end"])
+        if not _payment_of(inv):
+            # Refunds find a period by its payment; ask Stripe when the event lacks it.
+            fetched = await self.api.invoice(inv["id"])
+            if fetched is not None and _payment_of(fetched):
+                inv = fetched
+            else:
+                log.warning("invoice %s: payment unknown; its refunds cannot claw back", inv["id"])
         request.paid_period.CopyFrom(_paid_period(inv, line))
         return Call("SyncSubscription", request)
 
@@ -249,15 +256,20 @@ def _line_price_id(line: Mapping[str, Any]) -> str:
     return price if isinstance(price, str) else str(price.get("id", ""))
 
 
-def _paid_period(inv: Mapping[str, Any], line: Mapping[str, Any]) -> bpb.PaidPeriod:
+def _payment_of(inv: Mapping[str, Any]) -> str:
+    """The invoice's payment intent: top-level in older API versions, else under payments."""
     payment = inv.get("payment_intent") or ""
     if not payment:
         for entry in (inv.get("payments") or {}).get("data") or []:
             payment = (entry.get("payment") or {}).get("payment_intent") or payment
+    return payment if isinstance(payment, str) else str(payment.get("id", ""))
+
+
+def _paid_period(inv: Mapping[str, Any], line: Mapping[str, Any]) -> bpb.PaidPeriod:
     return bpb.PaidPeriod(
         period_start=_ts(line["period"]["start"]),
         period_end=_ts(line["period"]["end"]),
-        payment_id=payment if isinstance(payment, str) else str(payment.get("id", "")),
+        payment_id=_payment_of(inv),
         amount_paid_minor=int(inv.get("amount_paid") or 0),
         currency=inv.get("currency") or "",
     )

@@ -47,7 +47,11 @@ class StripeApi:
         return found if isinstance(found, list) else None
 
     async def invoice(self, invoice_id: str) -> dict[str, Any] | None:
-        found = await self._read("invoice", lambda c: c.v1.invoices.retrieve_async(invoice_id))
+        # Current API versions name an invoice's payment only under its expanded payments.
+        found = await self._read(
+            "invoice",
+            lambda c: c.v1.invoices.retrieve_async(invoice_id, params={"expand": ["payments"]}),
+        )
         return found if isinstance(found, dict) else None
 
     async def price(self, price_id: str) -> dict[str, Any] | None:

@@ -86,5 +86,9 @@ class Runtime:
         """A naturally idempotent write (EnsureAccount, SetAgentPrice, ...)."""
         return await db.run_transaction(self.pool, lambda conn: work(conn, self.clock.now()))
 
-    async def read(self, work: Callable[[Connection, dt.datetime], Awaitable[T]]) -> T:
-        return await db.read(self.pool, lambda conn: work(conn, self.clock.now()))
+    async def read(
+        self, work: Callable[[Connection, dt.datetime], Awaitable[T]], *, snapshot: bool = False
+    ) -> T:
+        return await db.read(
+            self.pool, lambda conn: work(conn, self.clock.now()), snapshot=snapshot
+        )

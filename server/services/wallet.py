@@ -81,10 +81,11 @@ class WalletService(wgrpc.WalletServiceServicer):
                 streak=convert.streak(await streaks.read(conn, user_id, now)),
             )
 
-        response = await self.rt.read(read)
+        # One snapshot, so the lots always add up to the balance beside them.
+        response = await self.rt.read(read, snapshot=True)
         if response is None:
             await self.rt.write(lambda conn, now: balances.sweep(conn, user_id, now))
-            response = await self.rt.read(read)
+            response = await self.rt.read(read, snapshot=True)
         assert response is not None, "a sweep leaves nothing due at the same instant"
         return response
 
