@@ -10,7 +10,6 @@ so they show without ``-s``. (``--faults-full`` is declared here, so pass it onl
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -69,8 +68,9 @@ def record(request: pytest.FixtureRequest) -> Iterator[list[str]]:
 
 
 @pytest.fixture
-def logs_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="cw-faults-", dir="/tmp"))
+def logs_dir(tmp_path: Path) -> Path:
+    """Where server children write their logs (pytest keeps the last few runs' for post-mortems)."""
+    return tmp_path
 
 
 @pytest_asyncio.fixture(loop_scope="session")
