@@ -161,6 +161,11 @@ async def _forward(
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
         WEBHOOKS.labels(label, "ledger_" + code.name.lower()).inc()
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            # The event's content can never be applied as sent: a malformed event, as
+            # any other (400), for an operator to look at; retrying would change nothing.
+            log.error("event %s refused by the ledger as malformed", event_id)
+            return web.json_response({"error": "ledger: INVALID_ARGUMENT"}, status=400)
         log.warning("event %s: ledger answered %s", event_id, code.name)
         status = (
             503 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else 500
