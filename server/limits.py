@@ -37,6 +37,7 @@ PAGE_TOKEN_LENGTH_MAX: Final = 256
 
 # Idempotency records are kept at least this long (SPEC: at least 7 days).
 IDEMPOTENCY_RETENTION_DAYS: Final = 30
+IDEMPOTENCY_PURGE_BATCH_ROWS: Final = 10_000
 
 # Database.
 DB_POOL_SIZE_MIN: Final = 2

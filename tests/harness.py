@@ -8,6 +8,7 @@ each other's rows. The server runs in the test's event loop on 127.0.0.1 port 0 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import itertools
@@ -116,3 +117,14 @@ async def start_ledger(base_dsn: str, data_dir: Path) -> Ledger:
 
 def new_user() -> str:
     return f"user-{uuid.uuid4().hex[:12]}"
+
+
+async def cli(ledger: Ledger, *args: str) -> int:
+    """Run the ``creditwallet`` CLI against the ledger, as an operator would.
+
+    The CLI's sync client blocks and the server runs in this event loop: hence the thread.
+    """
+    from clients.cli import main
+
+    argv = ["--target", ledger.target, "--token", TOKENS["admin"], *args]
+    return await asyncio.to_thread(main, argv)

@@ -9,14 +9,9 @@ import pytest
 
 from clients.cli import main
 from clients.wallet import AsyncCreditWalletClient
-from tests.harness import TOKENS, Ledger, new_user
+from tests.harness import Ledger, cli, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")
-
-
-async def cli(ledger: Ledger, *args: str) -> int:
-    argv = ["--target", ledger.target, "--token", TOKENS["admin"], *args]
-    return await asyncio.to_thread(main, argv)
 
 
 async def test_grant_debit_balance_history_in_credits(

@@ -245,3 +245,28 @@ async def test_agent_disabled_and_unknown(admin: AsyncCreditWalletClient) -> Non
     prices = await admin.list_agent_prices()
     assert "retired-agent" in [p.agent_id for p in prices.prices]
     assert await balance(admin, user) == 5 * CREDIT
+
+
+async def test_rollover_purges_idempotency_records_past_retention(
+    admin: AsyncCreditWalletClient, ledger: Ledger
+) -> None:
+    user = new_user()
+    await admin.ensure_account(user)
+    recent = await admin.debit(user, amount_micros=CREDIT, request_id="keep-me")
+    old = ledger.clock.now() - dt.timedelta(days=31)
+    async with ledger.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO idempotency_records (user_id, request_id, method, request_hash, "
+            "response, created_at) VALUES ($1, 'ancient', 'Debit', '\\x00', '', $2)",
+            user,
+            old,
+        )
+    await admin.rollover()
+    async with ledger.pool.acquire() as conn:
+        keys = await conn.fetch(
+            "SELECT request_id FROM idempotency_records WHERE user_id = $1", user
+        )
+    assert [k["request_id"] for k in keys] == ["keep-me"]
+    again = await admin.debit(user, amount_micros=CREDIT, request_id="keep-me")
+    assert again.replayed
+    assert again.transaction_id == recent.transaction_id

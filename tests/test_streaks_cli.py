@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
-from clients.cli import main
 from clients.wallet import AsyncCreditWalletClient
-from tests.harness import TOKENS, Ledger, new_user
+from tests.harness import Ledger, cli, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")
-
-
-async def cli(ledger: Ledger, *args: str) -> int:
-    # The sync client blocks; the server runs in this event loop, so call it from a thread.
-    argv = ["--target", ledger.target, "--token", TOKENS["admin"], *args]
-    return await asyncio.to_thread(main, argv)
 
 
 async def test_cli_streak(

@@ -19,22 +19,15 @@ from collections.abc import Mapping
 
 from server import errors
 from server.db import Connection
-from server.ledger import accounts, pricing, streaks
+from server.ledger import accounts, lots, pricing, streaks
 from server.ledger.types import Account
 
-# The burn-down of lots._CONSUME, fused with the history row, the consumption records and
-# the balance, so a debit is one round trip once the account is locked.
-_DEBIT = """
-WITH live AS (
-    SELECT lot_id, remaining_micros,
-           (sum(remaining_micros) OVER (
-               ORDER BY expires_at ASC NULLS LAST, granted_at, lot_id))::bigint AS upto
-    FROM credit_lots
-    WHERE user_id = $1 AND remaining_micros > 0 AND (expires_at IS NULL OR expires_at > $3)
-), take AS (
-    SELECT lot_id, LEAST(remaining_micros, $2::bigint - (upto - remaining_micros)) AS amount
-    FROM live WHERE upto - remaining_micros < $2
-), burnt AS (
+# The burn-down of lots.consume, fused with the history row, the consumption records, the
+# balance and the day's activity, so a debit is one round trip once the account is locked.
+_DEBIT = (
+    "WITH"
+    + lots.BURN_DOWN_CTES
+    + """, burnt AS (
     UPDATE credit_lots l SET remaining_micros = l.remaining_micros - take.amount
     FROM take WHERE l.user_id = $1 AND l.lot_id = take.lot_id
     RETURNING l.lot_id, take.amount
@@ -60,6 +53,7 @@ SELECT (SELECT transaction_id FROM tx) AS transaction_id,
        (SELECT first_today FROM activity) AS first_today,
        account.* FROM account
 """
+)
 
 
 @dataclasses.dataclass(frozen=True)

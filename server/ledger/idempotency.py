@@ -24,7 +24,7 @@ from typing import Generic, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from server import db, errors
+from server import db, errors, limits
 from server.clock import Clock
 from server.db import Connection, Pool
 
@@ -185,3 +185,25 @@ async def _store_error(
         exc.message,
         json.dumps(exc.metadata, sort_keys=True),
     )
+
+
+# Records older than the retention are removed in bounded batches (the monthly rollover
+# calls this), so the table does not grow without end and no delete is one huge transaction.
+_PURGE = """
+DELETE FROM idempotency_records WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM idempotency_records WHERE created_at < $1 LIMIT $2))
+"""
+
+
+async def purge_expired(pool: Pool, now: dt.datetime) -> int:
+    """Delete idempotency records past their retention; return how many."""
+    cutoff = now - dt.timedelta(days=limits.IDEMPOTENCY_RETENTION_DAYS)
+    purged = 0
+    while True:
+        status = await db.run_transaction(
+            pool, lambda conn: conn.execute(_PURGE, cutoff, limits.IDEMPOTENCY_PURGE_BATCH_ROWS)
+        )
+        deleted = int(status.split()[-1])
+        purged += deleted
+        if deleted < limits.IDEMPOTENCY_PURGE_BATCH_ROWS:
+            return purged

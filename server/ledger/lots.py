@@ -18,9 +18,11 @@ from server.ledger import history
 from server.ledger.types import Account
 
 # Burn-down order (SPEC §5): soonest expiry first, never-expiring last, then oldest grant.
-# The account lock serializes writers, so the live lots need no row locks here.
-_CONSUME = """
-WITH live AS (
+# $1 user_id, $2 amount, $3 now; ``take`` is (lot_id, amount) of each lot to draw on. The
+# account lock serializes writers, so the live lots need no row locks here. Shared by
+# ``consume`` and the debit's fused statement (ledger/debit.py).
+BURN_DOWN_CTES = """
+live AS (
     SELECT lot_id, remaining_micros,
            (sum(remaining_micros) OVER (
                ORDER BY expires_at ASC NULLS LAST, granted_at, lot_id))::bigint AS upto
@@ -29,11 +31,17 @@ WITH live AS (
 ), take AS (
     SELECT lot_id, LEAST(remaining_micros, $2::bigint - (upto - remaining_micros)) AS amount
     FROM live WHERE upto - remaining_micros < $2
-)
+)"""
+
+_CONSUME = (
+    "WITH"
+    + BURN_DOWN_CTES
+    + """
 UPDATE credit_lots l SET remaining_micros = l.remaining_micros - take.amount
 FROM take WHERE l.user_id = $1 AND l.lot_id = take.lot_id
 RETURNING l.lot_id, take.amount
 """
+)
 
 # Given-back credits may land in a lot that has expired meanwhile: the account's
 # next_expiry_at moves down so the next touch records that expiry.

@@ -2,7 +2,8 @@
 
 What "up to date as of now" means: expired holds released, lots past their ``expires_at``
 recorded as ``expire`` transactions, and subscription credits carried from periods that
-ended capped at one allotment. It never grants: grants follow payments only.
+ended capped at one allotment. It never grants: grants follow payments only. It also
+deletes idempotency records past their retention (``limits.IDEMPOTENCY_RETENTION_DAYS``).
 
 How it stays exactly-once and cheap:
 
@@ -30,7 +31,7 @@ import asyncpg
 
 from server import db, limits
 from server.db import Connection, Pool
-from server.ledger import accounts, lots, subscriptions
+from server.ledger import accounts, idempotency, lots, subscriptions
 from server.ledger.types import Account
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ async def run(
         total.add(done)
         if after_chunk is not None:
             await after_chunk(total)
+    purged = await idempotency.purge_expired(pool, now)
     await db.run_transaction(
         pool,
         lambda c: c.execute(
@@ -167,7 +169,10 @@ async def run(
             total.holds_released,
         ),
     )
-    log.info("rollover finished", extra=dataclasses.asdict(total))
+    log.info(
+        "rollover finished",
+        extra={**dataclasses.asdict(total), "idempotency_records_purged": purged},
+    )
     return total
 
 
