@@ -12,6 +12,7 @@ limit that is written down can be reviewed and tested once for both clients.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
@@ -210,9 +211,19 @@ def backoff_seconds(retries_done: int, rng: random.Random) -> float:
     return rng.uniform(ceiling / 2, ceiling)
 
 
-def channel_options(message_bytes_max: int) -> list[tuple[str, Any]]:
-    """Channel arguments both clients pass; sizes explicit rather than gRPC's defaults."""
-    return [
+def channel_options(message_bytes_max: int, round_robin: bool = False) -> list[tuple[str, Any]]:
+    """Channel arguments both clients pass; sizes explicit rather than gRPC's defaults.
+
+    ``round_robin``: spread calls over every address the target resolves to (e.g. a DNS name
+    of several server replicas, ``dns:///ledger.internal:50051``) instead of gRPC's default
+    of using the first that connects.
+    """
+    options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", message_bytes_max),
         ("grpc.max_receive_message_length", message_bytes_max),
     ]
+    if round_robin:
+        options.append(
+            ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))
+        )
+    return options

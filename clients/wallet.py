@@ -66,6 +66,7 @@ class _ClientSettings:
         private_key: bytes | None,
         certificate_chain: bytes | None,
         message_bytes_max: int,
+        round_robin: bool = False,
     ) -> None:
         if not target:
             raise ValueError("target must be host:port")
@@ -85,7 +86,7 @@ class _ClientSettings:
         self.auth_metadata: tuple[tuple[str, str], ...] = (
             (AUTHORIZATION_METADATA_KEY, f"Bearer {token}"),
         )
-        self.options = rpcs.channel_options(message_bytes_max)
+        self.options = rpcs.channel_options(message_bytes_max, round_robin)
         self.credentials: grpc.ChannelCredentials | None = None
         if tls or root_certificates is not None or private_key is not None:
             # None roots mean the system's trust store.
@@ -117,6 +118,7 @@ class AsyncCreditWalletClient:
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
         message_bytes_max: int = rpcs.MESSAGE_BYTES_MAX_DEFAULT,
+        round_robin: bool = False,
     ) -> None:
         self._settings = _ClientSettings(
             target,
@@ -128,6 +130,7 @@ class AsyncCreditWalletClient:
             private_key=private_key,
             certificate_chain=certificate_chain,
             message_bytes_max=message_bytes_max,
+            round_robin=round_robin,
         )
         settings = self._settings
         if settings.credentials is None:
@@ -226,6 +229,7 @@ class CreditWalletClient:
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
         message_bytes_max: int = rpcs.MESSAGE_BYTES_MAX_DEFAULT,
+        round_robin: bool = False,
     ) -> None:
         self._settings = _ClientSettings(
             target,
@@ -237,6 +241,7 @@ class CreditWalletClient:
             private_key=private_key,
             certificate_chain=certificate_chain,
             message_bytes_max=message_bytes_max,
+            round_robin=round_robin,
         )
         settings = self._settings
         if settings.credentials is None:

@@ -64,7 +64,7 @@ class RunningServer:
 async def start(
     config: ServerConfig, *, dsn: str, clock: Clock | None = None, address: str | None = None
 ) -> RunningServer:
-    pool = await db.create_pool(dsn)
+    pool = await db.create_pool(dsn, statement_cache_size=config.statement_cache_size)
     async with pool.acquire() as conn:
         await migrate.migrate(db.unwrap(conn))
     clock = clock or SystemClock()

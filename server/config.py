@@ -53,6 +53,8 @@ class ServerConfig:
     metrics_address: str | None = None
     log_level: str = "INFO"
     debit_batching: bool = True
+    # asyncpg's prepared-statement cache; 0 behind PgBouncer < 1.21 in transaction mode.
+    statement_cache_size: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -86,6 +88,7 @@ class ServerConfig:
             metrics_address=env.get("METRICS_ADDRESS") or None,
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             debit_batching=env.get("DEBIT_BATCHING", "on") != "off",
+            statement_cache_size=_non_negative(env, "DB_STATEMENT_CACHE_SIZE", 100),
         )
         if cfg.log_level not in _LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")
@@ -94,3 +97,10 @@ class ServerConfig:
         if (cfg.tls_cert_path is None) != (cfg.tls_key_path is None):
             raise ConfigError("TLS_CERT_PATH and TLS_KEY_PATH must be set together")
         return cfg
+
+
+def _non_negative(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name, str(default))
+    if not value.isascii() or not value.isdigit():
+        raise ConfigError(f"{name} must be a non-negative integer")
+    return int(value)

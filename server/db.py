@@ -85,7 +85,11 @@ async def _keep_session(conn: Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, *, min_size: int = limits.DB_POOL_SIZE_MIN, max_size: int = limits.DB_POOL_SIZE_MAX
+    dsn: str,
+    *,
+    min_size: int = limits.DB_POOL_SIZE_MIN,
+    max_size: int = limits.DB_POOL_SIZE_MAX,
+    statement_cache_size: int = 100,
 ) -> Pool:
     pool = await asyncpg.create_pool(
         dsn,
@@ -97,6 +101,7 @@ async def create_pool(
         max_queries=1_000_000,
         init=_init_connection,
         reset=_keep_session,
+        statement_cache_size=statement_cache_size,
     )
     assert pool is not None
     return pool
