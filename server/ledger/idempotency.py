@@ -149,7 +149,9 @@ async def _replay(
     response_type: type[R],
 ) -> R:
     row = await conn.fetchrow(_FETCH, scope, request_id)
-    assert row is not None, "a conflicting claim is committed before it is visible"
+    if row is None:
+        # Only when the monthly purge removed the record between our claim and this read.
+        raise errors.unavailable("the request_id's record was just purged; retry")
     if row["method"] != method or bytes(row["request_hash"]) != digest:
         raise errors.request_id_reused(request_id)
     if row["error_code"] is not None:
