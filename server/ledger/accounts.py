@@ -19,6 +19,12 @@ SELECT user_id, balance_micros, held_micros, debt_micros, next_expiry_at, create
 FROM credits WHERE user_id = $1 FOR UPDATE
 """
 
+# ORDER BY sits below the row locking, so the rows are locked in user_id order.
+_LOCK_MANY = """
+SELECT user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
+FROM credits WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE
+"""
+
 _READ = """
 SELECT user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
 FROM credits WHERE user_id = $1
@@ -36,9 +42,19 @@ async def lock(conn: Connection, user_id: str, now: dt.datetime) -> Account:
     row = await conn.fetchrow(_LOCK, user_id)
     if row is None:
         raise account_not_found(user_id)
-    account = Account.from_row(row)
+    return await touch(conn, Account.from_row(row), now)
+
+
+async def lock_many(conn: Connection, user_ids: list[str]) -> dict[str, Account]:
+    """Lock several accounts at once, in user_id order (the order every batch uses)."""
+    rows = await conn.fetch(_LOCK_MANY, sorted(set(user_ids)))
+    return {r["user_id"]: Account.from_row(r) for r in rows}
+
+
+async def touch(conn: Connection, account: Account, now: dt.datetime) -> Account:
+    """Record the account's due expiries, if any (the caller holds its lock)."""
     if account.sweep_due(now):
-        account = await lots.sweep(conn, account, now)
+        return await lots.sweep(conn, account, now)
     return account
 
 

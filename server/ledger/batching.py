@@ -1,21 +1,24 @@
 """Group commit for debits: concurrent debits share one transaction, each still on its own.
 
-Why: a debit's own work is a few short statements; the commit (a WAL flush) and the
-transaction's round trips cost as much again. Debits that arrive while earlier batches are
-committing are applied together, in one transaction, one after another, each with its own
-idempotency guard, account lock and refusal, exactly as if alone:
+Why: a debit's own work is one fused statement; its idempotency claim, its account lock,
+its stored response, BEGIN and COMMIT (a WAL flush) cost as much again. Debits that arrive
+while earlier batches are committing are applied together in one transaction: one statement
+claims all their request_ids, one locks all their accounts, each debit runs its fused
+statement, and one statement stores all the responses. Each debit is still on its own:
 
 - all or nothing per debit: a refusal (insufficient credits, in debt, ...) is decided before
   that debit writes anything, is recorded under its request_id and leaves its batch-mates
-  alone;
+  alone; the next debit of the same account sees the balance the previous one left;
 - anything else that goes wrong (a malformed request found late, a bug, a conflict the
   database refuses) aborts the whole batch before anything commits, and every debit of it
   is then run alone, so one bad debit never fails its batch-mates;
-- accounts and claims are taken in (account, request_id) order, so batches cannot deadlock
-  each other; a debit repeated inside one batch finds its own earlier claim and replays it.
+- claims and account locks are taken in (account, request_id) order, so batches do not
+  deadlock each other; a request_id sent twice in one batch is applied once and the second
+  copy gets the first one's outcome, as a replay.
 
-A caller that goes away does not cancel its batch: the batch runs in its own task and its
-outcome is still recorded under each request_id.
+There is no timer: debits that arrive while the batches in flight are busy form the next
+batch, so a lone debit never waits. A caller that goes away does not cancel its batch: the
+batch runs in its own task and each outcome is still recorded under its request_id.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.message import Message
@@ -32,19 +35,26 @@ from google.protobuf.message import Message
 from server import db, errors, limits, metrics
 from server.clock import Clock
 from server.db import Connection, Pool
+from server.ledger import accounts, debit, idempotency
 from server.ledger.idempotency import Guard
+from server.ledger.types import Account
 
 log = logging.getLogger(__name__)
 
-Work = Callable[[Connection, dt.datetime], Awaitable[Any]]
 Outcome = Message | errors.LedgerError
+Respond = Callable[[debit.DebitResult], Message]
 
 
 @dataclasses.dataclass
 class _Item:
     guard: Guard[Any]
-    work: Work
+    cmd: debit.DebitCommand
+    respond: Respond
     future: asyncio.Future[Outcome]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.guard.scope, self.guard.request_id)
 
 
 class DebitBatcher:
@@ -63,8 +73,8 @@ class DebitBatcher:
         self._queue: list[_Item] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, guard: Guard[Any], work: Work) -> Message:
-        item = _Item(guard, work, asyncio.get_running_loop().create_future())
+    async def submit(self, guard: Guard[Any], cmd: debit.DebitCommand, respond: Respond) -> Message:
+        item = _Item(guard, cmd, respond, asyncio.get_running_loop().create_future())
         self._queue.append(item)
         self._start_batches()
         outcome = await asyncio.shield(item.future)
@@ -89,7 +99,7 @@ class DebitBatcher:
         self._start_batches()
 
     async def _run(self, batch: list[_Item]) -> None:
-        batch.sort(key=lambda i: (i.guard.scope, i.guard.request_id))
+        batch.sort(key=lambda i: i.key)
         try:
             outcomes = await db.run_transaction(self._pool, lambda conn: self._apply(conn, batch))
         except Exception as exc:
@@ -106,24 +116,82 @@ class DebitBatcher:
 
     async def _apply(self, conn: Connection, batch: list[_Item]) -> list[Outcome]:
         now = self._clock.now()
+        claimed = await idempotency.claim_many(conn, [i.guard for i in batch], now)
+        locked = await accounts.lock_many(conn, [i.cmd.user_id for i in batch if i.key in claimed])
         outcomes: list[Outcome] = []
-        for item in batch:
+        first: dict[tuple[str, str], int] = {}
+        done: list[tuple[Guard[Any], Message]] = []
+        for index, item in enumerate(batch):
+            if item.key in first:  # the same request_id earlier in this batch
+                outcomes.append(_as_replay(batch[first[item.key]], item, outcomes[first[item.key]]))
+                continue
+            first[item.key] = index
+            if item.key not in claimed:  # recorded by an earlier transaction
+                outcomes.append(await _replayed(conn, item.guard))
+                continue
             try:
-                outcomes.append(await item.guard.attempt(conn, now, item.work, True))
+                response = await self._debit(conn, item, locked, now)
             except errors.LedgerError as exc:
                 if not exc.stored:
                     raise  # its claim is written: only a rollback of the batch undoes it
-                outcomes.append(exc)  # a replayed refusal or a reused request_id: no writes
+                await idempotency.store_error(conn, item.guard, exc)
+                outcomes.append(exc)
+                continue
+            done.append((item.guard, response))
+            outcomes.append(response)
+        await idempotency.store_responses(conn, done)
         return outcomes
 
+    async def _debit(
+        self,
+        conn: Connection,
+        item: _Item,
+        locked: dict[str, Account],
+        now: dt.datetime,
+    ) -> Message:
+        account = locked.get(item.cmd.user_id)
+        if account is None:
+            raise accounts.account_not_found(item.cmd.user_id)
+        account = await accounts.touch(conn, account, now)
+        locked[item.cmd.user_id] = account  # a refusal below still keeps the touch
+        result = await debit.debit_locked(conn, item.cmd, account, now)
+        locked[item.cmd.user_id] = result.account
+        return item.respond(result)
+
     async def _alone(self, item: _Item) -> None:
+        async def work(conn: Connection, now: dt.datetime) -> Message:
+            return item.respond(await debit.debit(conn, item.cmd, now))
+
         async def transaction(conn: Connection) -> Outcome:
-            return await item.guard.attempt(conn, self._clock.now(), item.work, True)
+            return await item.guard.attempt(conn, self._clock.now(), work, True)
 
         try:
             _settle(item, await db.run_transaction(self._pool, transaction))
         except Exception as exc:
             _settle(item, exc)
+
+
+async def _replayed(conn: Connection, guard: Guard[Any]) -> Outcome:
+    try:
+        response: Message = await idempotency.replay(conn, guard)
+    except errors.LedgerError as exc:
+        if not exc.stored:
+            raise
+        return exc  # a stored refusal, or a reused request_id: nothing was written
+    return response
+
+
+def _as_replay(original: _Item, copy: _Item, outcome: Outcome) -> Outcome:
+    """What a replay of ``original`` would answer to ``copy`` (same key, same batch)."""
+    if copy.guard.method != original.guard.method or copy.guard.digest != original.guard.digest:
+        return errors.request_id_reused(copy.guard.request_id)
+    if isinstance(outcome, errors.LedgerError):
+        return outcome
+    replayed = type(outcome)()
+    replayed.CopyFrom(outcome)
+    if "replayed" in replayed.DESCRIPTOR.fields_by_name:
+        setattr(replayed, "replayed", True)  # noqa: B010
+    return replayed
 
 
 def _settle(item: _Item, outcome: Outcome | BaseException) -> None:

@@ -73,10 +73,17 @@ class DebitResult:
     charged_micros: int
     available_micros: int
     reward: streaks.Reward | None
+    account: Account
 
 
 async def debit(conn: Connection, cmd: DebitCommand, now: dt.datetime) -> DebitResult:
-    account = await accounts.lock(conn, cmd.user_id, now)
+    return await debit_locked(conn, cmd, await accounts.lock(conn, cmd.user_id, now), now)
+
+
+async def debit_locked(
+    conn: Connection, cmd: DebitCommand, account: Account, now: dt.datetime
+) -> DebitResult:
+    """The debit of an account the caller has locked and touched (``accounts.lock``)."""
     amount = await cost_of(conn, cmd.amount_micros, cmd.agent_id, cmd.quantity)
     check_spendable(account, amount)
     row = await conn.fetchrow(
@@ -100,7 +107,7 @@ async def debit(conn: Connection, cmd: DebitCommand, now: dt.datetime) -> DebitR
     reward = await streaks.record_debit(conn, account, now, row["first_today"])
     if reward is not None:
         account = reward.account
-    return DebitResult(row["transaction_id"], amount, account.available_micros, reward)
+    return DebitResult(row["transaction_id"], amount, account.available_micros, reward, account)
 
 
 async def cost_of(

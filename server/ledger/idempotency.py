@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -209,3 +209,58 @@ async def purge_expired(pool: Pool, now: dt.datetime) -> int:
         purged += deleted
         if deleted < limits.IDEMPOTENCY_PURGE_BATCH_ROWS:
             return purged
+
+
+# The same guard for a batch of requests (group commit): one statement claims them all,
+# one stores all their responses. Rows go in (scope, request_id) order, the order in which
+# every batch takes its claims, so two batches never wait on each other's claims in a cycle.
+_CLAIM_MANY = """
+INSERT INTO idempotency_records (user_id, request_id, method, request_hash, created_at)
+SELECT c.user_id, c.request_id, c.method, c.request_hash, $5
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[])
+     AS c(user_id, request_id, method, request_hash)
+ON CONFLICT (user_id, request_id) DO NOTHING
+RETURNING user_id, request_id
+"""
+
+_STORE_RESPONSES = """
+UPDATE idempotency_records r SET response = v.response
+FROM unnest($1::text[], $2::text[], $3::bytea[]) AS v(user_id, request_id, response)
+WHERE r.user_id = v.user_id AND r.request_id = v.request_id
+"""
+
+
+async def claim_many(
+    conn: Connection, guards: list[Guard[Any]], now: dt.datetime
+) -> set[tuple[str, str]]:
+    """Claim every guard's key; return the keys this call claimed (the others exist)."""
+    rows = await conn.fetch(
+        _CLAIM_MANY,
+        [g.scope for g in guards],
+        [g.request_id for g in guards],
+        [g.method for g in guards],
+        [g.digest for g in guards],
+        now,
+    )
+    return {(r["user_id"], r["request_id"]) for r in rows}
+
+
+async def store_responses(conn: Connection, done: list[tuple[Guard[Any], Message]]) -> None:
+    if done:
+        await conn.execute(
+            _STORE_RESPONSES,
+            [g.scope for g, _ in done],
+            [g.request_id for g, _ in done],
+            [r.SerializeToString() for _, r in done],
+        )
+
+
+async def replay(conn: Connection, guard: Guard[R]) -> R:
+    """The stored outcome of a key claimed earlier (raises a stored refusal)."""
+    return await _replay(
+        conn, guard.scope, guard.request_id, guard.method, guard.digest, guard.response_type
+    )
+
+
+async def store_error(conn: Connection, guard: Guard[Any], exc: errors.LedgerError) -> None:
+    await _store_error(conn, guard.scope, guard.request_id, exc)

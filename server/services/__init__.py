@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from server import db
 from server.clock import Clock
 from server.db import Connection, Pool
-from server.ledger import idempotency
+from server.ledger import debit, idempotency
 from server.ledger.batching import DebitBatcher
 
 R = TypeVar("R", bound=Message)
@@ -56,29 +56,34 @@ class Runtime:
 
     async def execute_debit(
         self,
-        *,
-        scope: str,
-        request_id: str,
-        method: str,
+        cmd: debit.DebitCommand,
         request: Message,
         response_type: type[R],
-        work: Callable[[Connection, dt.datetime], Awaitable[R]],
+        respond: Callable[[debit.DebitResult], R],
     ) -> R:
-        """A debit-like write that refuses before writing: group-committed when enabled."""
+        """A debit under its request_id: group-committed when enabled, else on its own."""
         if self.debit_batcher is None:
+
+            async def work(conn: Connection, now: dt.datetime) -> R:
+                return respond(await debit.debit(conn, cmd, now))
+
             return await self.execute(
-                scope=scope,
-                request_id=request_id,
-                method=method,
+                scope=cmd.user_id,
+                request_id=cmd.request_id,
+                method="Debit",
                 request=request,
                 response_type=response_type,
                 work=work,
                 refuses_before_writing=True,
             )
         guard = idempotency.Guard(
-            scope, request_id, method, idempotency.request_hash(method, request), response_type
+            cmd.user_id,
+            cmd.request_id,
+            "Debit",
+            idempotency.request_hash("Debit", request),
+            response_type,
         )
-        response = await self.debit_batcher.submit(guard, work)
+        response = await self.debit_batcher.submit(guard, cmd, respond)
         assert isinstance(response, response_type)
         return response
 

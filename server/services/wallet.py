@@ -100,8 +100,7 @@ class WalletService(wgrpc.WalletServiceServicer):
             **_cost(request),
         )
 
-        async def work(conn: Connection, now: dt.datetime) -> wpb.DebitResponse:
-            result = await debit.debit(conn, cmd, now)
+        def respond(result: debit.DebitResult) -> wpb.DebitResponse:
             return wpb.DebitResponse(
                 transaction_id=str(result.transaction_id),
                 charged_micros=result.charged_micros,
@@ -109,14 +108,7 @@ class WalletService(wgrpc.WalletServiceServicer):
                 streak_reward=convert.streak_reward(result.reward),
             )
 
-        response = await self.rt.execute_debit(
-            scope=cmd.user_id,
-            request_id=cmd.request_id,
-            method="Debit",
-            request=request,
-            response_type=wpb.DebitResponse,
-            work=work,
-        )
+        response = await self.rt.execute_debit(cmd, request, wpb.DebitResponse, respond)
         if not response.replayed:
             metrics.DEBITS.inc()
             metrics.DEBITED_MICROS.inc(response.charged_micros)
