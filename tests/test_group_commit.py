@@ -79,3 +79,28 @@ async def test_a_failing_debit_never_fails_its_batch_mates(
     # The malformed debits left no record: the same request_id, fixed, is a fresh debit.
     fixed = await admin.debit(user, amount_micros=1_000, request_id="bad-0")
     assert not fixed.replayed
+
+
+async def test_one_key_with_two_bodies_at_once_applies_one_and_refuses_the_other(
+    ledger: Ledger, admin: AsyncCreditWalletClient
+) -> None:
+    user = new_user()
+    await admin.ensure_account(user)
+    clients = [ledger.client("agent") for _ in range(8)]
+
+    async def send(i: int) -> tuple[int, str]:
+        amount = 1_000 if i % 2 else 2_000
+        try:
+            reply = await clients[i % 8].debit(user, amount_micros=amount, request_id="twin")
+        except cw.RequestIdReused:
+            return amount, "reused"
+        return amount, reply.transaction_id
+
+    answers = await asyncio.gather(*(send(i) for i in range(40)))
+    winners = {amount for amount, answer in answers if answer != "reused"}
+    assert len(winners) == 1, answers  # one body won; every copy of the other was refused
+    (won,) = winners
+    assert {answer for amount, answer in answers if amount == won} != {"reused"}
+    assert len({answer for amount, answer in answers if amount == won}) == 1
+    assert all(answer == "reused" for amount, answer in answers if amount != won)
+    assert (await admin.get_balance(user)).available_micros == 5_000_000 - won

@@ -122,13 +122,13 @@ class DebitBatcher:
         first: dict[tuple[str, str], int] = {}
         done: list[tuple[Guard[Any], Message]] = []
         for index, item in enumerate(batch):
-            if item.key in first:  # the same request_id earlier in this batch
-                outcomes.append(_as_replay(batch[first[item.key]], item, outcomes[first[item.key]]))
-                continue
-            first[item.key] = index
             if item.key not in claimed:  # recorded by an earlier transaction
                 outcomes.append(await _replayed(conn, item.guard))
                 continue
+            if item.key in first:  # the same request_id, claimed earlier in this batch
+                outcomes.append(_as_replay(batch[first[item.key]], item, outcomes[first[item.key]]))
+                continue
+            first[item.key] = index
             try:
                 response = await self._debit(conn, item, locked, now)
             except errors.LedgerError as exc:
