@@ -22,6 +22,20 @@ ON CONFLICT (customer_id) DO NOTHING
 
 _OWNER = "SELECT user_id FROM billing_customers WHERE customer_id = $1"
 
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('customer:' || $1, 0))"
+
+
+async def lock(conn: Connection, customer_id: str) -> None:
+    """Serialize the writers that link a customer and those that look its owner up.
+
+    A checkout that links customer -> user and a subscription event for the same new
+    customer may run at the same moment, each unable to see the other's uncommitted rows;
+    without this lock the subscription's paid period would wait for its next event to find
+    its user. Taken first, before any subscription row or account lock.
+    """
+    if customer_id:
+        await conn.execute(_LOCK, customer_id)
+
 
 async def link(conn: Connection, customer_id: str, user_id: str, now: dt.datetime) -> str:
     """Record customer -> user once; return the owner as recorded (the first link)."""

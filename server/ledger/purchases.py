@@ -47,6 +47,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 async def record(conn: Connection, cmd: PurchaseCommand, now: dt.datetime) -> PurchaseResult:
     """Grant a never-expiring top_up lot once per purchase_id, then apply any early refund."""
     if cmd.customer_id:
+        await customers.lock(conn, cmd.customer_id)
         await customers.link(conn, cmd.customer_id, cmd.user_id, now)
         # Subscriptions of this customer that waited for their user get it now
         # (subscription rows are locked before accounts, as SyncSubscription does).

@@ -121,6 +121,7 @@ class SyncResult:
 
 async def sync(conn: Connection, cmd: SyncCommand, now: dt.datetime) -> SyncResult:
     """Apply the state if not stale, record a paid period, grant what a known user is owed."""
+    await customers.lock(conn, cmd.customer_id)
     row = await _lock(conn, cmd.subscription_id, cmd.customer_id, now)
     owner = row["user_id"] or cmd.user_id or await customers.owner_of(conn, cmd.customer_id)
     if cmd.user_id and cmd.customer_id:
