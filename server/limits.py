@@ -71,10 +71,12 @@ assert IDEMPOTENCY_RETENTION_DAYS >= 7
 assert HEALTH_PROBE_TIMEOUT_SECONDS <= HEALTH_PROBE_INTERVAL_SECONDS
 
 # Group commit of debits: at most this many debits share one transaction, and at most this
-# many such transactions run at once (each holds one pooled connection). There is no timer:
+# many such transactions run at once (each holds one pooled connection). Measured on the
+# bench (spread, 64 callers): 2 x 64 gave 1676 debits/s, 2 x 32 1575, 1 x 32 1533,
+# 4 x 32 1211, 8 x 32 983 — more concurrent batches only add contention. There is no timer:
 # debits that arrive while the batches in flight are busy form the next batch, so a lone
 # debit never waits and a busy server commits many debits per WAL flush.
-DEBIT_BATCH_MAX: Final = 32
-DEBIT_BATCHES_IN_FLIGHT_MAX: Final = 4
+DEBIT_BATCH_MAX: Final = 64
+DEBIT_BATCHES_IN_FLIGHT_MAX: Final = 2
 
 assert DEBIT_BATCHES_IN_FLIGHT_MAX < DB_POOL_SIZE_MAX
