@@ -6,8 +6,9 @@ idempotency guard needs no savepoint around it (``refuses_before_writing``).
 
 One transaction: lock the account (which also records due expiries), price the use,
 refuse if in debt or short, then one statement burns the lots down, writes the history
-row and its lot consumptions, moves the balance and counts the day's activity. The streak
-bookkeeping follows in the same transaction, only on the day's first debit.
+row and its lot consumptions, moves the balance, counts the day's activity and reads the
+streak state. The streak bookkeeping follows in the same transaction, on the day's first
+debit only, in one more statement (two when it grants a milestone).
 """
 
 from __future__ import annotations
@@ -51,7 +52,11 @@ _DEBIT = (
 SELECT (SELECT transaction_id FROM tx) AS transaction_id,
        (SELECT coalesce(sum(amount), 0) FROM burnt)::bigint AS burnt_micros,
        (SELECT first_today FROM activity) AS first_today,
-       account.* FROM account
+       account.*,
+       s.current_days AS streak_current_days, s.streak_start AS streak_streak_start,
+       s.last_active_day AS streak_last_active_day, s.longest_days AS streak_longest_days,
+       s.grace_day AS streak_grace_day
+FROM account LEFT JOIN streaks s ON s.user_id = account.user_id
 """
 )
 
@@ -104,7 +109,9 @@ async def debit_locked(
     if row["burnt_micros"] != amount:
         raise AssertionError(f"debit of {amount} burnt {row['burnt_micros']} from the lots")
     account = Account.from_row(row)
-    reward = await streaks.record_debit(conn, account, now, row["first_today"])
+    reward = await streaks.record_debit(
+        conn, account, now, row["first_today"], streaks.state_from(row, "streak_")
+    )
     if reward is not None:
         account = reward.account
     return DebitResult(row["transaction_id"], amount, account.available_micros, reward, account)

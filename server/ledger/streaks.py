@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Final
+from typing import Any, Final
+
+import asyncpg
 
 from server.db import Connection
 from server.ledger import lots
@@ -52,20 +54,20 @@ SELECT current_days, streak_start, last_active_day, longest_days, grace_day
 FROM streaks WHERE user_id = $1
 """
 
-_SAVE = """
-INSERT INTO streaks (user_id, current_days, streak_start, last_active_day, longest_days,
-                     grace_day, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (user_id) DO UPDATE SET current_days = $2, streak_start = $3,
-    last_active_day = $4, longest_days = $5, grace_day = $6, updated_at = $7
-"""
-
-# The reward of this milestone, unless this streak already got it.
-_DUE_REWARD = """
+# Save the state and return the reward of its milestone, unless this streak already got it
+# (NULL when current_days is no milestone). One round trip on the day's first debit.
+_SAVE_AND_DUE_REWARD = """
+WITH saved AS (
+    INSERT INTO streaks (user_id, current_days, streak_start, last_active_day, longest_days,
+                         grace_day, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    ON CONFLICT (user_id) DO UPDATE SET current_days = $2, streak_start = $3,
+        last_active_day = $4, longest_days = $5, grace_day = $6, updated_at = $7
+)
 SELECT r.reward_micros FROM streak_milestone_rewards r
-WHERE r.milestone_days = $3 AND NOT EXISTS (
+WHERE r.milestone_days = $2 AND NOT EXISTS (
     SELECT 1 FROM streak_milestones m
-    WHERE m.user_id = $1 AND m.streak_start = $2 AND m.milestone_days = $3)
+    WHERE m.user_id = $1 AND m.streak_start = $3 AND m.milestone_days = $2)
 """
 
 # A plain INSERT: a duplicate is a bug, and its unique violation aborts the debit.
@@ -161,15 +163,19 @@ def view(state: State | None, today: dt.date, milestones: list[tuple[int, int]])
 
 
 async def load(conn: Connection, user_id: str) -> State | None:
-    row = await conn.fetchrow(_STATE, user_id)
-    if row is None:
+    return state_from(await conn.fetchrow(_STATE, user_id))
+
+
+def state_from(row: asyncpg.Record | None, prefix: str = "") -> State | None:
+    """The streak state from a ``streaks`` row, or from the debit's row (``streak_`` columns)."""
+    if row is None or row[prefix + "streak_start"] is None:
         return None
     return State(
-        current_days=row["current_days"],
-        streak_start=row["streak_start"],
-        last_active_day=row["last_active_day"],
-        longest_days=row["longest_days"],
-        grace_day=row["grace_day"],
+        current_days=row[prefix + "current_days"],
+        streak_start=row[prefix + "streak_start"],
+        last_active_day=row[prefix + "last_active_day"],
+        longest_days=row[prefix + "longest_days"],
+        grace_day=row[prefix + "grace_day"],
     )
 
 
@@ -179,8 +185,15 @@ async def read(conn: Connection, user_id: str, now: dt.datetime) -> View:
     return view(await load(conn, user_id), utc_day(now), milestones)
 
 
+_NOT_LOADED: Any = object()
+
+
 async def record_debit(
-    conn: Connection, account: Account, now: dt.datetime, first_today: bool | None = None
+    conn: Connection,
+    account: Account,
+    now: dt.datetime,
+    first_today: bool | None = None,
+    loaded: State | None = _NOT_LOADED,
 ) -> Reward | None:
     """Count a successful debit for the UTC day of ``now``; return a milestone reward if reached.
 
@@ -194,11 +207,13 @@ async def record_debit(
         first_today = await conn.fetchval(_ACTIVITY, account.user_id, day)
     if not first_today:
         return None
-    state = advance(await load(conn, account.user_id), day)
+    if loaded is _NOT_LOADED:  # the debit path reads the state in its own statement
+        loaded = await load(conn, account.user_id)
+    state = advance(loaded, day)
     if state is None:
         return None
-    await conn.execute(
-        _SAVE,
+    amount = await conn.fetchval(
+        _SAVE_AND_DUE_REWARD,
         account.user_id,
         state.current_days,
         state.streak_start,
@@ -207,17 +222,16 @@ async def record_debit(
         state.grace_day,
         now,
     )
-    return await _reward(conn, account, state, now)
+    if amount is None:
+        return None
+    return await _reward(conn, account, state, amount, now)
 
 
 async def _reward(
-    conn: Connection, account: Account, state: State, now: dt.datetime
-) -> Reward | None:
-    """Grant the milestone ``state.current_days`` if it is one and this streak lacks it."""
+    conn: Connection, account: Account, state: State, amount: int, now: dt.datetime
+) -> Reward:
+    """Grant the milestone ``state.current_days``, due to this streak (``_SAVE_AND_DUE_REWARD``)."""
     milestone = state.current_days
-    amount = await conn.fetchval(_DUE_REWARD, account.user_id, state.streak_start, milestone)
-    if amount is None:
-        return None
     granted = await lots.grant(
         conn,
         account,
