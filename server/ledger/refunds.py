@@ -6,9 +6,10 @@ already clawed back: a repeated, reordered or partial event can never claw twice
 refund may arrive before the payment it refunds is recorded; it is kept, and applied when
 the purchase or the paid period arrives.
 
-Where the credits come from: the payment's own lot first; what was already spent is taken
-from the account's other live lots in burn-down order; only the rest becomes debt, which
-later grants pay off (``lots.grant``) and which blocks debits meanwhile.
+Where the credits come from: the payment's own lot first; what was already spent becomes
+debt, which the account's other live lots pay at once in burn-down order
+(``lots.settle_debt``); what they cannot cover stays as debt, which later grants pay off
+(``lots.grant``) and which blocks debits meanwhile.
 """
 
 from __future__ import annotations
@@ -59,11 +60,6 @@ WHERE subscription_id = $1 AND period_start = $2
 _LIVE_LOT = """
 SELECT remaining_micros FROM credit_lots
 WHERE user_id = $1 AND lot_id = $2 AND (expires_at IS NULL OR expires_at > $3)
-"""
-
-_LIVE_TOTAL = """
-SELECT coalesce(sum(remaining_micros), 0)::bigint FROM credit_lots
-WHERE user_id = $1 AND remaining_micros > 0 AND (expires_at IS NULL OR expires_at > $2)
 """
 
 _TAKE_FROM_LOT = """
@@ -136,18 +132,13 @@ async def claw_back(
     *,
     payment_id: str,
 ) -> Account:
-    """Take amount back: from its lot, then from other live lots, the rest as debt."""
+    """Take amount back from its lot; what was spent becomes debt, which the account's
+    other live credits then pay at once (``lots.settle_debt``, the one debt mechanism)."""
     user_id = account.user_id
     in_lot = await conn.fetchval(_LIVE_LOT, user_id, lot_id, now) or 0
     from_lot = min(in_lot, amount_micros)
     if from_lot:
         await conn.execute(_TAKE_FROM_LOT, user_id, lot_id, from_lot)
-    rest = amount_micros - from_lot
-    live = await conn.fetchval(_LIVE_TOTAL, user_id, now) or 0
-    from_others = min(rest, live)
-    if from_others:
-        await lots.consume(conn, user_id, from_others, now)
-    debt = rest - from_others
     await history.append(
         conn,
         user_id,
@@ -159,10 +150,9 @@ async def claw_back(
         metadata={
             "payment_id": payment_id,
             "lot_id": str(lot_id),
-            "from_other_lots_micros": str(from_others),
-            "debt_micros": str(debt),
+            "from_lot_micros": str(from_lot),
         },
     )
-    row = await conn.fetchrow(_SETTLE, user_id, amount_micros, debt, now)
+    row = await conn.fetchrow(_SETTLE, user_id, amount_micros, amount_micros - from_lot, now)
     assert row is not None
-    return Account.from_row(row)
+    return await lots.settle_debt(conn, Account.from_row(row), now)
