@@ -12,8 +12,6 @@ import datetime as dt
 import asyncpg
 
 from server.db import Connection
-from server.ledger import accounts
-from server.ledger.types import Account
 
 _LIVE_LOTS = """
 SELECT lot_id, source, amount_micros, remaining_micros, granted_at, expires_at
@@ -25,8 +23,3 @@ ORDER BY expires_at ASC NULLS LAST, granted_at, lot_id
 
 async def live_lots(conn: Connection, user_id: str, now: dt.datetime) -> list[asyncpg.Record]:
     return list(await conn.fetch(_LIVE_LOTS, user_id, now))
-
-
-async def sweep(conn: Connection, user_id: str, now: dt.datetime) -> Account:
-    """Record due expiries (a write transaction's work)."""
-    return await accounts.lock(conn, user_id, now)

@@ -187,11 +187,7 @@ def _as_replay(original: _Item, copy: _Item, outcome: Outcome) -> Outcome:
         return errors.request_id_reused(copy.guard.request_id)
     if isinstance(outcome, errors.LedgerError):
         return outcome
-    replayed = type(outcome)()
-    replayed.CopyFrom(outcome)
-    if "replayed" in replayed.DESCRIPTOR.fields_by_name:
-        setattr(replayed, "replayed", True)  # noqa: B010
-    return replayed
+    return idempotency.as_replayed(outcome)
 
 
 def _settle(item: _Item, outcome: Outcome | BaseException) -> None:

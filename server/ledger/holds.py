@@ -21,19 +21,14 @@ import asyncpg
 from server import errors
 from server.db import Connection
 from server.ledger import accounts, history, lots, streaks
-from server.ledger.debit import check_spendable, cost_of
+from server.ledger.debit import DebitCommand, check_spendable, cost_of
 from server.ledger.types import Account
 
 
 @dataclasses.dataclass(frozen=True)
-class AuthorizeCommand:
-    user_id: str
-    request_id: str
-    amount_micros: int | None
-    agent_id: str | None
-    quantity: int | None
-    session_id: str
-    metadata: dict[str, str]
+class AuthorizeCommand(DebitCommand):
+    """A debit's fields, and how long the hold lives."""
+
     ttl_seconds: int
 
 
@@ -129,7 +124,7 @@ async def authorize(conn: Connection, cmd: AuthorizeCommand, now: dt.datetime) -
         cmd.agent_id,
         (cmd.quantity or 1) if cmd.agent_id is not None else None,
         cmd.session_id or None,
-        json.dumps(cmd.metadata, sort_keys=True) if cmd.metadata else None,
+        json.dumps(dict(cmd.metadata), sort_keys=True) if cmd.metadata else None,
         expires_at,
         now,
     )

@@ -163,9 +163,16 @@ async def _replay(
         )
     response = response_type()
     response.ParseFromString(row["response"])
-    if "replayed" in response.DESCRIPTOR.fields_by_name:
-        setattr(response, "replayed", True)  # noqa: B010 - every mutating response has it
-    return response
+    return as_replayed(response)
+
+
+def as_replayed(response: R) -> R:
+    """The response as a replay returns it: ``replayed = true`` (every mutating response has it)."""
+    replayed = type(response)()
+    replayed.CopyFrom(response)
+    if "replayed" in replayed.DESCRIPTOR.fields_by_name:
+        setattr(replayed, "replayed", True)  # noqa: B010
+    return replayed
 
 
 def _code_tuple(value: int) -> tuple[int, str]:

@@ -84,7 +84,7 @@ class WalletService(wgrpc.WalletServiceServicer):
         # One snapshot, so the lots always add up to the balance beside them.
         response = await self.rt.read(read, snapshot=True)
         if response is None:
-            await self.rt.write(lambda conn, now: balances.sweep(conn, user_id, now))
+            await self.rt.write(lambda conn, now: accounts.lock(conn, user_id, now))  # sweeps
             response = await self.rt.read(read, snapshot=True)
         assert response is not None, "a sweep leaves nothing due at the same instant"
         return response
