@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from collections.abc import Mapping, Sequence
 
 from server.db import Connection
@@ -282,7 +281,3 @@ async def expire_portion(
     )
     assert row is not None
     return Account.from_row(row)
-
-
-def metadata_json(metadata: Mapping[str, str] | None) -> str | None:
-    return json.dumps(dict(metadata), sort_keys=True) if metadata else None
