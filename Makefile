@@ -4,9 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/creditwallet/v1/*.proto)
-PROTO_OUT := protos/creditwallet/v1/.generated
+# mypy cannot follow setuptools' package-dir mapping; it reads the import root through links
+# (run from there, so that every file has one module name).
+TYPECHECK := $(VENV)/typecheck/creditwallet
 
-.PHONY: all venv proto lint test run bench faults clean
+.PHONY: all venv proto proto-check lint test run bench faults wheel clean
 
 all: test
 
@@ -14,40 +16,62 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	$(PY) -c "import os, sysconfig; open(os.path.join(sysconfig.get_paths()['purelib'], 'creditwallet_protos.pth'), 'w').write(os.path.abspath('protos') + '\n')"
+	rm -rf $(VENV)/typecheck && mkdir -p $(TYPECHECK)
+	ln -s $(abspath protos/creditwallet/__init__.py) $(abspath protos/creditwallet/py.typed) \
+		$(abspath protos/creditwallet/core) $(abspath protos/creditwallet/v1) $(TYPECHECK)/
+	ln -s $(abspath server) $(TYPECHECK)/server
+	ln -s $(abspath webhook_gateway) $(TYPECHECK)/gateway
+	ln -s $(abspath clients) $(TYPECHECK)/client
+	ln -s $(abspath tests) $(VENV)/typecheck/tests
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-# The one generated-code package, creditwallet.v1, written beside its sources.
-$(PROTO_OUT): $(STAMP) $(PROTO_SRC)
-	rm -f protos/creditwallet/v1/*_pb2*.py protos/creditwallet/v1/*_pb2*.pyi
-	$(PY) -m grpc_tools.protoc -I protos \
-		--python_out=protos --grpc_python_out=protos \
-		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
-		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
-		--mypy_out=protos --mypy_grpc_out=protos \
-		$(PROTO_SRC)
-	touch protos/creditwallet/__init__.py protos/creditwallet/v1/__init__.py $(PROTO_OUT)
+# The generated package creditwallet.v1 is committed beside its sources (so a wheel or an
+# editable install needs no code generator); `make proto` rewrites it, `make proto-check`
+# (part of `make lint`) fails when the committed code is not what the protos generate.
+PROTOC = $(PY) -m grpc_tools.protoc -I protos \
+	--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy \
+	--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc
+GENERATED = *_pb2.py *_pb2.pyi *_pb2_grpc.py *_pb2_grpc.pyi
 
-proto: $(PROTO_OUT)
+proto: $(STAMP)
+	cd protos/creditwallet/v1 && rm -f $(GENERATED)
+	$(PROTOC) --python_out=protos --grpc_python_out=protos --mypy_out=protos \
+		--mypy_grpc_out=protos $(PROTO_SRC)
 
-lint: proto
+proto-check: $(STAMP)
+	rm -rf $(VENV)/protocheck && mkdir -p $(VENV)/protocheck
+	$(PROTOC) --python_out=$(VENV)/protocheck --grpc_python_out=$(VENV)/protocheck \
+		--mypy_out=$(VENV)/protocheck --mypy_grpc_out=$(VENV)/protocheck $(PROTO_SRC) > /dev/null
+	cd protos/creditwallet/v1 && for f in $(GENERATED); do \
+		cmp -s $$f $(abspath $(VENV))/protocheck/creditwallet/v1/$$f \
+		|| { echo "$$f differs from what protoc generates: run make proto"; exit 1; }; done
+	cd $(VENV)/protocheck/creditwallet/v1 && for f in $(GENERATED); do \
+		test -f $(abspath protos/creditwallet/v1)/$$f \
+		|| { echo "$$f is generated but not committed: run make proto"; exit 1; }; done
+
+lint: proto-check
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy
+	@echo "mypy (paths below are relative to the import root: creditwallet/server = server/)"
+	cd $(VENV)/typecheck && $(abspath $(VENV))/bin/mypy --config-file $(abspath pyproject.toml) \
+		-p creditwallet -p tests
 
 test: lint
 	$(VENV)/bin/pytest
 
-run: proto
-	$(PY) -m server.devrun
+run: $(STAMP)
+	$(PY) -m creditwallet.server.devrun
 
-bench: proto
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m tests.bench.run $(BENCH_ARGS)
+bench: $(STAMP)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m creditwallet.server.bench.run $(BENCH_ARGS)
 
-faults: proto
+faults: $(STAMP)
 	$(VENV)/bin/pytest tests/faults -o addopts="-ra -q -p no:cacheprovider" --faults-full
 
+wheel: $(STAMP)
+	rm -rf dist && $(PY) -m build --wheel --outdir dist .
+
 clean:
-	rm -rf $(VENV) .data protos/creditwallet/v1/*_pb2*.py* $(PROTO_OUT)
+	rm -rf $(VENV) .data dist build

@@ -11,8 +11,8 @@ carrying the server's ``ErrorInfo`` reason and metadata, and exact integer micro
 - ``clients.cli``: the ``creditwallet`` console script.
 """
 
-from clients.errors import CreditWalletError, from_rpc_error
-from clients.wallet import AsyncCreditWalletClient, CreditWalletClient
+from creditwallet.client.errors import CreditWalletError, from_rpc_error
+from creditwallet.client.wallet import AsyncCreditWalletClient, CreditWalletClient
 
 __all__ = [
     "AsyncCreditWalletClient",

@@ -15,10 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
+from creditwallet.core import limits
+from creditwallet.core.commands import parser as command_parser
+from creditwallet.core.units import parse_credits
 from creditwallet.v1 import common_pb2
-
-from clients.rpcs import TIMEOUT_SECONDS_DEFAULT
-from clients.units import parse_credits
 
 PAGE_SIZE_MAX: Final = 500
 HISTORY_LIMIT_DEFAULT: Final = 20
@@ -39,9 +39,7 @@ TRANSACTION_TYPES: Final = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole grammar; global options work before or after the command."""
-    parser = argparse.ArgumentParser(
-        prog="creditwallet", description="Operate the credit-wallet ledger."
-    )
+    parser = command_parser("creditwallet", "Operate the credit-wallet ledger.")
     _add_global_options(parser, suppress=False)
     # The same options on every command, defaulting to "not given" so that they only
     # override the values parsed before the command when they are actually typed after it.
@@ -155,7 +153,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
     parser.add_argument(
         "--timeout",
         type=_seconds,
-        default=default(TIMEOUT_SECONDS_DEFAULT),
+        default=default(limits.CLIENT_TIMEOUT_SECONDS_DEFAULT),
         help="deadline of each attempt in seconds",
     )
     parser.add_argument(

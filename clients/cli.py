@@ -27,16 +27,20 @@ from pathlib import Path
 from typing import Final
 
 import grpc
+from creditwallet.client import render
+from creditwallet.client.arguments import (
+    LOT_SOURCES,
+    PAGE_SIZE_MAX,
+    TRANSACTION_TYPES,
+    build_parser,
+)
+from creditwallet.client.errors import CreditWalletError
+from creditwallet.client.messages import new_request_id
+from creditwallet.client.wallet import CreditWalletClient
 from creditwallet.v1 import admin_service_pb2 as admin_pb2
 from creditwallet.v1 import common_pb2
 from creditwallet.v1 import wallet_service_pb2 as wallet_pb2
 from google.protobuf.message import Message
-
-from clients import render
-from clients.arguments import LOT_SOURCES, PAGE_SIZE_MAX, TRANSACTION_TYPES, build_parser
-from clients.errors import CreditWalletError
-from clients.messages import new_request_id
-from clients.wallet import CreditWalletClient
 
 EXIT_OK: Final = 0
 EXIT_VIOLATIONS: Final = 1

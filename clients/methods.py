@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, ParamSpec, Protocol, Self, overload
 
-from clients.rpcs import RequestT, ResponseT, Rpc
+from creditwallet.client.rpcs import RequestT, ResponseT, Rpc
 
 P = ParamSpec("P")
 

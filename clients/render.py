@@ -16,14 +16,13 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC
 from typing import Any, cast
 
+from creditwallet.core.units import MICROS_PER_CREDIT, format_credits
 from creditwallet.v1 import admin_service_pb2 as admin_pb2
 from creditwallet.v1 import common_pb2
 from creditwallet.v1 import wallet_service_pb2 as wallet_pb2
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-
-from clients.units import MICROS_PER_CREDIT, format_credits
 
 COLUMN_GAP = "  "
 

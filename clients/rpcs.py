@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 import grpc
+from creditwallet.core import limits
 from creditwallet.v1 import admin_service_pb2 as admin_pb2
 from creditwallet.v1 import billing_service_pb2 as billing_pb2
 from creditwallet.v1 import wallet_service_pb2 as wallet_pb2
@@ -26,29 +27,11 @@ from google.protobuf.message import Message
 RequestT = TypeVar("RequestT", bound=Message)
 ResponseT = TypeVar("ResponseT", bound=Message)
 
-# Deadlines: every attempt carries one; nothing waits forever on a stuck server.
-TIMEOUT_SECONDS_DEFAULT: Final = 5.0
-TIMEOUT_SECONDS_MAX: Final = 300.0
-
 # Retries: only UNAVAILABLE, always with the identical request message (so the same
-# request_id), because the server guarantees a replay returns the original outcome (AIP-194,
-# SPEC §6). Any other code is an answer, and asking again would only repeat it or hide it.
+# request_id), because the server guarantees a replay returns the original outcome (AIP-194).
+# Any other code is an answer, and asking again would only repeat it or hide it. The bounds
+# (deadlines, retries, backoff, message size) are in ``creditwallet.core.limits``.
 RETRYABLE_CODES: Final = frozenset({grpc.StatusCode.UNAVAILABLE})
-RETRIES_DEFAULT: Final = 3
-RETRIES_MAX: Final = 10
-# Exponential backoff with jitter: attempt n (0-based) sleeps a random time in
-# [ceiling / 2, ceiling], ceiling = min(INITIAL * MULTIPLIER**n, MAX). Jitter keeps many
-# clients that lost the server together from hammering it together when it comes back.
-RETRY_BACKOFF_INITIAL_SECONDS: Final = 0.05
-RETRY_BACKOFF_MULTIPLIER: Final = 2.0
-RETRY_BACKOFF_MAX_SECONDS: Final = 2.0
-
-# The server sets its limits explicitly (SPEC §13); the client matches them by default.
-MESSAGE_BYTES_MAX_DEFAULT: Final = 4 * 1024 * 1024
-
-assert 0 <= RETRIES_DEFAULT <= RETRIES_MAX
-assert 0 < TIMEOUT_SECONDS_DEFAULT <= TIMEOUT_SECONDS_MAX
-assert 0 < RETRY_BACKOFF_INITIAL_SECONDS <= RETRY_BACKOFF_MAX_SECONDS
 
 
 @dataclass(frozen=True)
@@ -205,8 +188,9 @@ def should_retry(code: grpc.StatusCode | None, retries_done: int, retries_max: i
 def backoff_seconds(retries_done: int, rng: random.Random) -> float:
     """The pause before retry number ``retries_done + 1``: exponential, capped, jittered."""
     ceiling = min(
-        RETRY_BACKOFF_INITIAL_SECONDS * RETRY_BACKOFF_MULTIPLIER**retries_done,
-        RETRY_BACKOFF_MAX_SECONDS,
+        limits.CLIENT_RETRY_BACKOFF_INITIAL_SECONDS
+        * limits.CLIENT_RETRY_BACKOFF_MULTIPLIER**retries_done,
+        limits.CLIENT_RETRY_BACKOFF_MAX_SECONDS,
     )
     return rng.uniform(ceiling / 2, ceiling)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from clients import rpcs
-from clients.methods import raw_async, raw_sync
-from clients.rpcs import RequestT, ResponseT, Rpc
+from creditwallet.client import rpcs
+from creditwallet.client.methods import raw_async, raw_sync
+from creditwallet.client.rpcs import RequestT, ResponseT, Rpc
 
 if TYPE_CHECKING:
-    from clients.wallet import AsyncCreditWalletClient, CreditWalletClient
+    from creditwallet.client.wallet import AsyncCreditWalletClient, CreditWalletClient
 
 
 class AsyncServiceRpcs:

@@ -32,12 +32,11 @@ from typing import Any, Final, Self
 
 import grpc
 import grpc.aio
-
-from clients import messages, rpcs
-from clients.errors import from_rpc_error
-from clients.methods import AsyncMethod, SyncMethod
-from clients.rpcs import RequestT, ResponseT, Rpc
-from clients.services import (
+from creditwallet.client import messages, rpcs
+from creditwallet.client.errors import from_rpc_error
+from creditwallet.client.methods import AsyncMethod, SyncMethod
+from creditwallet.client.rpcs import RequestT, ResponseT, Rpc
+from creditwallet.client.services import (
     AsyncAdminRpcs,
     AsyncBillingRpcs,
     AsyncWalletRpcs,
@@ -45,10 +44,10 @@ from clients.services import (
     SyncBillingRpcs,
     SyncWalletRpcs,
 )
+from creditwallet.core import limits
 
 AUTHORIZATION_METADATA_KEY: Final = "authorization"
 # How long close() lets calls in flight finish.
-CLOSE_GRACE_SECONDS: Final = 1.0
 
 
 class _ClientSettings:
@@ -72,10 +71,10 @@ class _ClientSettings:
             raise ValueError("target must be host:port")
         if not token or any(character.isspace() for character in token):
             raise ValueError("token must be non-empty and free of whitespace")
-        if not 0 < timeout_seconds <= rpcs.TIMEOUT_SECONDS_MAX:
-            raise ValueError(f"timeout_seconds must be in (0, {rpcs.TIMEOUT_SECONDS_MAX}]")
-        if not 0 <= retries <= rpcs.RETRIES_MAX:
-            raise ValueError(f"retries must be in [0, {rpcs.RETRIES_MAX}]")
+        if not 0 < timeout_seconds <= limits.CLIENT_TIMEOUT_SECONDS_MAX:
+            raise ValueError(f"timeout_seconds must be in (0, {limits.CLIENT_TIMEOUT_SECONDS_MAX}]")
+        if not 0 <= retries <= limits.CLIENT_RETRIES_MAX:
+            raise ValueError(f"retries must be in [0, {limits.CLIENT_RETRIES_MAX}]")
         if message_bytes_max <= 0:
             raise ValueError("message_bytes_max must be positive")
         if (private_key is None) != (certificate_chain is None):
@@ -111,13 +110,13 @@ class AsyncCreditWalletClient:
         target: str,
         token: str,
         *,
-        timeout_seconds: float = rpcs.TIMEOUT_SECONDS_DEFAULT,
-        retries: int = rpcs.RETRIES_DEFAULT,
+        timeout_seconds: float = limits.CLIENT_TIMEOUT_SECONDS_DEFAULT,
+        retries: int = limits.CLIENT_RETRIES_DEFAULT,
         tls: bool = False,
         root_certificates: bytes | None = None,
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
-        message_bytes_max: int = rpcs.MESSAGE_BYTES_MAX_DEFAULT,
+        message_bytes_max: int = limits.CLIENT_MESSAGE_BYTES_MAX_DEFAULT,
         round_robin: bool = False,
     ) -> None:
         self._settings = _ClientSettings(
@@ -179,7 +178,7 @@ class AsyncCreditWalletClient:
 
     async def close(self) -> None:
         """Closes the channel, letting calls in flight finish for a moment."""
-        await self._channel.close(grace=CLOSE_GRACE_SECONDS)
+        await self._channel.close(grace=limits.CLIENT_CLOSE_GRACE_SECONDS)
 
     async def __aenter__(self) -> Self:
         return self
@@ -222,13 +221,13 @@ class CreditWalletClient:
         target: str,
         token: str,
         *,
-        timeout_seconds: float = rpcs.TIMEOUT_SECONDS_DEFAULT,
-        retries: int = rpcs.RETRIES_DEFAULT,
+        timeout_seconds: float = limits.CLIENT_TIMEOUT_SECONDS_DEFAULT,
+        retries: int = limits.CLIENT_RETRIES_DEFAULT,
         tls: bool = False,
         root_certificates: bytes | None = None,
         private_key: bytes | None = None,
         certificate_chain: bytes | None = None,
-        message_bytes_max: int = rpcs.MESSAGE_BYTES_MAX_DEFAULT,
+        message_bytes_max: int = limits.CLIENT_MESSAGE_BYTES_MAX_DEFAULT,
         round_robin: bool = False,
     ) -> None:
         self._settings = _ClientSettings(

@@ -1,4 +1,8 @@
-"""``python -m server``: the gRPC server, configured from the environment (SPEC §2)."""
+"""``creditwallet-server`` (or ``python -m creditwallet.server``): the gRPC server.
+
+Configured from the environment (``--help`` lists the variables); with no ``DATABASE_URL`` it
+starts the embedded PostgreSQL (extra ``[embedded]``) with its data under ``DATA_DIR``.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,48 @@ import logging
 import signal
 import sys
 
-from server import app, db, logs
-from server.config import ConfigError, ServerConfig
+from creditwallet.core import commands, logs
+from creditwallet.core.settings import ConfigError
+from creditwallet.server.config import ServerConfig
 
-log = logging.getLogger("server")
+log = logging.getLogger("creditwallet.server")
+
+ENVIRONMENT = """environment:
+  AGENT_TOKEN, BILLING_TOKEN, ADMIN_TOKEN   bearer token of each scope (required)
+  DATABASE_URL        PostgreSQL DSN (default: the embedded PostgreSQL under DATA_DIR)
+  DATA_DIR            where the embedded PostgreSQL keeps its data (default .data)
+  GRPC_ADDRESS        listen address (default 127.0.0.1:50051)
+  TLS_CERT_PATH, TLS_KEY_PATH, TLS_CLIENT_CA_PATH   TLS, and mutual TLS with a client CA
+  METRICS_ADDRESS     host:port of the Prometheus endpoint (default: off)
+  LOG_FORMAT, LOG_LEVEL   json|text, DEBUG|INFO|WARNING|ERROR
+  see README.md for the rest"""
 
 
-async def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    commands.parser(
+        "creditwallet-server", "The credit-wallet gRPC server.", ENVIRONMENT
+    ).parse_args(argv)
+    try:
+        import uvloop
+        from creditwallet.server import app  # noqa: F401 - fails early without [server]
+    except ImportError as exc:  # a plain install is the client and the CLI only
+        print(
+            f"creditwallet-server: {exc.name} is missing: install creditwallet[server]",
+            file=sys.stderr,
+        )
+        return 2
     try:
         config = ServerConfig.from_env()
     except ConfigError as exc:
-        print(f"credit-wallet server: {exc}", file=sys.stderr)
+        print(f"creditwallet-server: {exc}", file=sys.stderr)
         return 2
+    uvloop.install()
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: ServerConfig) -> int:
+    from creditwallet.server import app, db
+
     logs.configure(config.log_json, logging.getLevelNamesMapping()[config.log_level])
     dsn = config.database_url or db.start_embedded(config.data_dir)
     running = await app.start(config, dsn=dsn)
@@ -34,10 +68,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is a dependency; tolerate its absence
-        pass
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())

@@ -11,6 +11,17 @@ import dataclasses
 import logging
 
 import grpc
+from creditwallet.core import limits
+from creditwallet.server import db, metrics, migrate
+from creditwallet.server.clock import Clock, SystemClock
+from creditwallet.server.config import ServerConfig
+from creditwallet.server.health import DatabaseHealth
+from creditwallet.server.interceptor import GatewayInterceptor
+from creditwallet.server.ledger.batching import DebitBatcher
+from creditwallet.server.services import Runtime
+from creditwallet.server.services.admin import AdminService
+from creditwallet.server.services.billing import BillingService
+from creditwallet.server.services.wallet import WalletService
 from creditwallet.v1 import admin_service_pb2, billing_service_pb2, wallet_service_pb2
 from creditwallet.v1 import admin_service_pb2_grpc as agrpc
 from creditwallet.v1 import billing_service_pb2_grpc as bgrpc
@@ -18,17 +29,6 @@ from creditwallet.v1 import wallet_service_pb2_grpc as wgrpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
-from server import db, limits, metrics, migrate
-from server.clock import Clock, SystemClock
-from server.config import ServerConfig
-from server.health import DatabaseHealth
-from server.interceptor import GatewayInterceptor
-from server.ledger.batching import DebitBatcher
-from server.services import Runtime
-from server.services.admin import AdminService
-from server.services.billing import BillingService
-from server.services.wallet import WalletService
 
 log = logging.getLogger(__name__)
 

@@ -11,29 +11,14 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from creditwallet.core.settings import ConfigError, Secret
+
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _is_host_port(value: str) -> bool:
     host, _, port = value.rpartition(":")
     return bool(host) and port.isdigit() and int(port) <= 65535
-
-
-class ConfigError(Exception):
-    """A required setting is missing or malformed; start-up stops with its name."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Secret:
-    value: str = dataclasses.field(repr=False)
-
-    def __repr__(self) -> str:
-        return "Secret('****')"
-
-    __str__ = __repr__
-
-    def bytes(self) -> bytes:
-        return self.value.encode()
 
 
 @dataclasses.dataclass(frozen=True)

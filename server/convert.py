@@ -7,12 +7,11 @@ import json
 from collections.abc import Iterable
 
 import asyncpg
+from creditwallet.server import errors
+from creditwallet.server.ledger import streaks
 from creditwallet.v1 import admin_service_pb2 as admin_pb
 from creditwallet.v1 import common_pb2 as pb
 from google.protobuf import timestamp_pb2
-
-from server import errors
-from server.ledger import streaks
 
 SOURCE_TO_PB = {
     "trial": pb.LOT_SOURCE_TRIAL,

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import asyncpg
-
-from server import errors, limits
+from creditwallet.core import limits
+from creditwallet.server import errors
 
 log = logging.getLogger(__name__)
 

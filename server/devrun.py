@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from server import db
+from creditwallet.core import limits
+from creditwallet.server import db
 
 GENERATED = ("AGENT_TOKEN", "BILLING_TOKEN", "ADMIN_TOKEN", "STRIPE_WEBHOOK_SECRET", "CRON_SECRET")
-STOP_GRACE_SECONDS = 15.0
 
 
 def main() -> int:
@@ -39,9 +39,9 @@ def main() -> int:
     if not env.get("DATABASE_URL"):
         env["DATABASE_URL"] = db.start_embedded(Path(env.get("DATA_DIR", ".data")))
         print(f"PostgreSQL (embedded) data in {env.get('DATA_DIR', '.data')}/pg")
-    procs = [subprocess.Popen([sys.executable, "-m", "server"], env=env)]
-    if importlib.util.find_spec("webhook_gateway.__main__") is not None:
-        procs.append(subprocess.Popen([sys.executable, "-m", "webhook_gateway"], env=env))
+    procs = [subprocess.Popen([sys.executable, "-m", "creditwallet.server"], env=env)]
+    if importlib.util.find_spec("creditwallet.gateway.__main__") is not None:
+        procs.append(subprocess.Popen([sys.executable, "-m", "creditwallet.gateway"], env=env))
     print(f"gRPC server   {env['GRPC_ADDRESS']}")
     print(f"metrics       http://{env['METRICS_ADDRESS']}/metrics")
     print(f"gateway       http://{env['GATEWAY_ADDRESS']}  (POST /stripe/webhook, POST /rollover)")
@@ -61,7 +61,7 @@ def main() -> int:
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    deadline = time.monotonic() + limits.DEVRUN_STOP_GRACE_SECONDS
     for p in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(max(0.1, deadline - time.monotonic()))

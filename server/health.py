@@ -16,10 +16,10 @@ import logging
 from collections.abc import Iterable
 
 import asyncpg
+from creditwallet.core import limits
+from creditwallet.server import db, metrics
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
-
-from server import db, limits, metrics
 
 log = logging.getLogger(__name__)
 

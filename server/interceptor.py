@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from creditwallet.core import limits
+from creditwallet.core.settings import Secret
+from creditwallet.server import errors, metrics
 from grpc_status import rpc_status
-
-from server import errors, limits, metrics
-from server.config import Secret
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 if TYPE_CHECKING:
-    from server.db import Pool
+    from creditwallet.server.db import Pool
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,16 @@ since the database no longer matches the code that describes it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import os
+import sys
 from importlib import resources
+from pathlib import Path
 
 import asyncpg
+from creditwallet.core import commands
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +38,7 @@ class MigrationError(Exception):
 
 
 def load_migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("server") / "migrations"
+    folder = resources.files("creditwallet.server") / "migrations"
     found = []
     for entry in folder.iterdir():
         name = entry.name
@@ -75,3 +80,58 @@ async def migrate(conn: asyncpg.Connection[asyncpg.Record]) -> list[str]:
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATIONS_LOCK_KEY)
     return applied_now
+
+
+async def status(conn: asyncpg.Connection[asyncpg.Record]) -> list[tuple[str, str]]:
+    """Every known migration and whether it is applied, pending, or edited after applying."""
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    rows = await conn.fetch("SELECT version, checksum FROM schema_migrations") if exists else []
+    applied = {r["version"]: r["checksum"] for r in rows}
+    report = []
+    for version, name, sql in load_migrations():
+        checksum = hashlib.sha256(sql.encode()).hexdigest()
+        if version not in applied:
+            report.append((name, "pending"))
+        else:
+            report.append((name, "applied" if applied[version] == checksum else "EDITED"))
+    return report
+
+
+ENVIRONMENT = """environment:
+  DATABASE_URL   PostgreSQL DSN (default: the embedded PostgreSQL under DATA_DIR)
+  DATA_DIR       where the embedded PostgreSQL keeps its data (default .data)"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``creditwallet-migrate up|status``."""
+    parser = commands.parser(
+        "creditwallet-migrate", "Apply or list the ledger's schema migrations.", ENVIRONMENT
+    )
+    parser.add_argument("action", choices=("up", "status"), help="apply pending, or list all")
+    args = parser.parse_args(argv)
+    return asyncio.run(_main(args.action))
+
+
+async def _main(action: str) -> int:
+    dsn = os.environ.get("DATABASE_URL")
+    if not dsn:
+        from creditwallet.server import db
+
+        dsn = db.start_embedded(Path(os.environ.get("DATA_DIR", ".data")))
+    conn = await asyncpg.connect(dsn)
+    try:
+        if action == "up":
+            for name in await migrate(conn):
+                print(f"applied {name}")
+            print("up to date")
+            return 0
+        report = await status(conn)
+    finally:
+        await conn.close()
+    for name, state in report:
+        print(f"{state:8} {name}")
+    return 1 if any(state != "applied" for _, state in report) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

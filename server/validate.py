@@ -11,9 +11,9 @@ import re
 import uuid
 from collections.abc import Mapping
 
+from creditwallet.core import limits
+from creditwallet.server import errors
 from google.protobuf.timestamp_pb2 import Timestamp
-
-from server import errors, limits
 
 _ID = re.compile(r"[A-Za-z0-9._:@-]+")
 

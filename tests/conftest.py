@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.server import db
 from hypothesis import HealthCheck, settings
 
-from clients.wallet import AsyncCreditWalletClient
-from server import db
 from tests import harness
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-
-from clients.wallet import AsyncCreditWalletClient
-from server import app, db, migrate
-from server.clock import ManualClock
-from server.config import Secret, ServerConfig
+from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.core.settings import Secret
+from creditwallet.server import app, db, migrate
+from creditwallet.server.clock import ManualClock
+from creditwallet.server.config import ServerConfig
 
 TOKENS = {
     "agent": "agent-token-" + "a" * 20,
@@ -124,7 +124,7 @@ async def cli(ledger: Ledger, *args: str) -> int:
 
     The CLI's sync client blocks and the server runs in this event loop: hence the thread.
     """
-    from clients.cli import main
+    from creditwallet.client.cli import main
 
     argv = ["--target", ledger.target, "--token", TOKENS["admin"], *args]
     return await asyncio.to_thread(main, argv)

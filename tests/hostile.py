@@ -15,11 +15,11 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
+from creditwallet.core import limits
 from google.protobuf import descriptor
 from google.protobuf.message import Message
 from hypothesis import strategies as st
 
-from server import limits
 from tests.harness import Ledger
 
 FD = descriptor.FieldDescriptor

@@ -20,10 +20,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-
-from server.config import Secret
-from webhook_gateway.app import create_app
-from webhook_gateway.config import GatewayConfig
+from creditwallet.core.settings import Secret
+from creditwallet.gateway.app import create_app
+from creditwallet.gateway.config import GatewayConfig
 
 # A copy of ../shared/stripe-fixtures/objects.json (Stripe's openapi fixtures, 2026-08-21).
 OBJECTS: dict[str, Any] = json.loads(Path(__file__).with_name("stripe_objects.json").read_text())

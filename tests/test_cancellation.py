@@ -8,11 +8,11 @@ import random
 
 import grpc
 import pytest
+from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.v1 import common_pb2 as pb
 from creditwallet.v1 import wallet_service_pb2 as wpb
 from creditwallet.v1 import wallet_service_pb2_grpc as wgrpc
 
-from clients.wallet import AsyncCreditWalletClient
 from tests.harness import TOKENS, Ledger, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")

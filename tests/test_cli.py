@@ -6,9 +6,9 @@ import asyncio
 import json
 
 import pytest
+from creditwallet.client.cli import main
+from creditwallet.client.wallet import AsyncCreditWalletClient
 
-from clients.cli import main
-from clients.wallet import AsyncCreditWalletClient
 from tests.harness import Ledger, cli, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")

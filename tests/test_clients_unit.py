@@ -17,19 +17,19 @@ from datetime import UTC, datetime, timedelta, timezone
 import grpc
 import grpc.aio
 import pytest
+from creditwallet.client import errors, messages, rpcs
+from creditwallet.client.arguments import build_parser
+from creditwallet.client.cli import COMMANDS, main
+from creditwallet.client.render import message_to_dict
+from creditwallet.client.wallet import AsyncCreditWalletClient, CreditWalletClient
+from creditwallet.core import limits
+from creditwallet.core.units import INT64_MAX, format_credits, parse_credits
 from creditwallet.v1 import admin_service_pb2, billing_service_pb2, common_pb2
 from creditwallet.v1 import wallet_service_pb2 as wallet_pb2
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from hypothesis import given
 from hypothesis import strategies as st
-
-from clients import errors, messages, rpcs
-from clients.arguments import build_parser
-from clients.cli import COMMANDS, main
-from clients.render import message_to_dict
-from clients.units import INT64_MAX, format_credits, parse_credits
-from clients.wallet import AsyncCreditWalletClient, CreditWalletClient
 
 TOKEN = "unit-test-token"
 DETAILS_KEY = "grpc-status-details-bin"
@@ -251,11 +251,12 @@ def test_backoff_grows_jittered_and_capped() -> None:
     rng = random.Random(7)
     for retries_done in range(12):
         ceiling = min(
-            rpcs.RETRY_BACKOFF_INITIAL_SECONDS * rpcs.RETRY_BACKOFF_MULTIPLIER**retries_done,
-            rpcs.RETRY_BACKOFF_MAX_SECONDS,
+            limits.CLIENT_RETRY_BACKOFF_INITIAL_SECONDS
+            * limits.CLIENT_RETRY_BACKOFF_MULTIPLIER**retries_done,
+            limits.CLIENT_RETRY_BACKOFF_MAX_SECONDS,
         )
         pause = rpcs.backoff_seconds(retries_done, rng)
-        assert ceiling / 2 <= pause <= ceiling <= rpcs.RETRY_BACKOFF_MAX_SECONDS
+        assert ceiling / 2 <= pause <= ceiling <= limits.CLIENT_RETRY_BACKOFF_MAX_SECONDS
 
 
 def test_message_to_dict_keeps_int64_as_int() -> None:

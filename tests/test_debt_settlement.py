@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.v1 import billing_service_pb2 as bpb
 
-from clients.wallet import AsyncCreditWalletClient
 from tests.harness import Ledger, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")

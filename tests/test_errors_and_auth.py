@@ -6,15 +6,15 @@ from typing import Any
 
 import grpc
 import pytest
+from creditwallet.client import errors as cw
+from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.server.app import SERVICE_NAMES
 from creditwallet.v1 import admin_service_pb2 as apb
 from creditwallet.v1 import common_pb2 as pb
 from creditwallet.v1 import wallet_service_pb2 as wpb
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from clients import errors as cw
-from clients.wallet import AsyncCreditWalletClient
-from server.app import SERVICE_NAMES
 from tests.harness import TOKENS, Ledger, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")

@@ -7,10 +7,10 @@ import datetime as dt
 from collections.abc import Awaitable
 
 import pytest
+from creditwallet.client.errors import CreditWalletError, InsufficientCredits
+from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.v1 import common_pb2, wallet_service_pb2
 
-from clients.errors import CreditWalletError, InsufficientCredits
-from clients.wallet import AsyncCreditWalletClient
 from tests.harness import Ledger, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")

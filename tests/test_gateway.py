@@ -17,12 +17,12 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from creditwallet.client import errors as cw
+from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.server import app as server_app
 from creditwallet.v1 import billing_service_pb2 as bpb
 from creditwallet.v1 import common_pb2 as pb
 
-from clients import errors as cw
-from clients.wallet import AsyncCreditWalletClient
-from server import app as server_app
 from tests import harness
 from tests import stripe_fakes as sf
 from tests.harness import Ledger, new_user

@@ -20,13 +20,13 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from creditwallet.gateway import events
 from hypothesis import event, given
 from hypothesis import strategies as st
 
 from tests import harness, hostile
 from tests import stripe_fakes as sf
 from tests.harness import Ledger, new_user
-from webhook_gateway import events
 
 pytestmark = pytest.mark.usefixtures("verified")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from creditwallet.client import errors as cw
+from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.server import metrics
 from creditwallet.v1 import common_pb2 as pb
 
-from clients import errors as cw
-from clients.wallet import AsyncCreditWalletClient
-from server import metrics
 from tests.harness import Ledger, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")

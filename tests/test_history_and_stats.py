@@ -6,10 +6,10 @@ import asyncio
 from decimal import Decimal
 
 import pytest
+from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.server.ledger import stats
 from creditwallet.v1 import common_pb2 as pb
 
-from clients.wallet import AsyncCreditWalletClient
-from server.ledger import stats
 from tests.harness import Ledger, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")
@@ -63,7 +63,7 @@ async def test_type_filter_and_token_bound_to_its_filter(admin: AsyncCreditWalle
     debits = await admin.list_transactions(user, page_size=2, type=pb.TRANSACTION_TYPE_DEBIT)
     assert [t.type for t in debits.transactions] == [pb.TRANSACTION_TYPE_DEBIT] * 2
     assert debits.next_page_token
-    from clients import errors as cw
+    from creditwallet.client import errors as cw
 
     with pytest.raises(cw.InvalidArgument):
         await admin.list_transactions(user, page_token=debits.next_page_token)

@@ -17,15 +17,15 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from creditwallet.client import rpcs
+from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.core import limits
 from creditwallet.v1 import common_pb2 as pb
 from creditwallet.v1 import wallet_service_pb2 as wpb
 from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clients import rpcs
-from clients.wallet import AsyncCreditWalletClient
-from server import limits
 from tests import hostile
 from tests.harness import TOKENS, Ledger, new_user
 from tests.hostile import snapshot

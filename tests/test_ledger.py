@@ -6,10 +6,10 @@ import asyncio
 import datetime as dt
 
 import pytest
+from creditwallet.client import errors as cw
+from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.v1 import common_pb2 as pb
 
-from clients import errors as cw
-from clients.wallet import AsyncCreditWalletClient
 from tests.harness import Ledger, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")

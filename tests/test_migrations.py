@@ -6,8 +6,8 @@ import asyncio
 
 import asyncpg
 import pytest
+from creditwallet.server import migrate
 
-from server import migrate
 from tests import harness
 
 

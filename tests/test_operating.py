@@ -12,15 +12,17 @@ from pathlib import Path
 
 import grpc
 import pytest
+from creditwallet.client import errors as cw
+from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.core import logs
+from creditwallet.core.settings import ConfigError
+from creditwallet.server import app
+from creditwallet.server.config import ServerConfig
+from creditwallet.server.health import DatabaseHealth
 from creditwallet.v1 import common_pb2 as pb
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2
 
-from clients import errors as cw
-from clients.wallet import AsyncCreditWalletClient
-from server import app, logs
-from server.config import ConfigError, ServerConfig
-from server.health import DatabaseHealth
 from tests import harness
 from tests.harness import TOKENS, Ledger, new_user
 

@@ -11,9 +11,7 @@ import datetime as dt
 
 import grpc
 import pytest
-from creditwallet.v1 import common_pb2
-
-from clients.errors import (
+from creditwallet.client.errors import (
     AccountNotFound,
     CreditWalletError,
     InvalidArgument,
@@ -21,10 +19,12 @@ from clients.errors import (
     ReferralNotAllowed,
     RequestIdReused,
 )
-from clients.wallet import AsyncCreditWalletClient
-from server import db
-from server.db import Connection
-from server.ledger import accounts, referrals
+from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.server import db
+from creditwallet.server.db import Connection
+from creditwallet.server.ledger import accounts, referrals
+from creditwallet.v1 import common_pb2
+
 from tests.harness import Ledger, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")

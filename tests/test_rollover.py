@@ -11,12 +11,12 @@ import datetime as dt
 import uuid
 
 import pytest
+from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.server.ledger import rollover
 from creditwallet.v1 import billing_service_pb2 as bpb
 from creditwallet.v1 import common_pb2 as pb
 from google.protobuf import timestamp_pb2
 
-from clients.wallet import AsyncCreditWalletClient
-from server.ledger import rollover
 from tests.harness import Ledger, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from creditwallet.client import errors as cw
+from creditwallet.core.settings import ConfigError
+from creditwallet.server import app
+from creditwallet.server.clock import ManualClock
+from creditwallet.server.config import ServerConfig
 from creditwallet.v1 import common_pb2 as pb
 
-from clients import errors as cw
-from server import app
-from server.clock import ManualClock
-from server.config import ConfigError, ServerConfig
 from tests import harness
 from tests.harness import TOKENS, new_user
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from server.ledger import streaks
+from creditwallet.server.ledger import streaks
 
 MILESTONES = [(3, 1_000_000), (7, 5_000_000), (14, 10_000_000), (30, 25_000_000)]
 D0 = dt.date(2027, 1, 28)

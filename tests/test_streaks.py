@@ -6,10 +6,10 @@ import asyncio
 import datetime as dt
 
 import pytest
+from creditwallet.client.errors import AccountNotFound
+from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.v1 import common_pb2
 
-from clients.errors import AccountNotFound
-from clients.wallet import AsyncCreditWalletClient
 from tests.harness import Ledger, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")

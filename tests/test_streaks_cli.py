@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from creditwallet.client.wallet import AsyncCreditWalletClient
 
-from clients.wallet import AsyncCreditWalletClient
 from tests.harness import Ledger, cli, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from creditwallet.client import errors as cw
+from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.server import app
 
-from clients import errors as cw
-from clients.wallet import AsyncCreditWalletClient
-from server import app
 from tests import certs, harness
 
 CALL_TIMEOUT_SECONDS = 3.0

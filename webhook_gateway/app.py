@@ -23,16 +23,15 @@ from typing import Any
 import grpc
 import stripe
 from aiohttp import web
+from creditwallet.core import limits
+from creditwallet.gateway import catalog, events
+from creditwallet.gateway.config import GatewayConfig
+from creditwallet.gateway.stripe_api import StripeApi
 from creditwallet.v1 import billing_service_pb2 as bpb
 from creditwallet.v1 import billing_service_pb2_grpc as bgrpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-
-from server import limits
-from webhook_gateway import catalog, events
-from webhook_gateway.config import BODY_BYTES_MAX, SIGNATURE_TOLERANCE_SECONDS, GatewayConfig
-from webhook_gateway.stripe_api import StripeApi
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ MAPPER = web.AppKey("mapper", events.Mapper)
 
 
 def create_app(config: GatewayConfig) -> web.Application:
-    app = web.Application(client_max_size=BODY_BYTES_MAX)
+    app = web.Application(client_max_size=limits.GATEWAY_BODY_BYTES_MAX)
     app[CONFIG] = config
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/stripe/webhook", stripe_webhook)
@@ -91,12 +90,12 @@ def _verify(config: GatewayConfig, body: bytes, header: str) -> str | None:
     timestamps = [p[2:] for p in header.split(",") if p.startswith("t=")]
     if len(timestamps) != 1 or not timestamps[0].isdigit():
         return None
-    if int(timestamps[0]) > time.time() + SIGNATURE_TOLERANCE_SECONDS:
+    if int(timestamps[0]) > time.time() + limits.GATEWAY_SIGNATURE_TOLERANCE_SECONDS:
         return None  # the library only checks the past
     for secret in config.webhook_secrets:
         try:
             stripe.WebhookSignature.verify_header(
-                payload, header, secret.value, tolerance=SIGNATURE_TOLERANCE_SECONDS
+                payload, header, secret.value, tolerance=limits.GATEWAY_SIGNATURE_TOLERANCE_SECONDS
             )
         except stripe.SignatureVerificationError:
             continue

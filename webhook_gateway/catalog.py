@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from server import limits
+from creditwallet.core import limits
 
 log = logging.getLogger(__name__)
 

@@ -12,21 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-from server.config import ConfigError, Secret
+from creditwallet.core import limits
+from creditwallet.core.settings import ConfigError, Secret
 
 DEFAULT_CATALOG_PATH: Final = Path(__file__).with_name("catalog.json")
-# The gateway's own deadline on a ledger RPC: well under Stripe's ~20 s webhook timeout.
-RPC_TIMEOUT_SECONDS: Final = 8.0
-# Stripe API calls (line items, invoices, prices) get at most this long.
-STRIPE_TIMEOUT_SECONDS: Final = 5.0
-# The rollover of every account may take a while (it is chunked and resumable).
-ROLLOVER_TIMEOUT_SECONDS: Final = 300.0
-# Webhook bodies above this are refused with 413 (Stripe's events are a few KiB).
-BODY_BYTES_MAX: Final = 1024 * 1024
-# Stripe's signature tolerance, applied both ways (the library only checks the past).
-SIGNATURE_TOLERANCE_SECONDS: Final = 300
-
-assert RPC_TIMEOUT_SECONDS + STRIPE_TIMEOUT_SECONDS < 20.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +29,9 @@ class GatewayConfig:
     stripe_secret_key: Secret | None = None
     stripe_api_base: str | None = None
     catalog_path: Path = DEFAULT_CATALOG_PATH
-    rpc_timeout_seconds: float = RPC_TIMEOUT_SECONDS
-    stripe_timeout_seconds: float = STRIPE_TIMEOUT_SECONDS
-    rollover_timeout_seconds: float = ROLLOVER_TIMEOUT_SECONDS
+    rpc_timeout_seconds: float = limits.GATEWAY_RPC_TIMEOUT_SECONDS
+    stripe_timeout_seconds: float = limits.GATEWAY_STRIPE_TIMEOUT_SECONDS
+    rollover_timeout_seconds: float = limits.GATEWAY_ROLLOVER_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:

@@ -13,13 +13,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from creditwallet.gateway import catalog
+from creditwallet.gateway.stripe_api import StripeApi
 from creditwallet.v1 import billing_service_pb2 as bpb
 from creditwallet.v1 import common_pb2 as pb
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
-
-from webhook_gateway import catalog
-from webhook_gateway.stripe_api import StripeApi
 
 log = logging.getLogger(__name__)
 

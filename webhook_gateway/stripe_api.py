@@ -12,8 +12,7 @@ from typing import Any
 
 import aiohttp
 import stripe
-
-from server.config import Secret
+from creditwallet.core.settings import Secret
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from server import errors
-from server.db import Connection
-from server.ledger import lots
-from server.ledger.types import Account, default_expiry
+from creditwallet.server import errors
+from creditwallet.server.db import Connection
+from creditwallet.server.ledger import lots
+from creditwallet.server.ledger.types import Account, default_expiry
 
 _LOCK = """
 SELECT user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at

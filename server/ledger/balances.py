@@ -10,8 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 import asyncpg
-
-from server.db import Connection
+from creditwallet.server.db import Connection
 
 _LIVE_LOTS = """
 SELECT lot_id, source, amount_micros, remaining_micros, granted_at, expires_at

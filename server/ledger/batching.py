@@ -30,14 +30,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from creditwallet.core import limits
+from creditwallet.server import db, errors, metrics
+from creditwallet.server.clock import Clock
+from creditwallet.server.db import Connection, Pool
+from creditwallet.server.ledger import accounts, debit, idempotency
+from creditwallet.server.ledger.idempotency import Guard
+from creditwallet.server.ledger.types import Account
 from google.protobuf.message import Message
-
-from server import db, errors, limits, metrics
-from server.clock import Clock
-from server.db import Connection, Pool
-from server.ledger import accounts, debit, idempotency
-from server.ledger.idempotency import Guard
-from server.ledger.types import Account
 
 log = logging.getLogger(__name__)
 

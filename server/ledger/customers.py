@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from server.db import Connection
+from creditwallet.server.db import Connection
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ import datetime as dt
 import json
 from collections.abc import Mapping
 
-from server import errors
-from server.db import Connection
-from server.ledger import accounts, lots, pricing, streaks
-from server.ledger.types import Account
+from creditwallet.server import errors
+from creditwallet.server.db import Connection
+from creditwallet.server.ledger import accounts, lots, pricing, streaks
+from creditwallet.server.ledger.types import Account
 
 # The burn-down of lots.consume, fused with the history row, the consumption records, the
 # balance and the day's activity, so a debit is one round trip once the account is locked.

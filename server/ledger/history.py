@@ -16,9 +16,9 @@ import uuid
 from collections.abc import Mapping
 
 import asyncpg
-
-from server import errors, limits
-from server.db import Connection
+from creditwallet.core import limits
+from creditwallet.server import errors
+from creditwallet.server.db import Connection
 
 _APPEND = """
 INSERT INTO credit_transactions (user_id, type, source, amount_micros, balance_after_micros,

@@ -17,12 +17,11 @@ import uuid
 from collections.abc import Sequence
 
 import asyncpg
-
-from server import errors
-from server.db import Connection
-from server.ledger import accounts, history, lots, streaks
-from server.ledger.debit import DebitCommand, check_spendable, cost_of
-from server.ledger.types import Account
+from creditwallet.server import errors
+from creditwallet.server.db import Connection
+from creditwallet.server.ledger import accounts, history, lots, streaks
+from creditwallet.server.ledger.debit import DebitCommand, check_spendable, cost_of
+from creditwallet.server.ledger.types import Account
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import grpc
+from creditwallet.core import limits
+from creditwallet.server import db, errors
+from creditwallet.server.clock import Clock
+from creditwallet.server.db import Connection, Pool
 from google.protobuf.message import Message
-
-from server import db, errors, limits
-from server.clock import Clock
-from server.db import Connection, Pool
 
 R = TypeVar("R", bound=Message)
 

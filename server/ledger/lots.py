@@ -12,9 +12,9 @@ import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 
-from server.db import Connection
-from server.ledger import history
-from server.ledger.types import Account
+from creditwallet.server.db import Connection
+from creditwallet.server.ledger import history
+from creditwallet.server.ledger.types import Account
 
 # Burn-down order (SPEC §5): soonest expiry first, never-expiring last, then oldest grant.
 # $1 user_id, $2 amount, $3 now; ``take`` is (lot_id, amount) of each lot to draw on. The

@@ -11,7 +11,7 @@ import calendar
 import datetime as dt
 import re
 
-from server import errors
+from creditwallet.server import errors
 
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
 # A period longer than this is not monthly; its successor is assumed to be as long.

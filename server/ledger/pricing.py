@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 
 import asyncpg
-
-from server import errors, limits
-from server.db import Connection
+from creditwallet.core import limits
+from creditwallet.server import errors
+from creditwallet.server.db import Connection
 
 _GET = "SELECT price_micros, active FROM agent_pricing WHERE agent_id = $1"
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from server.db import Connection
-from server.ledger import accounts, customers, lots, referrals, refunds, subscriptions
+from creditwallet.server.db import Connection
+from creditwallet.server.ledger import accounts, customers, lots, referrals, refunds, subscriptions
 
 
 @dataclasses.dataclass(frozen=True)

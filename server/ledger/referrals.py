@@ -28,10 +28,10 @@ import datetime as dt
 import secrets
 from typing import Final
 
-from server import errors
-from server.db import Connection
-from server.ledger import accounts, lots
-from server.ledger.types import Account, default_expiry
+from creditwallet.server import errors
+from creditwallet.server.db import Connection
+from creditwallet.server.ledger import accounts, lots
+from creditwallet.server.ledger.types import Account, default_expiry
 
 CODE_ALPHABET: Final = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
 CODE_LENGTH: Final = 8

@@ -18,9 +18,9 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 
-from server.db import Connection
-from server.ledger import accounts, history, lots
-from server.ledger.types import Account
+from creditwallet.server.db import Connection
+from creditwallet.server.ledger import accounts, history, lots
+from creditwallet.server.ledger.types import Account
 
 _REMEMBER = """
 INSERT INTO payment_refunds (payment_id, amount_refunded_minor, refund_ids, updated_at)

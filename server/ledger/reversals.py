@@ -11,10 +11,10 @@ import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 
-from server import errors
-from server.db import Connection
-from server.ledger import accounts, history, lots
-from server.ledger.types import Account
+from creditwallet.server import errors
+from creditwallet.server.db import Connection
+from creditwallet.server.ledger import accounts, history, lots
+from creditwallet.server.ledger.types import Account
 
 _DEBIT = "SELECT type FROM credit_transactions WHERE user_id = $1 AND transaction_id = $2"
 

@@ -28,11 +28,11 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-
-from server import db, limits
-from server.db import Connection, Pool
-from server.ledger import accounts, idempotency, lots, subscriptions
-from server.ledger.types import Account
+from creditwallet.core import limits
+from creditwallet.server import db
+from creditwallet.server.db import Connection, Pool
+from creditwallet.server.ledger import accounts, idempotency, lots, subscriptions
+from creditwallet.server.ledger.types import Account
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import asyncpg
-
-from server.db import Connection
+from creditwallet.server.db import Connection
 
 SEED_TOTALS = """
 SELECT COUNT(*) as total_users, SUM(balance) as total_credits, AVG(balance) as avg_balance

@@ -35,10 +35,9 @@ import datetime as dt
 from typing import Any, Final
 
 import asyncpg
-
-from server.db import Connection
-from server.ledger import lots
-from server.ledger.types import Account, default_expiry
+from creditwallet.server.db import Connection
+from creditwallet.server.ledger import lots
+from creditwallet.server.ledger.types import Account, default_expiry
 
 # Two forgiven days of one streak are at least this many days apart.
 GRACE_WINDOW_DAYS: Final = 7

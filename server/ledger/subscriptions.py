@@ -19,10 +19,9 @@ import datetime as dt
 from typing import Final
 
 import asyncpg
-
-from server.db import Connection
-from server.ledger import accounts, customers, lots, periods, referrals, refunds
-from server.ledger.types import Account
+from creditwallet.server.db import Connection
+from creditwallet.server.ledger import accounts, customers, lots, periods, referrals, refunds
+from creditwallet.server.ledger.types import Account
 
 PAID_STATUSES: Final = ("active", "trialing")
 

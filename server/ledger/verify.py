@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from server import limits
-from server.db import Connection
-from server.ledger import verify_rewards
+from creditwallet.core import limits
+from creditwallet.server.db import Connection
+from creditwallet.server.ledger import verify_rewards
 
 # 1. balance = sum(history) = sum(lots.remaining) + held - debt; held = pending holds.
 _PER_ACCOUNT = """

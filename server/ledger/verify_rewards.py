@@ -10,7 +10,7 @@ not rewards, so they are left out.
 
 from __future__ import annotations
 
-from server.db import Connection
+from creditwallet.server.db import Connection
 
 # Streak reward lots (grant_key "streak:<start>:<days>") <-> streak_milestones rows.
 _STREAK = """

@@ -11,13 +11,12 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from creditwallet.server import db
+from creditwallet.server.clock import Clock
+from creditwallet.server.db import Connection, Pool
+from creditwallet.server.ledger import debit, idempotency
+from creditwallet.server.ledger.batching import DebitBatcher
 from google.protobuf.message import Message
-
-from server import db
-from server.clock import Clock
-from server.db import Connection, Pool
-from server.ledger import debit, idempotency
-from server.ledger.batching import DebitBatcher
 
 R = TypeVar("R", bound=Message)
 T = TypeVar("T")

@@ -6,14 +6,14 @@ import datetime as dt
 from typing import Any
 
 import grpc
+from creditwallet.core import limits
+from creditwallet.server import convert, errors, validate
+from creditwallet.server.db import Connection
+from creditwallet.server.ledger import accounts, lots, pricing, reversals, stats, verify
+from creditwallet.server.ledger.types import default_expiry
+from creditwallet.server.services import Runtime
 from creditwallet.v1 import admin_service_pb2 as apb
 from creditwallet.v1 import admin_service_pb2_grpc as agrpc
-
-from server import convert, errors, limits, validate
-from server.db import Connection
-from server.ledger import accounts, lots, pricing, reversals, stats, verify
-from server.ledger.types import default_expiry
-from server.services import Runtime
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -13,15 +13,22 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from creditwallet.core import limits
+from creditwallet.server import convert, errors, metrics, validate
+from creditwallet.server.db import Connection
+from creditwallet.server.ledger import (
+    idempotency,
+    periods,
+    purchases,
+    refunds,
+    rollover,
+    subscriptions,
+)
+from creditwallet.server.services import Runtime
 from creditwallet.v1 import billing_service_pb2 as bpb
 from creditwallet.v1 import billing_service_pb2_grpc as bgrpc
 from creditwallet.v1 import common_pb2 as pb
 from google.protobuf.message import Message
-
-from server import convert, errors, limits, metrics, validate
-from server.db import Connection
-from server.ledger import idempotency, periods, purchases, refunds, rollover, subscriptions
-from server.services import Runtime
 
 Context = grpc.aio.ServicerContext[Any, Any]
 R = TypeVar("R", bound=Message)

@@ -6,12 +6,10 @@ import datetime as dt
 from typing import Any
 
 import grpc
-from creditwallet.v1 import wallet_service_pb2 as wpb
-from creditwallet.v1 import wallet_service_pb2_grpc as wgrpc
-
-from server import convert, limits, metrics, validate
-from server.db import Connection
-from server.ledger import (
+from creditwallet.core import limits
+from creditwallet.server import convert, metrics, validate
+from creditwallet.server.db import Connection
+from creditwallet.server.ledger import (
     accounts,
     balances,
     debit,
@@ -21,7 +19,9 @@ from server.ledger import (
     streaks,
     subscriptions,
 )
-from server.services import Runtime
+from creditwallet.server.services import Runtime
+from creditwallet.v1 import wallet_service_pb2 as wpb
+from creditwallet.v1 import wallet_service_pb2_grpc as wgrpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

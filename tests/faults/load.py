@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 import grpc
+from creditwallet.client import errors as cw
+from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.v1 import common_pb2 as pb
 
-from clients import errors as cw
-from clients.wallet import AsyncCreditWalletClient
 from tests.harness import TOKENS
 
 CREDIT = 1_000_000

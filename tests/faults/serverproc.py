@@ -1,4 +1,4 @@
-"""``python -m server`` as a child process: started, probed, killed, restarted.
+"""``python -m creditwallet.server`` as a child process: started, probed, killed, restarted.
 
 Why a real process: ``kill -9`` must take the whole server down at once — its event loop,
 its pool, its shielded transactions — which no in-process fixture can imitate. The child
@@ -80,7 +80,7 @@ class ServerProcess:
         assert not self.alive(), "already running"
         self._log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "server"],
+            [sys.executable, "-m", "creditwallet.server"],
             cwd=REPO_ROOT,
             env=self.env,
             stdout=self._log,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import random
 
-from clients.wallet import AsyncCreditWalletClient
+from creditwallet.client.wallet import AsyncCreditWalletClient
+
 from tests.faults import load
 from tests.faults.conftest import Scale
 from tests.faults.serverproc import ServerProcess

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest_asyncio
+from creditwallet.client import errors as cw
+from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.server import migrate
 
-from clients import errors as cw
-from clients.wallet import AsyncCreditWalletClient
-from server import migrate
 from tests import harness
 from tests.faults import load
 from tests.faults.conftest import Scale

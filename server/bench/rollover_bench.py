@@ -5,7 +5,7 @@ subscription lots (the expired one of two periods ago, which the rollover record
 ``expire``, and the carried one of the last period) and a top-up. Timed: one
 ``rollover.run`` over all of them, chunked as in production.
 
-    .venv/bin/python -m tests.bench.rollover_bench            # embedded PostgreSQL, 100,000
+    .venv/bin/python -m creditwallet.server.bench.rollover_bench  # embedded PostgreSQL, 100,000
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import asyncpg
-
-from server import db, migrate
-from server.ledger import rollover
+from creditwallet.server import db, migrate
+from creditwallet.server.ledger import rollover
 
 _LOAD = """
 WITH users AS (

@@ -1,8 +1,8 @@
 """``make bench``: the figures of SPEC §11 in one run, printed as a table and written as JSON.
 
 What runs: its own embedded PostgreSQL (``.data/bench``), a database loaded with 100,000
-accounts in bulk SQL, and the real server as a subprocess (``python -m server``, uvloop),
-exactly as ``make run`` starts it. Rows:
+accounts in bulk SQL, and the real server as a subprocess
+(``python -m creditwallet.server``, uvloop), exactly as ``make run`` starts it. Rows:
 
 - ``grpc``: Debit through the project's own async client, 1/16/64 closed-loop callers,
   spread over 100,000 accounts and all on one hot account;
@@ -37,16 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from creditwallet.v1 import wallet_service_pb2 as wpb
-
-from clients.wallet import AsyncCreditWalletClient
-from server import db, migrate
-from server.clock import SystemClock
-from server.services import Runtime
-from server.services.wallet import WalletService
-from tests.bench import profile
-from tests.bench.rollover_bench import bench_rollover
-from tests.bench.workload import (
+from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.server import db, migrate
+from creditwallet.server.bench import profile
+from creditwallet.server.bench.rollover_bench import bench_rollover
+from creditwallet.server.bench.workload import (
     ACCOUNTS,
     DEBIT_MICROS,
     HOT_ACCOUNT,
@@ -55,6 +50,10 @@ from tests.bench.workload import (
     median_of,
     user_for,
 )
+from creditwallet.server.clock import SystemClock
+from creditwallet.server.services import Runtime
+from creditwallet.server.services.wallet import WalletService
+from creditwallet.v1 import wallet_service_pb2 as wpb
 
 CALLERS = (1, 16, 64)
 BALANCE_MICROS = 10**15  # a billion credits each: the bench never runs an account dry
@@ -123,7 +122,9 @@ def server_process(
     env = dict(os.environ, DATABASE_URL=dsn, GRPC_ADDRESS=f"127.0.0.1:{port}", LOG_FORMAT="text")
     env["DEBIT_BATCHING"] = "on" if batching else "off"
     env.update({f"{k.upper()}_TOKEN": v for k, v in tokens.items()})
-    proc = subprocess.Popen([sys.executable, "-m", "server"], env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "creditwallet.server"], env=env, stderr=subprocess.DEVNULL
+    )
     try:
         yield f"127.0.0.1:{port}", proc.pid
     finally:
@@ -356,7 +357,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--history-rows", type=int, default=10_000_000)
-    parser.add_argument("--output", default="tests/bench/results.json")
+    parser.add_argument("--output", default="server/bench/results.json")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--fresh", action="store_true", help="recreate the bench cluster")
     return parser.parse_args(argv)

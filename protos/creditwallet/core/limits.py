@@ -1,0 +1,154 @@
+"""Every bound of every credit-wallet process, in one place, units last in the names.
+
+Why a module of constants: a limit that is written down can be reviewed, tested and
+changed once. ``_check`` at the bottom keeps the relations between them true; it raises
+rather than asserts, so ``python -O`` cannot strip it.
+
+Sections: the wire (shared by all), the server, the gateway, the client.
+"""
+
+from typing import Final
+
+from creditwallet.core.units import INT64_MAX, MICROS_PER_CREDIT
+
+__all__ = ["INT64_MAX", "MICROS_PER_CREDIT"]  # re-exported: limits are stated in micros
+
+# Identifiers.
+USER_ID_LENGTH_MAX: Final = 128
+REQUEST_ID_LENGTH_MAX: Final = 128
+AGENT_ID_LENGTH_MAX: Final = 128
+SESSION_ID_LENGTH_MAX: Final = 128
+HOLD_ID_LENGTH_MAX: Final = 64
+UNIT_LENGTH_MAX: Final = 64
+METADATA_KEYS_MAX: Final = 16
+METADATA_KEY_LENGTH_MAX: Final = 64
+METADATA_VALUE_LENGTH_MAX: Final = 512
+PROVIDER_ID_LENGTH_MAX: Final = 255
+
+# Amounts: one request never moves more than a billion credits.
+AMOUNT_MICROS_MAX: Final = 10**9 * MICROS_PER_CREDIT
+QUANTITY_MAX: Final = 10**9
+
+# Holds.
+HOLD_TTL_SECONDS_DEFAULT: Final = 15 * 60
+HOLD_TTL_SECONDS_MAX: Final = 24 * 60 * 60
+
+# Pages.
+PAGE_SIZE_DEFAULT: Final = 50
+PAGE_SIZE_MAX: Final = 500
+PRICES_PAGE_SIZE_DEFAULT: Final = 100
+PAGE_TOKEN_LENGTH_MAX: Final = 256
+
+# Idempotency records are kept at least this long (SPEC: at least 7 days).
+IDEMPOTENCY_RETENTION_DAYS: Final = 30
+IDEMPOTENCY_PURGE_BATCH_ROWS: Final = 10_000
+
+# Database.
+DB_POOL_SIZE_MIN: Final = 2
+DB_POOL_SIZE_MAX: Final = 20
+DB_COMMAND_TIMEOUT_SECONDS: Final = 10.0
+DB_ACQUIRE_TIMEOUT_SECONDS: Final = 5.0
+DB_CONNECT_TIMEOUT_SECONDS: Final = 5.0
+DB_TRANSACTION_RETRIES_MAX: Final = 5
+
+# Health: how often the database is pinged, and how long a ping may take.
+HEALTH_PROBE_INTERVAL_SECONDS: Final = 2.0
+HEALTH_PROBE_TIMEOUT_SECONDS: Final = 2.0
+
+# gRPC.
+GRPC_MESSAGE_BYTES_MAX: Final = 4 * 1024 * 1024
+GRPC_SHUTDOWN_GRACE_SECONDS: Final = 10.0
+GRPC_CONCURRENT_RPCS_MAX: Final = 2048
+
+# Verification report.
+VERIFY_VIOLATIONS_MAX: Final = 1000
+
+# Rollover.
+ROLLOVER_CHUNK_ACCOUNTS: Final = 2000
+
+# Group commit of debits: at most this many debits share one transaction, and at most this
+# many such transactions run at once (each holds one pooled connection). Measured on the
+# bench (spread, 64 callers): 2 x 64 gave 1676 debits/s, 2 x 32 1575, 1 x 32 1533,
+# 4 x 32 1211, 8 x 32 983 — more concurrent batches only add contention. There is no timer:
+# debits that arrive while the batches in flight are busy form the next batch, so a lone
+# debit never waits and a busy server commits many debits per WAL flush.
+DEBIT_BATCH_MAX: Final = 64
+DEBIT_BATCHES_IN_FLIGHT_MAX: Final = 2
+
+
+# The gateway (webhook_gateway/).
+# Its deadline on a ledger RPC: well under Stripe's ~20 s webhook timeout.
+GATEWAY_RPC_TIMEOUT_SECONDS: Final = 8.0
+# Stripe API calls (line items, invoices, prices) get at most this long.
+GATEWAY_STRIPE_TIMEOUT_SECONDS: Final = 5.0
+# The rollover of every account may take a while (it is chunked and resumable).
+GATEWAY_ROLLOVER_TIMEOUT_SECONDS: Final = 300.0
+# Webhook bodies above this are refused with 413 (Stripe's events are a few KiB).
+GATEWAY_BODY_BYTES_MAX: Final = 1024 * 1024
+# Stripe's signature tolerance, applied both ways (the library only checks the past).
+GATEWAY_SIGNATURE_TOLERANCE_SECONDS: Final = 300
+# Stripe gives up on a webhook delivery that takes longer than this.
+STRIPE_WEBHOOK_TIMEOUT_SECONDS: Final = 20.0
+
+# The client (clients/).
+# Deadlines: every attempt carries one; nothing waits forever on a stuck server.
+CLIENT_TIMEOUT_SECONDS_DEFAULT: Final = 5.0
+CLIENT_TIMEOUT_SECONDS_MAX: Final = 300.0
+# Retries of UNAVAILABLE, always with the identical request (so the same request_id).
+CLIENT_RETRIES_DEFAULT: Final = 3
+CLIENT_RETRIES_MAX: Final = 10
+# Exponential backoff with jitter: attempt n (0-based) sleeps a random time in
+# [ceiling / 2, ceiling], ceiling = min(INITIAL * MULTIPLIER**n, MAX). Jitter keeps many
+# clients that lost the server together from hammering it together when it comes back.
+CLIENT_RETRY_BACKOFF_INITIAL_SECONDS: Final = 0.05
+CLIENT_RETRY_BACKOFF_MULTIPLIER: Final = 2.0
+CLIENT_RETRY_BACKOFF_MAX_SECONDS: Final = 2.0
+# The server sets its message limits explicitly; the client matches them by default.
+CLIENT_MESSAGE_BYTES_MAX_DEFAULT: Final = GRPC_MESSAGE_BYTES_MAX
+# How long close() lets calls in flight finish.
+CLIENT_CLOSE_GRACE_SECONDS: Final = 1.0
+
+# `make run`: how long the processes get to stop after Ctrl-C before they are killed.
+DEVRUN_STOP_GRACE_SECONDS: Final = 15.0
+
+
+class LimitsError(Exception):
+    """Two bounds contradict each other: a programming error caught at import."""
+
+
+def _check() -> None:
+    relations = {
+        "HOLD_TTL_SECONDS_DEFAULT <= HOLD_TTL_SECONDS_MAX": (
+            HOLD_TTL_SECONDS_DEFAULT <= HOLD_TTL_SECONDS_MAX
+        ),
+        "PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX": PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX,
+        "PRICES_PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX": PRICES_PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX,
+        "AMOUNT_MICROS_MAX < INT64_MAX": AMOUNT_MICROS_MAX < INT64_MAX,
+        "DB_POOL_SIZE_MIN <= DB_POOL_SIZE_MAX": DB_POOL_SIZE_MIN <= DB_POOL_SIZE_MAX,
+        "IDEMPOTENCY_RETENTION_DAYS >= 7": IDEMPOTENCY_RETENTION_DAYS >= 7,
+        "HEALTH_PROBE_TIMEOUT_SECONDS <= HEALTH_PROBE_INTERVAL_SECONDS": (
+            HEALTH_PROBE_TIMEOUT_SECONDS <= HEALTH_PROBE_INTERVAL_SECONDS
+        ),
+        "DEBIT_BATCHES_IN_FLIGHT_MAX < DB_POOL_SIZE_MAX": (
+            DEBIT_BATCHES_IN_FLIGHT_MAX < DB_POOL_SIZE_MAX
+        ),
+        "gateway RPC + Stripe API deadlines < Stripe's webhook timeout": (
+            GATEWAY_RPC_TIMEOUT_SECONDS + GATEWAY_STRIPE_TIMEOUT_SECONDS
+            < STRIPE_WEBHOOK_TIMEOUT_SECONDS
+        ),
+        "0 <= CLIENT_RETRIES_DEFAULT <= CLIENT_RETRIES_MAX": (
+            0 <= CLIENT_RETRIES_DEFAULT <= CLIENT_RETRIES_MAX
+        ),
+        "0 < CLIENT_TIMEOUT_SECONDS_DEFAULT <= CLIENT_TIMEOUT_SECONDS_MAX": (
+            0 < CLIENT_TIMEOUT_SECONDS_DEFAULT <= CLIENT_TIMEOUT_SECONDS_MAX
+        ),
+        "0 < CLIENT_RETRY_BACKOFF_INITIAL_SECONDS <= CLIENT_RETRY_BACKOFF_MAX_SECONDS": (
+            0 < CLIENT_RETRY_BACKOFF_INITIAL_SECONDS <= CLIENT_RETRY_BACKOFF_MAX_SECONDS
+        ),
+    }
+    broken = [name for name, holds in relations.items() if not holds]
+    if broken:
+        raise LimitsError("limits contradict each other: " + "; ".join(broken))
+
+
+_check()

@@ -1,0 +1,1 @@
+"""The credit-wallet API, generated from the .proto files beside this package (make proto)."""
