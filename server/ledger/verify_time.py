@@ -1,4 +1,4 @@
-"""VerifyLedger, invariant 5: time, locks and expiry agree.
+"""VerifyLedger, invariant 5: time, locks, expiry and the replies agree.
 
 Why a check of its own: the other invariants add amounts up, and an expired credit spent by a
 write that read the clock too early adds up perfectly. What gives it away is time: a lot
@@ -9,6 +9,10 @@ one of those; together they catch the class of bug, not one instance of it.
 
 A capture spends what its hold reserved: the credits left their lots when the hold was
 placed, so for a capture the moment that counts is the hold's creation, not the capture's.
+
+Replies: every result stored under a request_id reports the account's figures right after
+the request; they must be the history's, at the history row the result names (the account's
+newest row then), and available must be balance less held.
 """
 
 from __future__ import annotations
@@ -71,6 +75,46 @@ LIMIT $1
 """
 
 
+# Results of billing events are stored in the billing scope and name their account. The row
+# right after the reply's own last row, if the same database transaction wrote it, can only be
+# the next debit of the same batch: anything else means the reply stopped short of its request.
+_REPLIES = """
+WITH replies AS (
+    SELECT CASE WHEN r.user_id = '~billing' THEN r.result->>'user_id' ELSE r.user_id END
+               AS user_id,
+           r.request_id, r.method, r.xact_id,
+           (r.result->'balances'->>'balance_micros')::bigint AS balance,
+           (r.result->'balances'->>'held_micros')::bigint AS held,
+           (r.result->'balances'->>'available_micros')::bigint AS available,
+           (r.result->'balances'->>'last_transaction_id')::bigint AS last_tx,
+           (r.result->>'transaction_id')::bigint AS tx
+    FROM idempotency_records r
+    WHERE jsonb_typeof(r.result->'balances') = 'object'
+), checked AS (
+    SELECT p.*, h.balance_after_micros AS history_balance, h.transaction_id AS found_last,
+           own.transaction_id AS found_own,
+           next.transaction_id AS next_tx, next.type AS next_type,
+           next.request_id AS next_request, next.xact_id = p.xact_id AS next_same_xact
+    FROM replies p
+    LEFT JOIN credit_transactions h ON h.user_id = p.user_id AND h.transaction_id = p.last_tx
+    LEFT JOIN credit_transactions own ON own.user_id = p.user_id AND own.transaction_id = p.tx
+    LEFT JOIN LATERAL (
+        SELECT t.transaction_id, t.type, t.request_id, t.xact_id FROM credit_transactions t
+        WHERE t.user_id = p.user_id AND t.transaction_id > coalesce(p.last_tx, 0)
+        ORDER BY t.transaction_id LIMIT 1
+    ) next ON true
+)
+SELECT * FROM checked
+WHERE available <> balance - held
+   OR coalesce(history_balance, 0) <> balance
+   OR (last_tx IS NOT NULL AND found_last IS NULL)
+   OR (tx IS NOT NULL AND (found_own IS NULL OR tx > coalesce(last_tx, 0)))
+   OR (next_same_xact AND NOT (next_type = 'debit' AND next_request IS DISTINCT FROM request_id))
+ORDER BY user_id, request_id
+LIMIT $1
+"""
+
+
 async def violations(conn: Connection, cap: int) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for r in await conn.fetch(_SPENT_AFTER_EXPIRY, cap):
@@ -105,6 +149,17 @@ async def violations(conn: Connection, cap: int) -> list[tuple[str, str]]:
                 f"lot {r['lot_id']} still holds {r['remaining_micros']} micros although it "
                 f"expired at {r['expires_at'].isoformat()} and the account was written at "
                 f"{r['updated_at'].isoformat()}",
+            )
+        )
+    for r in await conn.fetch(_REPLIES, cap):
+        found.append(
+            (
+                r["user_id"],
+                f"{r['method']} {r['request_id']!r} replied balance={r['balance']} "
+                f"held={r['held']} available={r['available']} as of transaction "
+                f"{r['last_tx']} (its own {r['tx']}); the history says balance="
+                f"{r['history_balance']} there, and its request went on to transaction "
+                f"{r['next_tx'] if r['next_same_xact'] else 'none'} ({r['next_type']})",
             )
         )
     return found

@@ -15,3 +15,9 @@ ALTER TABLE idempotency_records
     ADD COLUMN result jsonb,
     DROP COLUMN response,
     DROP COLUMN error_code;
+
+-- The database transaction that wrote each history row and each idempotency record, so that
+-- VerifyLedger can tell a reply's request from the next one: a reply's figures must be the
+-- account's at the end of its request.
+ALTER TABLE credit_transactions ADD COLUMN xact_id xid8 NOT NULL DEFAULT pg_current_xact_id();
+ALTER TABLE idempotency_records ADD COLUMN xact_id xid8 NOT NULL DEFAULT pg_current_xact_id();
