@@ -42,11 +42,10 @@ from collections.abc import Mapping
 from typing import Final, cast
 
 import grpc
+from creditwallet.core import reasons
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
-
-from creditwallet.core import reasons
 
 ERROR_DOMAIN: Final = reasons.DOMAIN
 

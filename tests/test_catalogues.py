@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,6 +21,7 @@ from creditwallet.core import reasons
 from creditwallet.server import convert, errors
 from creditwallet.server.ledger import types
 from creditwallet.v1 import common_pb2 as pb
+from google.rpc import status_pb2
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,22 +49,25 @@ def test_every_reason_survives_the_wire_as_its_class() -> None:
     """The server's status for each reason decodes, on the client, to that reason's class."""
     from creditwallet.server import status
 
+    class Call(grpc.RpcError):
+        """What a failed call looks like to the client: a code, details and trailers."""
+
+        def __init__(self, code: str, rich: status_pb2.Status) -> None:
+            self._code, self._rich = code, rich
+
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode[self._code]
+
+        def details(self) -> str:
+            return str(self._rich.message)
+
+        def trailing_metadata(self) -> Any:
+            return (("grpc-status-details-bin", self._rich.SerializeToString()),)
+
     for name, reason in reasons.BY_NAME.items():
         metadata = {key: "7" for key in reason.metadata}
         refusal = errors.LedgerError(name, f"a {name}", metadata)
-        rich = status.to_status(refusal)
-
-        class Call(grpc.RpcError):
-            def code(self) -> grpc.StatusCode:
-                return grpc.StatusCode[reason.code]
-
-            def details(self) -> str:
-                return rich.message
-
-            def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
-                return (("grpc-status-details-bin", rich.SerializeToString()),)
-
-        decoded = client_errors.from_rpc_error(Call())
+        decoded = client_errors.from_rpc_error(Call(reason.code, status.to_status(refusal)))
         assert type(decoded) is client_errors.BY_REASON[name], name
         assert decoded.reason == name
         assert decoded.metadata == metadata
@@ -86,7 +91,7 @@ def test_a_reason_outside_the_catalogue_cannot_be_raised() -> None:
 def test_every_proto_enum_value_has_its_ledger_name(
     enum: object, prefix: str, names: tuple[str, ...]
 ) -> None:
-    values = {n for n in enum.keys() if n != prefix + "UNSPECIFIED"}  # type: ignore[attr-defined]
+    values = {n for n in enum.keys() if n != prefix + "UNSPECIFIED"}  # type: ignore[attr-defined]  # noqa: SIM118
     ledger = {prefix + name.upper() for name in names if name != "unspecified"}
     assert values == ledger
 
@@ -99,7 +104,7 @@ def test_the_converters_cover_every_name() -> None:
 
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
