@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from creditwallet.core import limits
+from creditwallet.core import limits, logs
 from creditwallet.core.settings import Secret
 from creditwallet.server import errors, metrics
 from grpc_status import rpc_status
@@ -84,6 +84,11 @@ def _guarded(
     name = method.rsplit("/", 1)[-1]
 
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        request_id = str(getattr(request, "request_id", ""))[: limits.REQUEST_ID_LENGTH_MAX]
+        with logs.request_context(request_id):
+            return await _handle(request, context)
+
+    async def _handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
         failure = refusal
         response = None

@@ -15,6 +15,7 @@ READS = {
     "ListAgentPrices",
     "GetStats",
     "VerifyLedger",
+    "GetRolloverProgress",
 }
 
 

@@ -9,13 +9,19 @@ import grpc
 from creditwallet.core import limits
 from creditwallet.server import convert, errors, validate
 from creditwallet.server.db import Connection
-from creditwallet.server.ledger import accounts, lots, pricing, reversals, stats, verify
+from creditwallet.server.ledger import accounts, lots, periods, pricing, reversals, stats, verify
 from creditwallet.server.ledger.types import default_expiry
 from creditwallet.server.services import Runtime
 from creditwallet.v1 import admin_service_pb2 as apb
 from creditwallet.v1 import admin_service_pb2_grpc as agrpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+# Rollover progress counts committed work: accounts claimed for the month by any run.
+_ROLLOVER_PROGRESS = """
+SELECT (SELECT count(*) FROM credits) AS total,
+       (SELECT count(*) FROM rollover_accounts WHERE period = $1) AS rolled_over
+"""
 
 
 class AdminService(agrpc.AdminServiceServicer):
@@ -40,7 +46,10 @@ class AdminService(agrpc.AdminServiceServicer):
                 expires_at = default_expiry(source, now)
             elif expires_at <= now:
                 raise errors.invalid("expires_at", "expires_at must be in the future")
-            account = await accounts.create_without_trial(conn, user_id, now)
+            if request.create_account:
+                account = await accounts.create_without_trial(conn, user_id, now)
+            else:
+                account = await accounts.lock(conn, user_id, now)
             granted = await lots.grant(
                 conn,
                 account,
@@ -150,3 +159,16 @@ class AdminService(agrpc.AdminServiceServicer):
                 for v in violations
             ],
         )
+
+    async def GetRolloverProgress(
+        self, request: apb.GetRolloverProgressRequest, context: Context
+    ) -> apb.GetRolloverProgressResponse:
+        async def work(conn: Connection, now: dt.datetime) -> apb.GetRolloverProgressResponse:
+            period = periods.parse_month(request.period, now)
+            row = await conn.fetchrow(_ROLLOVER_PROGRESS, period)
+            assert row is not None
+            return apb.GetRolloverProgressResponse(
+                period=period, accounts_total=row["total"], accounts_rolled_over=row["rolled_over"]
+            )
+
+        return await self.rt.read(work)
