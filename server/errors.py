@@ -5,8 +5,8 @@ reason, domain ``creditwallet``) and string metadata. Subclasses exist only wher
 needs a distinct type; everything else is a ``LedgerError`` with a reason.
 
 ``stored``: whether the refusal depends on ledger state and must be remembered under the
-request_id (SPEC §6). Malformed requests (INVALID_ARGUMENT) are never stored, so a caller
-who fixes the request may retry with the same key.
+request_id (docs/design.md, idempotency). Malformed requests (INVALID_ARGUMENT) are never
+stored, so a caller who fixes the request may retry with the same key.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one gate every RPC passes: bearer-token scopes (SPEC §13) and error mapping (SPEC §6).
+"""The one gate every RPC passes: bearer-token scopes and the mapping of errors to statuses.
 
 Scopes: WalletService needs ``agent``, BillingService ``billing``, AdminService ``admin``;
 an admin token may call everything. Health and reflection are open, for load balancers

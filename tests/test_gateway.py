@@ -244,7 +244,7 @@ async def test_refunds_claw_back_proportionally_and_spent_credits_become_debt(
     charge["amount_refunded"] = 1999
     assert (await gateway.deliver(sf.event("charge.refunded", charge, 20))).status == 200
     balance = await admin.get_balance(user)
-    # Available is negative exactly by the recorded debt (SPEC §12.1).
+    # Available is negative exactly by the recorded debt (invariant 1).
     assert (balance.available_micros, balance.debt_micros) == (-200 * CREDIT, 200 * CREDIT)
     with pytest.raises(cw.AccountInDebt):
         await admin.debit(user, amount_micros=1)

@@ -1,4 +1,4 @@
-"""Hostile deliveries to the webhook gateway (issue 6): bodies, headers and signatures.
+"""Hostile deliveries to the webhook gateway: bodies, headers and signatures.
 
 Unsigned, forged, stale or malformed deliveries get 400 and change nothing in the ledger.
 Correctly signed events whose objects are Stripe's fixtures with hostile values put in

@@ -1,4 +1,4 @@
-"""Stripe events -> typed BillingService requests (SPEC §7), one function per event family.
+"""Stripe events -> typed BillingService requests (docs/billing.md), one function per event family.
 
 Both API shapes are accepted: in the current one a subscription's period lives on its items
 and an invoice names its subscription under ``parent.subscription_details``; older versions

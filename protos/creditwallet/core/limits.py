@@ -39,7 +39,7 @@ PAGE_SIZE_MAX: Final = 500
 PRICES_PAGE_SIZE_DEFAULT: Final = 100
 PAGE_TOKEN_LENGTH_MAX: Final = 256
 
-# Idempotency records are kept at least this long (SPEC: at least 7 days).
+# Idempotency records are kept this long; the promise to callers is at least 7 days.
 IDEMPOTENCY_RETENTION_DAYS: Final = 30
 IDEMPOTENCY_PURGE_BATCH_ROWS: Final = 10_000
 
