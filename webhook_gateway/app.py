@@ -119,7 +119,11 @@ def _parse(payload: str) -> dict[str, Any] | None:
 
 async def stripe_webhook(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
-    body = await request.read()  # raises 413 over client_max_size
+    try:
+        body = await request.read()  # raises 413 over client_max_size
+    except ConnectionResetError:  # the sender hung up mid-body: nothing to answer, no error
+        log.info("client hung up before its request body arrived")
+        return web.Response(status=400)
     payload = _verify(config, body, request.headers.get("Stripe-Signature", ""))
     if payload is None:
         WEBHOOKS.labels("unknown", "bad_signature").inc()

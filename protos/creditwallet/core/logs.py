@@ -40,6 +40,9 @@ _STANDARD: Final = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) |
     "taskName",
 }
 
+# Loggers whose message already holds their fields (aiohttp's access line repeats them all).
+_FIELDS_IN_MESSAGE: Final = frozenset({"aiohttp.access"})
+
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 
@@ -91,6 +94,8 @@ def fields_of(record: logging.LogRecord) -> dict[str, Any]:
     request_id = getattr(record, "request_id", None) or _request_id.get()
     if request_id:
         fields["request_id"] = request_id
+    if record.name in _FIELDS_IN_MESSAGE:
+        return fields
     for key, value in record.__dict__.items():
         if key not in _STANDARD and key != "request_id":
             fields[key] = value
