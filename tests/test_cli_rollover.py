@@ -43,6 +43,12 @@ async def test_progress_counts_committed_chunks_while_the_run_waits(ledger: Ledg
             ACCOUNTS,
         )
         total = await conn.fetchval("SELECT count(*) FROM credits")
+        # A claim of another month, which this month's progress must not count.
+        await conn.execute(
+            "INSERT INTO rollover_accounts (user_id, period, processed_at) "
+            "SELECT min(user_id), '2000-01', $1 FROM credits",
+            ledger.clock.now(),
+        )
         second_chunk_first = await conn.fetchval(
             "SELECT user_id FROM credits ORDER BY user_id OFFSET $1 LIMIT 1", CHUNK
         )
