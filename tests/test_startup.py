@@ -240,3 +240,10 @@ async def test_a_database_that_does_not_exist_fails_at_once(
         await startup.wait_for_database(dsn_for(base_dsn, "no_such_database"), seconds_max=30.0)
     # No wait could fix it, so there was none.
     assert not any(r.getMessage() == "waiting for the database" for r in caplog.records)
+
+
+async def test_migrate_explains_a_missing_database_in_one_line(base_dsn: str) -> None:
+    env = {"DATABASE_URL": dsn_for(base_dsn, "no_such_database")}
+    done = await asyncio.to_thread(_run, "creditwallet.server.migrate", env, "up")
+    assert done.returncode == 1
+    assert "the database does not exist: create it" in _one_line(done, "creditwallet-migrate")
