@@ -211,3 +211,12 @@ def test_no_file_outside_the_ledger_core_cites_the_contract_by_section() -> None
 def test_the_ledger_core_cites_no_contract_section() -> None:
     hits = [h for h in _hits(CONTRACT_SECTION, skip=IMMUTABLE) if h.startswith("server/ledger/")]
     assert hits == []
+
+
+def test_every_relative_link_of_the_docs_points_at_a_file() -> None:
+    broken = []
+    for page in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO_ROOT)} -> {target}")
+    assert broken == []
