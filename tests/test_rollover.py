@@ -142,7 +142,9 @@ async def _accounts_with_due_promos(
     users = [new_user() for _ in range(count)]
     soon = ledger.clock.now() + dt.timedelta(days=1)
     for user in users:
-        await admin.grant(user, 3 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=soon)
+        await admin.grant(
+            user, 3 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=soon, create_account=True
+        )
         await admin.grant(user, 2 * CREDIT, pb.LOT_SOURCE_TOP_UP)
     ledger.clock.advance(days=2)
     return users
@@ -207,7 +209,7 @@ async def test_rollover_releases_expired_holds_and_records_expiry(
 ) -> None:
     user = new_user()
     soon = ledger.clock.now() + dt.timedelta(hours=1)
-    await admin.grant(user, 4 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=soon)
+    await admin.grant(user, 4 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=soon, create_account=True)
     await admin.grant(user, 6 * CREDIT, pb.LOT_SOURCE_TOP_UP)
     await admin.authorize(user, amount_micros=5 * CREDIT, ttl_seconds=600)
     ledger.clock.advance(hours=2)
