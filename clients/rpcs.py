@@ -69,6 +69,9 @@ GET_BALANCE: Final = Rpc(
     WALLET_SERVICE, "GetBalance", wallet_pb2.GetBalanceRequest, wallet_pb2.GetBalanceResponse
 )
 DEBIT: Final = Rpc(WALLET_SERVICE, "Debit", wallet_pb2.DebitRequest, wallet_pb2.DebitResponse)
+BATCH_DEBIT: Final = Rpc(
+    WALLET_SERVICE, "BatchDebit", wallet_pb2.BatchDebitRequest, wallet_pb2.BatchDebitResponse
+)
 AUTHORIZE: Final = Rpc(
     WALLET_SERVICE, "Authorize", wallet_pb2.AuthorizeRequest, wallet_pb2.AuthorizeResponse
 )
@@ -165,6 +168,7 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     ENSURE_ACCOUNT,
     GET_BALANCE,
     DEBIT,
+    BATCH_DEBIT,
     AUTHORIZE,
     CAPTURE,
     VOID,
