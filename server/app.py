@@ -32,6 +32,15 @@ from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger(__name__)
 
+
+@dataclasses.dataclass(frozen=True)
+class Worker:
+    """One of several server processes on one port: its index and its share of connections."""
+
+    index: int
+    pool_size: int
+
+
 SERVICE_NAMES = (
     wallet_service_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
     billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
@@ -61,11 +70,23 @@ class RunningServer:
 
 
 async def start(
-    config: ServerConfig, *, dsn: str, clock: Clock | None = None, address: str | None = None
+    config: ServerConfig,
+    *,
+    dsn: str,
+    clock: Clock | None = None,
+    address: str | None = None,
+    worker: Worker | None = None,
 ) -> RunningServer:
-    pool = await db.create_pool(dsn, statement_cache_size=config.statement_cache_size)
-    async with pool.acquire() as conn:
-        await migrate.migrate(db.unwrap(conn))
+    """The server, migrated first; a ``worker`` of several (server/workers.py) shares its port
+    and the database's connections with the others, and the supervisor migrated already."""
+    pool = await db.create_pool(
+        dsn,
+        statement_cache_size=config.statement_cache_size,
+        max_size=worker.pool_size if worker else limits.DB_POOL_SIZE_MAX,
+    )
+    if worker is None:
+        async with pool.acquire() as conn:
+            await migrate.migrate(db.unwrap(conn))
     clock = clock or SystemClock()
     debits = (
         DebitBatcher(pool, clock) if config.debit_batching else DebitBatcher.one_by_one(pool, clock)
@@ -74,7 +95,7 @@ async def start(
     options = [
         ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
         ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if worker else 0),
     ]
     server = grpc.aio.server(
         interceptors=[
