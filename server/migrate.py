@@ -1,8 +1,8 @@
 """Plain numbered SQL migrations, applied once each, in order of their numbers, under an
 advisory lock.
 
-Several replicas may start at once: the session-level advisory lock makes them apply each
-file exactly once. An applied file whose checksum changed is refused rather than ignored,
+Several replicas may start at once: a transaction-level advisory lock around each file makes
+them apply each file exactly once. An applied file whose checksum changed is refused rather than ignored,
 since the database no longer matches the code that describes it.
 """
 
@@ -24,6 +24,8 @@ from creditwallet.core.startup import run_command
 log = logging.getLogger(__name__)
 
 MIGRATIONS_LOCK_KEY = 0x63726564_6974  # "credit" — arbitrary, stable
+
+_LOCK = "SELECT pg_advisory_xact_lock($1)"
 
 _CREATE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -56,32 +58,46 @@ def load_migrations() -> list[tuple[int, str, str]]:
 
 
 async def migrate(conn: asyncpg.Connection[asyncpg.Record]) -> list[str]:
-    """Apply pending migrations; return the names applied by this call."""
+    """Apply pending migrations; return the names applied by this call.
+
+    Each file is applied in a transaction of its own that first takes a transaction-level
+    advisory lock and then checks again that no one applied it meanwhile. A transaction-level
+    lock (unlike a session lock) needs nothing but the transaction, so this also works through
+    PgBouncer in transaction mode, where consecutive statements outside a transaction may run
+    on different server connections.
+    """
     applied_now: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATIONS_LOCK_KEY)
-    try:
+    async with conn.transaction():
+        await conn.execute(_LOCK, MIGRATIONS_LOCK_KEY)
         await conn.execute(_CREATE)
-        rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
-        applied = {r["version"]: r["checksum"] for r in rows}
-        for version, name, sql in load_migrations():
-            checksum = hashlib.sha256(sql.encode()).hexdigest()
-            if version in applied:
-                if applied[version] != checksum:
-                    raise MigrationError(f"applied migration {name} was edited")
-                continue
-            async with conn.transaction():
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    version,
-                    name,
-                    checksum,
-                )
-            log.info("migration applied", extra={"migration": name})
-            applied_now.append(name)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATIONS_LOCK_KEY)
+        applied = await _applied(conn)
+    pending = []
+    for version, name, sql in load_migrations():
+        checksum = hashlib.sha256(sql.encode()).hexdigest()
+        if version not in applied:
+            pending.append((version, name, sql, checksum))
+        elif applied[version] != checksum:
+            raise MigrationError(f"applied migration {name} was edited")
+    for version, name, sql, checksum in pending:
+        async with conn.transaction():
+            await conn.execute(_LOCK, MIGRATIONS_LOCK_KEY)
+            if version in await _applied(conn):
+                continue  # another server applied it while we waited for the lock
+            await conn.execute(sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                version,
+                name,
+                checksum,
+            )
+        log.info("migration applied", extra={"migration": name})
+        applied_now.append(name)
     return applied_now
+
+
+async def _applied(conn: asyncpg.Connection[asyncpg.Record]) -> dict[int, str]:
+    rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+    return {r["version"]: r["checksum"] for r in rows}
 
 
 async def status(conn: asyncpg.Connection[asyncpg.Record]) -> list[tuple[str, str]]:
