@@ -2,8 +2,8 @@
 advisory lock.
 
 Several replicas may start at once: a transaction-level advisory lock around each file makes
-them apply each file exactly once. An applied file whose checksum changed is refused rather than ignored,
-since the database no longer matches the code that describes it.
+them apply each file exactly once. An applied file whose checksum changed is refused rather
+than ignored, since the database no longer matches the code that describes it.
 """
 
 from __future__ import annotations
