@@ -20,6 +20,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
+from creditwallet.client.wallet import AsyncCreditWalletClient
 
 from tests import harness
 from tests.faults import load
@@ -84,7 +85,7 @@ async def test_two_replicas_through_pgbouncer_apply_each_debit_once(
         ops = load.make_ops(prefix, users, scale.plan.ops)
         tally = load.Tally()
 
-        def client_for(attempt: int) -> load.AsyncCreditWalletClient:
+        def client_for(attempt: int) -> AsyncCreditWalletClient:
             return agents[1] if attempt > 0 or replicas[0].alive() is False else agents[0]
 
         async def fault() -> None:
