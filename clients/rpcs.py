@@ -206,17 +206,26 @@ def backoff_seconds(retries_done: int, rng: random.Random) -> float:
     return rng.uniform(ceiling / 2, ceiling)
 
 
-def channel_options(message_bytes_max: int, round_robin: bool = False) -> list[tuple[str, Any]]:
+def channel_options(
+    message_bytes_max: int, round_robin: bool = False, own_connection: bool = False
+) -> list[tuple[str, Any]]:
     """Channel arguments both clients pass; sizes explicit rather than gRPC's defaults.
 
     ``round_robin``: spread calls over every address the target resolves to (e.g. a DNS name
     of several server replicas, ``dns:///ledger.internal:50051``) instead of gRPC's default
     of using the first that connects.
+
+    ``own_connection``: a connection of this channel's own. By default gRPC lets every channel
+    of a process to the same target share one connection, so all of them reach the one
+    server process that accepted it; clients with connections of their own are spread over
+    the worker processes of a server with ``GRPC_WORKERS`` > 1.
     """
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", message_bytes_max),
         ("grpc.max_receive_message_length", message_bytes_max),
     ]
+    if own_connection:
+        options.append(("grpc.use_local_subchannel_pool", 1))
     if round_robin:
         options.append(
             ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))

@@ -67,6 +67,7 @@ class _ClientSettings:
         certificate_chain: bytes | None,
         message_bytes_max: int,
         round_robin: bool = False,
+        own_connection: bool = False,
     ) -> None:
         if not target:
             raise ValueError("target must be host:port")
@@ -86,7 +87,7 @@ class _ClientSettings:
         self.auth_metadata: tuple[tuple[str, str], ...] = (
             (AUTHORIZATION_METADATA_KEY, f"Bearer {token}"),
         )
-        self.options = rpcs.channel_options(message_bytes_max, round_robin)
+        self.options = rpcs.channel_options(message_bytes_max, round_robin, own_connection)
         self.credentials: grpc.ChannelCredentials | None = None
         if tls or root_certificates is not None or private_key is not None:
             # None roots mean the system's trust store.
@@ -119,6 +120,7 @@ class AsyncCreditWalletClient:
         certificate_chain: bytes | None = None,
         message_bytes_max: int = limits.CLIENT_MESSAGE_BYTES_MAX_DEFAULT,
         round_robin: bool = False,
+        own_connection: bool = False,
     ) -> None:
         self._settings = _ClientSettings(
             target,
@@ -131,6 +133,7 @@ class AsyncCreditWalletClient:
             certificate_chain=certificate_chain,
             message_bytes_max=message_bytes_max,
             round_robin=round_robin,
+            own_connection=own_connection,
         )
         settings = self._settings
         if settings.credentials is None:
@@ -232,6 +235,7 @@ class CreditWalletClient:
         certificate_chain: bytes | None = None,
         message_bytes_max: int = limits.CLIENT_MESSAGE_BYTES_MAX_DEFAULT,
         round_robin: bool = False,
+        own_connection: bool = False,
     ) -> None:
         self._settings = _ClientSettings(
             target,
@@ -244,6 +248,7 @@ class CreditWalletClient:
             certificate_chain=certificate_chain,
             message_bytes_max=message_bytes_max,
             round_robin=round_robin,
+            own_connection=own_connection,
         )
         settings = self._settings
         if settings.credentials is None:
