@@ -18,8 +18,10 @@ from creditwallet.server.config import ServerConfig
 log = logging.getLogger("creditwallet.server")
 
 ENVIRONMENT = """environment:
-  AGENT_TOKEN, BILLING_TOKEN, ADMIN_TOKEN   bearer token of each scope (required)
-  DATABASE_URL        PostgreSQL DSN (default: the embedded PostgreSQL under DATA_DIR)
+  AGENT_TOKENS, BILLING_TOKENS, ADMIN_TOKENS   label:token,... per scope (or AGENT_TOKEN,
+                      ... for one token); each at least 32 characters, none in two scopes
+  DATABASE_URL        PostgreSQL DSN of the runtime role (default: the embedded PostgreSQL
+                      under DATA_DIR); creditwallet-migrate up must have run
   DATA_DIR            where the embedded PostgreSQL keeps its data (default .data)
   GRPC_ADDRESS        listen address (default 127.0.0.1:50051)
   TLS_CERT_PATH, TLS_KEY_PATH, TLS_CLIENT_CA_PATH   TLS, and mutual TLS with a client CA
@@ -51,11 +53,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(config: ServerConfig) -> int:
-    from creditwallet.server import app, db
+    from creditwallet.server import app, db, migrate
 
     logs.configure(config.log_json, logging.getLevelNamesMapping()[config.log_level])
-    dsn = config.database_url or db.start_embedded(config.data_dir)
-    running = await app.start(config, dsn=dsn)
+    if config.database_url:
+        dsn = config.database_url
+    else:
+        _, dsn = await db.embedded_dsns(config.data_dir)
+    try:
+        running = await app.start(config, dsn=dsn)
+    except (ConfigError, migrate.MigrationError) as exc:
+        print(f"creditwallet-server: {exc}", file=sys.stderr)
+        return 2
     log.info("gRPC server listening", extra={"address": config.grpc_address, "port": running.port})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

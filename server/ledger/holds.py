@@ -72,8 +72,6 @@ WHERE user_id = $1
 RETURNING user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
 """
 
-_FIND_USER = "SELECT user_id FROM holds WHERE hold_id = $1"
-
 _GET_HOLD = """
 SELECT hold_id, status, amount_micros, agent_id, quantity, session_id, metadata, expires_at
 FROM holds WHERE user_id = $1 AND hold_id = $2
@@ -135,15 +133,6 @@ async def authorize(conn: Connection, cmd: AuthorizeCommand, now: dt.datetime) -
     return AuthorizeResult(hold_id, expires_at, amount, Account.from_row(row).available_micros)
 
 
-async def hold_owner(conn: Connection, hold_id: uuid.UUID) -> str:
-    """The account of a hold: the idempotency scope of Capture and Void."""
-    user_id = await conn.fetchval(_FIND_USER, hold_id)
-    if user_id is None:
-        raise errors.not_found("HOLD_NOT_FOUND", "no such hold", hold_id=str(hold_id))
-    assert isinstance(user_id, str)
-    return user_id
-
-
 async def capture(
     conn: Connection,
     user_id: str,
@@ -200,7 +189,10 @@ async def void(conn: Connection, user_id: str, hold_id: uuid.UUID, now: dt.datet
 
 async def _pending_hold(conn: Connection, user_id: str, hold_id: uuid.UUID) -> asyncpg.Record:
     hold = await conn.fetchrow(_GET_HOLD, user_id, hold_id)
-    assert hold is not None, "hold_owner found it under the same account"
+    if hold is None:
+        # Not this account's hold (or no hold at all): the same answer either way, so a
+        # caller learns nothing of other accounts' holds.
+        raise errors.not_found("HOLD_NOT_FOUND", "no such hold", hold_id=str(hold_id))
     if hold["status"] == "expired":
         raise errors.precondition(
             "HOLD_EXPIRED", "the hold expired and was released", hold_id=str(hold_id)

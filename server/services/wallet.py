@@ -147,12 +147,12 @@ class WalletService(wgrpc.WalletServiceServicer):
         )
 
     async def Capture(self, request: wpb.CaptureRequest, context: Context) -> wpb.CaptureResponse:
+        user_id = validate.user_id(request.user_id)
         hold_id = validate.hold_id(request.hold_id)
         request_id = validate.request_id(request.request_id)
         amount = (
             validate.amount(request.amount_micros) if request.HasField("amount_micros") else None
         )
-        user_id = await self.rt.read(lambda conn, now: holds.hold_owner(conn, hold_id))
 
         async def work(conn: Connection, now: dt.datetime) -> wpb.CaptureResponse:
             result = await holds.capture(conn, user_id, hold_id, amount, request_id, now)
@@ -174,9 +174,9 @@ class WalletService(wgrpc.WalletServiceServicer):
         )
 
     async def Void(self, request: wpb.VoidRequest, context: Context) -> wpb.VoidResponse:
+        user_id = validate.user_id(request.user_id)
         hold_id = validate.hold_id(request.hold_id)
         request_id = validate.request_id(request.request_id)
-        user_id = await self.rt.read(lambda conn, now: holds.hold_owner(conn, hold_id))
 
         async def work(conn: Connection, now: dt.datetime) -> wpb.VoidResponse:
             result = await holds.void(conn, user_id, hold_id, now)
