@@ -3,7 +3,8 @@
 One cluster per test session; the schema is migrated once into a template database, as the
 owner role, and each test module gets a fresh copy (``CREATE DATABASE ... TEMPLATE``), so
 modules never see each other's rows. Servers and tests connect to it as the runtime role,
-as in production: what the tests do, a compromised server could do, and no more. The server runs in the test's event loop on 127.0.0.1 port 0 with a
+as in production: what the tests do, a compromised server could do, and no more.
+The server runs in the test's event loop on 127.0.0.1 port 0 with a
 ``ManualClock`` the tests move instead of sleeping.
 """
 

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from creditwallet.core.settings import Secret
+from creditwallet.gateway import serving
 from creditwallet.gateway.app import create_app
 from creditwallet.gateway.config import GatewayConfig
 
@@ -183,5 +184,9 @@ class Gateway:
             return r
 
 
-async def start_gateway(config: GatewayConfig) -> tuple[web.AppRunner, str]:
-    return await serve(create_app(config))
+async def start_gateway(
+    config: GatewayConfig, **bounds: Any
+) -> tuple[web.AppRunner, str]:
+    """The gateway as its process serves it (header/body timeouts, connection cap)."""
+    runner, site = await serving.start(create_app(config), "127.0.0.1", 0, **bounds)
+    return runner, f"http://127.0.0.1:{site.port}"

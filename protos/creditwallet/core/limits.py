@@ -107,6 +107,9 @@ CLIENT_RETRY_BACKOFF_MAX_SECONDS: Final = 2.0
 CLIENT_MESSAGE_BYTES_MAX_DEFAULT: Final = GRPC_MESSAGE_BYTES_MAX
 # How long close() lets calls in flight finish.
 CLIENT_CLOSE_GRACE_SECONDS: Final = 1.0
+# A channel that lost its server tries again after INITIAL, backing off to at most MAX.
+CLIENT_RECONNECT_BACKOFF_INITIAL_SECONDS: Final = 0.1
+CLIENT_RECONNECT_BACKOFF_MAX_SECONDS: Final = 2.0
 
 # `make run`: how long the processes get to stop after Ctrl-C before they are killed.
 DEVRUN_STOP_GRACE_SECONDS: Final = 15.0
