@@ -1,6 +1,7 @@
 """``make run``: everything up on the embedded database, in the foreground.
 
-Starts PostgreSQL (unless DATABASE_URL is set), then the gRPC server and the webhook
+Starts PostgreSQL (unless DATABASE_URL is set), applies the migrations as the schema's owner
+(``MIGRATIONS_DATABASE_URL``), then the gRPC server (as the runtime role) and the webhook
 gateway as two processes, as in production, with development tokens and secrets generated
 for whatever the environment does not set, and printed once so a developer can use them.
 Ctrl-C (or SIGTERM) stops both processes, then PostgreSQL.
@@ -8,6 +9,7 @@ Ctrl-C (or SIGTERM) stops both processes, then PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import os
@@ -30,16 +32,32 @@ def main() -> int:
     for name in GENERATED:
         if not env.get(name):
             prefix = "whsec_" if name == "STRIPE_WEBHOOK_SECRET" else ""
-            env[name] = made[name] = prefix + secrets.token_urlsafe(24)
+            env[name] = made[name] = prefix + secrets.token_urlsafe(32)
     env.setdefault("GRPC_ADDRESS", "127.0.0.1:50051")
     env.setdefault("GATEWAY_ADDRESS", "127.0.0.1:8080")
     env.setdefault("LEDGER_TARGET", env["GRPC_ADDRESS"])
     env.setdefault("LOG_FORMAT", "text")
     env.setdefault("METRICS_ADDRESS", "127.0.0.1:9464")
+    if not env.get("STRIPE_SECRET_KEY"):
+        env.setdefault("STRIPE_MODE", "test")
     if not env.get("DATABASE_URL"):
-        env["DATABASE_URL"] = db.start_embedded(Path(env.get("DATA_DIR", ".data")))
+        # The embedded cluster with its two roles: migrations as the owner, the server as
+        # the runtime role (as in production).
+        owner, runtime = asyncio.run(db.embedded_dsns(Path(env.get("DATA_DIR", ".data"))))
+        env["DATABASE_URL"] = runtime
+        env.setdefault("MIGRATIONS_DATABASE_URL", owner)
         print(f"PostgreSQL (embedded) data in {env.get('DATA_DIR', '.data')}/pg")
-    procs = [subprocess.Popen([sys.executable, "-m", "creditwallet.server"], env=env)]
+    migrated = subprocess.run(
+        [sys.executable, "-m", "creditwallet.server.migrate", "up"],
+        env=env,
+        check=False,
+        timeout=limits.DEVRUN_MIGRATE_TIMEOUT_SECONDS,
+    )
+    if migrated.returncode != 0:
+        print("migrations failed; not starting the server")
+        return 1
+    server_env = {k: v for k, v in env.items() if k != "MIGRATIONS_DATABASE_URL"}
+    procs = [subprocess.Popen([sys.executable, "-m", "creditwallet.server"], env=server_env)]
     if importlib.util.find_spec("creditwallet.gateway.__main__") is not None:
         procs.append(subprocess.Popen([sys.executable, "-m", "creditwallet.gateway"], env=env))
     print(f"gRPC server   {env['GRPC_ADDRESS']}")

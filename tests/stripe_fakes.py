@@ -184,9 +184,7 @@ class Gateway:
             return r
 
 
-async def start_gateway(
-    config: GatewayConfig, **bounds: Any
-) -> tuple[web.AppRunner, str]:
+async def start_gateway(config: GatewayConfig, **bounds: Any) -> tuple[web.AppRunner, str]:
     """The gateway as its process serves it (header/body timeouts, connection cap)."""
     runner, site = await serving.start(create_app(config), "127.0.0.1", 0, **bounds)
     return runner, f"http://127.0.0.1:{site.port}"

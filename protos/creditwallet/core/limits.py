@@ -113,6 +113,8 @@ CLIENT_RECONNECT_BACKOFF_MAX_SECONDS: Final = 2.0
 
 # `make run`: how long the processes get to stop after Ctrl-C before they are killed.
 DEVRUN_STOP_GRACE_SECONDS: Final = 15.0
+# `make run`: how long the migrations may take before the server starts.
+DEVRUN_MIGRATE_TIMEOUT_SECONDS: Final = 120.0
 
 
 # The edges of the server (hostile callers). Every call is authorised on its headers before its
