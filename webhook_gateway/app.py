@@ -167,7 +167,7 @@ def _depth_exceeds(value: Any, depth_max: int) -> bool:
 async def stripe_webhook(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     try:
-        async with asyncio.timeout(limits.GATEWAY_BODY_TIMEOUT_SECONDS):
+        async with asyncio.timeout(config.body_timeout_seconds):
             body = await request.read()  # raises 413 over client_max_size
     except TimeoutError:
         WEBHOOKS.labels("unknown", "slow_body").inc()

@@ -42,6 +42,7 @@ class GatewayConfig:
     stripe_timeout_seconds: float = limits.GATEWAY_STRIPE_TIMEOUT_SECONDS
     rollover_timeout_seconds: float = limits.GATEWAY_ROLLOVER_TIMEOUT_SECONDS
     livemode: bool = False
+    body_timeout_seconds: float = limits.GATEWAY_BODY_TIMEOUT_SECONDS
     ledger_tls: bool = False
     ledger_tls_ca_path: Path | None = None
     ledger_tls_cert_path: Path | None = None

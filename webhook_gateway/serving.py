@@ -62,8 +62,10 @@ class CappedSite(web.TCPSite):
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
 
-def runner(app: web.Application) -> web.AppRunner:
-    return web.AppRunner(app, keepalive_timeout=limits.GATEWAY_HEADERS_TIMEOUT_SECONDS)
+def runner(
+    app: web.Application, headers_timeout_seconds: float = limits.GATEWAY_HEADERS_TIMEOUT_SECONDS
+) -> web.AppRunner:
+    return web.AppRunner(app, keepalive_timeout=headers_timeout_seconds)
 
 
 async def start(
@@ -72,9 +74,10 @@ async def start(
     port: int,
     *,
     connections_max: int = limits.GATEWAY_CONNECTIONS_MAX,
+    headers_timeout_seconds: float = limits.GATEWAY_HEADERS_TIMEOUT_SECONDS,
 ) -> tuple[web.AppRunner, CappedSite]:
     """Set the app up and listen; (runner, site), ``runner.cleanup()`` stops both."""
-    app_runner = runner(app)
+    app_runner = runner(app, headers_timeout_seconds)
     await app_runner.setup()
     site = CappedSite(app_runner, host, port, connections_max=connections_max)
     await site.start()
