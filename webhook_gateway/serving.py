@@ -42,18 +42,29 @@ class CappedSite(web.TCPSite):
         super().__init__(runner, host, port)
         self._connections_max = connections_max
         self.refused = 0
+        self.open_connections = 0
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
+        # Counted at accept, not when aiohttp registers the connection: a burst of accepts
+        # runs before any of them is registered.
+        forget = server.connection_lost
+
+        def lost(handler: Any, exc: BaseException | None) -> None:
+            self.open_connections -= 1
+            forget(handler, exc)
+
+        server.connection_lost = lost  # type: ignore[method-assign]
 
         def accept() -> Any:
-            if len(server.connections) >= self._connections_max:
+            if self.open_connections >= self._connections_max:
                 self.refused += 1
                 if self.refused == 1 or self.refused % 1000 == 0:
                     log.warning("connection refused: %d open", self._connections_max)
                 return _Refused()
+            self.open_connections += 1
             return server()
 
         self._server = await asyncio.get_running_loop().create_server(
