@@ -60,6 +60,7 @@ _BEARER = b"bearer "
 ANONYMOUS = "-"
 # gRPC reports a call without a deadline as one centuries away.
 _NO_DEADLINE_SECONDS = 10 * 365 * 24 * 3600
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # the end of a request stream
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Deserializer = Callable[[bytes], Any] | None
@@ -136,10 +137,10 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return matched, errors.permission_denied(scope)
         return matched, None
 
-    def _guarded(self, name: str, label: str, handler: grpc.RpcMethodHandler) -> Any:
+    def _guarded(self, name: str, label: str, handler: Any) -> Any:
         deserialize: Deserializer = handler.request_deserializer
         if handler.unary_unary is not None:
-            behavior = handler.unary_unary
+            behavior: Any = handler.unary_unary
 
             async def unary(requests: AsyncIterator[bytes], context: Context) -> Any:
                 started = time.perf_counter()
@@ -169,7 +170,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
-            stream_behavior = handler.unary_stream
+            stream_behavior: Any = handler.unary_stream
 
             async def stream(requests: AsyncIterator[bytes], context: Context) -> None:
                 started = time.perf_counter()
@@ -207,7 +208,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 raw = await context.read()
         except TimeoutError:
             raise errors.invalid("request", "the request message did not arrive in time") from None
-        if raw is grpc.aio.EOF or not isinstance(raw, bytes):
+        if raw is _EOF or not isinstance(raw, bytes):
             raise errors.invalid("request", "the call carried no request message")
         if deserialize is None:
             return raw
@@ -216,7 +217,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         except (DecodeError, ValueError, TypeError, RuntimeError):
             raise errors.invalid("request", "the request is not a valid message") from None
 
-    def _open(self, name: str, handler: grpc.RpcMethodHandler) -> Any:
+    def _open(self, name: str, handler: Any) -> Any:
         """Health and reflection, unauthenticated, within their own small budget."""
         deserialize: Deserializer = handler.request_deserializer
         gate = self
@@ -266,9 +267,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         )
 
 
-def _refusing(
-    name: str, label: str, handler: grpc.RpcMethodHandler, refusal: errors.LedgerError
-) -> Any:
+def _refusing(name: str, label: str, handler: Any, refusal: errors.LedgerError) -> Any:
     """A handler that answers ``refusal`` at once, reading nothing of the body."""
 
     async def refuse(requests: AsyncIterator[bytes], context: Context) -> None:
@@ -308,7 +307,7 @@ async def _relay(result: Any, context: Context) -> None:
 async def _deserialized(context: Context, deserialize: Deserializer) -> AsyncIterator[Any]:
     while True:
         raw = await context.read()
-        if raw is grpc.aio.EOF:
+        if raw is _EOF:
             return
         try:
             yield deserialize(raw) if deserialize is not None else raw

@@ -90,7 +90,7 @@ async def test_a_call_without_a_token_is_refused_before_its_body_arrives(
         )
     finally:
         stop.set()
-    assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 2
+    assert list(codes) == [grpc.StatusCode.UNAUTHENTICATED] * 2
     assert time.monotonic() - started < PROMPT_SECONDS
 
 

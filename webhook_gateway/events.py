@@ -231,9 +231,9 @@ def _paid(
     livemode = session.get("livemode")
     if not isinstance(currency, str):
         raise catalog.PaymentMismatch("currency", "the session states no currency")
-    if type(subtotal) is not int:
+    if isinstance(subtotal, bool) or not isinstance(subtotal, int):
         raise catalog.PaymentMismatch("amount", "the session states no amount_subtotal")
-    if type(livemode) is not bool or event.get("livemode") is not livemode:
+    if not isinstance(livemode, bool) or event.get("livemode") is not livemode:
         raise catalog.PaymentMismatch("livemode", "the event and its session disagree on livemode")
     return catalog.Paid(currency, subtotal, livemode)
 

@@ -56,7 +56,7 @@ class CappedSite(web.TCPSite):
             self.open_connections -= 1
             forget(handler, exc)
 
-        server.connection_lost = lost  # type: ignore[method-assign]
+        server.connection_lost = lost  # type: ignore[method-assign,assignment]
 
         def accept() -> Any:
             if self.open_connections >= self._connections_max:

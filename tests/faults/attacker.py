@@ -103,9 +103,9 @@ async def attack(kind: str, target: str, count: int, seconds: float) -> int:
                 metadata = (("x-pad", "p" * (1024 * 1024)),)
             return lambda: rpc(nothing(deadline), timeout=CALL_TIMEOUT_SECONDS, metadata=metadata)
         if kind == "oversize-authed":
-            rpc = channel.unary_unary(DEBIT, request_serializer=None, response_deserializer=None)
+            unary = channel.unary_unary(DEBIT, request_serializer=None, response_deserializer=None)
             body = b"\x0a" + b"\x80\x80\x80\x02" + b"a" * (4 * 1024 * 1024 - 16)
-            return lambda: rpc(body, timeout=CALL_TIMEOUT_SECONDS, metadata=AGENT)
+            return lambda: unary(body, timeout=CALL_TIMEOUT_SECONDS, metadata=AGENT)
         raise SystemExit(f"unknown kind {kind}")
 
     if kind == "big":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from creditwallet.client import errors as cw
+from creditwallet.client.wallet import AsyncCreditWalletClient
 
 from tests.faults import load
 from tests.faults.conftest import Scale
@@ -38,7 +39,7 @@ ATTACKS = {
 
 
 async def debits(
-    client: load.AsyncCreditWalletClient, user: str, count: int, seconds: float
+    client: AsyncCreditWalletClient, user: str, count: int, seconds: float
 ) -> list[float]:
     """Up to ``count`` sequential debits within ``seconds``; their latencies (s)."""
     latencies: list[float] = []
