@@ -235,7 +235,7 @@ def _paid(
         raise catalog.PaymentMismatch("amount", "the session states no amount_subtotal")
     if not isinstance(livemode, bool) or event.get("livemode") is not livemode:
         raise catalog.PaymentMismatch("livemode", "the event and its session disagree on livemode")
-    return catalog.Paid(currency, subtotal, livemode)
+    return catalog.Paid(currency, subtotal, livemode is True)
 
 
 def _payment_failed(event: Mapping[str, Any], inv: Mapping[str, Any]) -> Call | Ignored:
