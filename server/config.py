@@ -22,10 +22,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from creditwallet.core import limits
+from creditwallet.core.logs import LogSettings
 from creditwallet.core.settings import ConfigError, Secret
 
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SCOPES = ("agent", "billing", "admin")
+# Per scope: the one-token variable and the labelled-tokens one.
+TOKEN_ENV_VARS = {
+    "agent": ("AGENT_TOKEN", "AGENT_TOKENS"),
+    "billing": ("BILLING_TOKEN", "BILLING_TOKENS"),
+    "admin": ("ADMIN_TOKEN", "ADMIN_TOKENS"),
+}
 _LABEL = re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{limits.TOKEN_LABEL_LENGTH_MAX - 1}}}")
 
 
@@ -37,6 +43,9 @@ class Token:
     label: str
     secret: Secret
 
+    def __str__(self) -> str:
+        return f"{self.label}({self.scope})=****"
+
 
 def parse_tokens(env: Mapping[str, str]) -> tuple[Token, ...]:
     """Every scope's tokens, checked: long enough, labels unique, no token in two places."""
@@ -44,7 +53,7 @@ def parse_tokens(env: Mapping[str, str]) -> tuple[Token, ...]:
     where: dict[str, str] = {}  # token value -> the variable that set it first
     labels: dict[str, str] = {}
     for scope in SCOPES:
-        single, many = f"{scope.upper()}_TOKEN", f"{scope.upper()}_TOKENS"
+        single, many = TOKEN_ENV_VARS[scope]
         if env.get(single) and env.get(many):
             raise ConfigError(f"{many}: set {single} or {many}, not both")
         if env.get(single):
@@ -61,7 +70,10 @@ def parse_tokens(env: Mapping[str, str]) -> tuple[Token, ...]:
                     )
                 entries.append((label, token))
         else:
-            raise ConfigError(f"{single} (or {many}) is required (a bearer token for its scope)")
+            raise ConfigError(
+                f"{single} is not set: give it a long random bearer token, or {many} several"
+                " labelled ones (make run generates one per scope)"
+            )
         if len(entries) > limits.TOKENS_PER_SCOPE_MAX:
             raise ConfigError(f"{name}: at most {limits.TOKENS_PER_SCOPE_MAX} tokens per scope")
         for label, token in entries:
@@ -112,6 +124,7 @@ class ServerConfig:
             value = env.get(name, "")
             return Path(value) if value else None
 
+        log = LogSettings.from_env(env)
         trial = env.get("TRIAL_CREDITS_MICROS", "5000000")
         if not trial.isdigit():
             raise ConfigError("TRIAL_CREDITS_MICROS must be a non-negative integer")
@@ -124,14 +137,16 @@ class ServerConfig:
             tls_key_path=optional_path("TLS_KEY_PATH"),
             tls_client_ca_path=optional_path("TLS_CLIENT_CA_PATH"),
             trial_credits_micros=int(trial),
-            log_json=env.get("LOG_FORMAT", "json") == "json",
+            log_json=log.format == "json",
             metrics_address=env.get("METRICS_ADDRESS") or None,
-            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            log_level=log.level,
             debit_batching=env.get("DEBIT_BATCHING", "on") != "off",
             statement_cache_size=_non_negative(env, "DB_STATEMENT_CACHE_SIZE", 100),
         )
-        if cfg.log_level not in _LOG_LEVELS:
-            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")
+        if not _is_host_port(cfg.grpc_address):
+            raise ConfigError(
+                f"GRPC_ADDRESS must be host:port (e.g. 127.0.0.1:50051), not {cfg.grpc_address!r}"
+            )
         if cfg.metrics_address is not None and not _is_host_port(cfg.metrics_address):
             raise ConfigError("METRICS_ADDRESS must be host:port")
         _check_tls(cfg)
@@ -149,13 +164,6 @@ def _check_tls(cfg: ServerConfig) -> None:
     if cfg.tls_cert_path is None or cfg.tls_key_path is None:
         missing = "TLS_CERT_PATH" if cfg.tls_cert_path is None else "TLS_KEY_PATH"
         raise ConfigError(f"{missing} is required: TLS_CERT_PATH and TLS_KEY_PATH go together")
-    for name, path in (
-        ("TLS_CERT_PATH", cfg.tls_cert_path),
-        ("TLS_KEY_PATH", cfg.tls_key_path),
-        ("TLS_CLIENT_CA_PATH", cfg.tls_client_ca_path),
-    ):
-        if path is not None and not path.is_file():
-            raise ConfigError(f"{name}: {path} is not a readable file")
 
 
 def _non_negative(env: Mapping[str, str], name: str, default: int) -> int:

@@ -36,8 +36,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
-from creditwallet.core import limits
-from creditwallet.server import errors, metrics
+from creditwallet.core import limits, logs
+from creditwallet.server import errors, metrics, status
 from creditwallet.server.config import Token
 from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
@@ -64,6 +64,18 @@ _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # the end of a request s
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Deserializer = Callable[[bytes], Any] | None
+
+
+class _Plain(Exception):
+    """A refusal of the transport, not of the ledger (its code names it; no reason)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+Failure = errors.LedgerError | _Plain
 
 
 class Caller:
@@ -146,15 +158,16 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 started = time.perf_counter()
                 request: Any = None
                 response = None
-                failure: errors.LedgerError | None = None
+                failure: Failure | None = None
                 try:
                     async with asyncio.timeout(_budget(context, self._deadline)):
                         request = await self._read(context, deserialize)
-                        response = await behavior(request, context)
+                        with logs.request_context(_request_id(request)):
+                            response = await behavior(request, context)
                 except errors.LedgerError as exc:
                     failure = exc
                 except TimeoutError:
-                    failure = _deadline_exceeded()
+                    failure = _Plain(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
                 except Exception:
                     log.exception(
                         "unexpected error",
@@ -175,7 +188,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             async def stream(requests: AsyncIterator[bytes], context: Context) -> None:
                 started = time.perf_counter()
                 request: Any = None
-                failure: errors.LedgerError | None = None
+                failure: Failure | None = None
                 try:
                     async with asyncio.timeout(_budget(context, self._stream_deadline)):
                         request = await self._read(context, deserialize)
@@ -183,7 +196,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 except errors.LedgerError as exc:
                     failure = exc
                 except TimeoutError:
-                    failure = _deadline_exceeded()
+                    failure = _Plain(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
                 except Exception:
                     log.exception("unexpected error", extra={"method": name})
                     failure = errors.internal()
@@ -196,9 +209,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         # A client-streaming or bidirectional ledger method: none exists; refuse rather than
         # let one through unguarded when it is added.
-        unimplemented = errors.LedgerError(
-            grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED", "not served"
-        )
+        unimplemented = _Plain(grpc.StatusCode.UNIMPLEMENTED, "not served through the gate")
         return _refusing(name, label, handler, unimplemented)
 
     async def _read(self, context: Context, deserialize: Deserializer) -> Any:
@@ -245,7 +256,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     )
                     return None
             except errors.LedgerError as exc:
-                await context.abort(exc.code, exc.message)
+                await context.abort(status.code_of(exc), exc.message)
             except TimeoutError:
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
             finally:
@@ -267,7 +278,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         )
 
 
-def _refusing(name: str, label: str, handler: Any, refusal: errors.LedgerError) -> Any:
+def _refusing(name: str, label: str, handler: Any, refusal: Failure) -> Any:
     """A handler that answers ``refusal`` at once, reading nothing of the body."""
 
     async def refuse(requests: AsyncIterator[bytes], context: Context) -> None:
@@ -287,12 +298,6 @@ def _budget(context: Context, default_seconds: float) -> float:
     if remaining is None or remaining > _NO_DEADLINE_SECONDS:
         return default_seconds
     return max(0.0, float(remaining))
-
-
-def _deadline_exceeded() -> errors.LedgerError:
-    return errors.LedgerError(
-        grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", "deadline exceeded"
-    )
 
 
 async def _relay(result: Any, context: Context) -> None:
@@ -324,10 +329,15 @@ async def _finish(
     label: str,
     request: Any,
     started: float,
-    failure: errors.LedgerError | None,
+    failure: Failure | None,
     context: Context,
 ) -> None:
-    code = failure.code if failure else grpc.StatusCode.OK
+    if failure is None:
+        code = grpc.StatusCode.OK
+    elif isinstance(failure, _Plain):
+        code = failure.code
+    else:
+        code = status.code_of(failure)
     seconds = time.perf_counter() - started
     metrics.observe_rpc(name, code.name, seconds, caller=label)
     # The access log: never the metadata (it holds the bearer token), only what is safe.
@@ -341,9 +351,11 @@ async def _finish(
             "duration_ms": round(seconds * 1000, 3),
         },
     )
-    if failure is not None:
+    if isinstance(failure, _Plain):
+        await context.abort(failure.code, failure.message)
+    elif failure is not None:
         if failure.reason == "INSUFFICIENT_CREDITS":
             metrics.INSUFFICIENT.inc()
         await context.abort_with_status(  # type: ignore[attr-defined]
-            rpc_status.to_status(failure.to_status())
+            rpc_status.to_status(status.to_status(failure))
         )

@@ -107,7 +107,6 @@ _STOP = (
         ({"TLS_CLIENT_CA_PATH": "/etc/hostname"}, "TLS_CLIENT_CA_PATH"),
         ({"TLS_CERT_PATH": "/etc/hostname"}, "TLS_KEY_PATH"),
         ({"TLS_KEY_PATH": "/etc/hostname"}, "TLS_CERT_PATH"),
-        ({"TLS_CERT_PATH": "/nonexistent", "TLS_KEY_PATH": "/etc/hostname"}, "TLS_CERT_PATH"),
         ({"AGENT_TOKEN": "short"}, "AGENT_TOKEN"),
         ({"AGENT_TOKEN": "a"}, "AGENT_TOKEN"),
         ({"BILLING_TOKEN": TOKENS["agent"]}, "BILLING_TOKEN"),

@@ -22,9 +22,17 @@ from pathlib import Path
 from typing import Final
 
 from creditwallet.core import limits
+from creditwallet.core.logs import LogSettings
 from creditwallet.core.settings import ConfigError, Secret
+from creditwallet.core.startup import split_host_port
 
 DEFAULT_CATALOG_PATH: Final = Path(__file__).with_name("catalog.json")
+# What each required variable is, for the one-line error when it is missing.
+_REQUIRED: Final = {
+    "STRIPE_WEBHOOK_SECRET": "set it to the endpoint's signing secret (whsec_...)",
+    "BILLING_TOKEN": "set it to the ledger's billing-scope token",
+    "CRON_SECRET": "set it to the bearer secret POST /rollover must present",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +55,7 @@ class GatewayConfig:
     ledger_tls_ca_path: Path | None = None
     ledger_tls_cert_path: Path | None = None
     ledger_tls_key_path: Path | None = None
+    log: LogSettings = dataclasses.field(default_factory=LogSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -55,13 +64,12 @@ class GatewayConfig:
         def required(name: str) -> str:
             value = env.get(name, "").strip()
             if not value:
-                raise ConfigError(f"{name} is required")
+                raise ConfigError(f"{name} is not set: {_REQUIRED[name]}")
             return value
 
-        address = env.get("GATEWAY_ADDRESS", "127.0.0.1:8080")
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError("GATEWAY_ADDRESS must be host:port")
+        host, port = split_host_port(
+            "GATEWAY_ADDRESS", env.get("GATEWAY_ADDRESS", "127.0.0.1:8080")
+        )
         secrets = tuple(
             Secret(s.strip()) for s in required("STRIPE_WEBHOOK_SECRET").split(",") if s.strip()
         )
@@ -80,7 +88,7 @@ class GatewayConfig:
         tls = _ledger_tls(env)
         return cls(
             host=host,
-            port=int(port),
+            port=port,
             ledger_target=env.get("LEDGER_TARGET") or env.get("GRPC_ADDRESS") or "127.0.0.1:50051",
             billing_token=Secret(token),
             webhook_secrets=secrets,
@@ -93,6 +101,7 @@ class GatewayConfig:
             ledger_tls_ca_path=tls[1],
             ledger_tls_cert_path=tls[2],
             ledger_tls_key_path=tls[3],
+            log=LogSettings.from_env(env),
         )
 
 

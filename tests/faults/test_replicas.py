@@ -1,4 +1,4 @@
-"""Two server processes on one database (SPEC §4, issue 6 "Replicas").
+"""Two server processes on one database (replicas, docs/scaling.md).
 
 They start together on a database the owner role migrated (servers never migrate; concurrent
 migration runs are tests/test_migrations.py's), then every debit's request_id is sent to both
