@@ -138,7 +138,7 @@ def decide(
     local = catalog.get(price_id)
     if local is None:
         log.error("price is not in the catalog", extra={"price_id": price_id})
-        raise PriceError(f"price {price_id} is not in the catalog")
+        raise PriceError(f"price {price_id!r} is not in the catalog (CATALOG_PATH)")
     if from_api is not None and from_api != local.credits:
         log.error(
             "price credits disagree between Stripe and the catalog",

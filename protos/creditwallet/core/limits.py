@@ -141,9 +141,9 @@ GRPC_RECEIVE_BYTES_MAX: Final = 64 * 1024
 GRPC_METADATA_BYTES_MAX: Final = 8 * 1024
 GRPC_METADATA_BYTES_ABSOLUTE_MAX: Final = 16 * 1024
 # Calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). Above what a
-# busy client bursts on a new connection: until the client has the server's SETTINGS, the
-# streams past this are refused (UNAVAILABLE), not queued.
-GRPC_STREAMS_PER_CONNECTION_MAX: Final = 256
+# busy client bursts on a new connection (hundreds of concurrent debits): until the client has
+# the server's SETTINGS, the streams past this are refused (UNAVAILABLE), not queued.
+GRPC_STREAMS_PER_CONNECTION_MAX: Final = 1024
 # A call's request message must arrive this soon after its headers (or its deadline, if
 # sooner): a caller that sends headers and no body holds a slot for at most this long.
 GRPC_REQUEST_READ_TIMEOUT_SECONDS: Final = 5.0
