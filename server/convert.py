@@ -30,6 +30,7 @@ TYPE_TO_PB = {
     "expire": pb.TRANSACTION_TYPE_EXPIRE,
     "reversal": pb.TRANSACTION_TYPE_REVERSAL,
     "clawback": pb.TRANSACTION_TYPE_CLAWBACK,
+    "expiry_change": pb.TRANSACTION_TYPE_EXPIRY_CHANGE,
 }
 PB_TO_TYPE: dict[int, str] = {v: k for k, v in TYPE_TO_PB.items()}
 

@@ -17,7 +17,7 @@ LOT_SOURCES: Final = (
     "promo",
     "adjustment",
 )
-TRANSACTION_TYPES: Final = ("grant", "debit", "expire", "reversal", "clawback")
+TRANSACTION_TYPES: Final = ("grant", "debit", "expire", "reversal", "clawback", "expiry_change")
 
 # Default lifetimes (SPEC §5); None means the lot never expires. Subscription lots get
 # their expiry from the billing period, not from here.
