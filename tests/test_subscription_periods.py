@@ -140,8 +140,10 @@ class Subscriber:
         self.fake.invoices[inv["id"]] = inv
         return inv
 
-    async def send(self, kind: str, data: dict[str, Any], created: dt.datetime) -> dict[str, Any]:
-        body = sf.event(kind, data, unix(created))
+    async def send(
+        self, kind: str, data: dict[str, Any], created: dt.datetime, event_id: str | None = None
+    ) -> dict[str, Any]:
+        body = sf.event(kind, data, unix(created), event_id)
         headers = {"Stripe-Signature": sf.sign(body), "Content-Type": "application/json"}
         url = self.gateway.url + "/stripe/webhook"
         async with self.gateway.http.post(url, data=io.BytesIO(body), headers=headers) as r:
@@ -533,6 +535,18 @@ async def test_invoices_out_of_order_and_concurrently_grant_once_with_the_right_
     )
     assert schedule is not None
     assert schedule["billing_cycle_anchor"] == at(2035, 12, 1)
+    # An event retried after Stripe's answers changed maps to another request under the
+    # same event id: it was applied once already, and the retry is acknowledged.
+    p4 = s.invoice(at(2036, 4, 1), at(2036, 5, 1))
+    clock.set(at(2036, 4, 1, 1))
+    s.state("active", at(2036, 4, 1), at(2036, 5, 1))
+    assert granted(await s.send("invoice.paid", p4, at(2036, 4, 1), "evt_retried_p4")) == 250
+    s.anchor = at(2036, 4, 1, 1)
+    s.state("active", at(2036, 4, 1, 1), at(2036, 5, 1, 1))
+    retried = await s.send("invoice.paid", p4, at(2036, 4, 1), "evt_retried_p4")
+    assert retried == {"method": "SyncSubscription", "already_applied": True}
+    grants = await rows(admin, s.user, pb.TRANSACTION_TYPE_GRANT)
+    assert [t.amount_micros // CREDIT for t in grants] == [250, 250, 250, 250]
 
 
 async def _sync(

@@ -160,6 +160,11 @@ async def _forward(
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
         WEBHOOKS.labels(label, "ledger_" + code.name.lower()).inc()
+        if code == grpc.StatusCode.ALREADY_EXISTS:
+            # REQUEST_ID_REUSED: this event was applied once already, mapped from an earlier
+            # answer of Stripe's API (a subscription or price read then); it is done.
+            log.warning("event %s was already applied with other details", event_id)
+            return web.json_response({"method": call.method, "already_applied": True})
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             # The event's content can never be applied as sent: a malformed event, as
             # any other (400), for an operator to look at; retrying would change nothing.

@@ -174,8 +174,8 @@ class Mapper:
             self.api.invoice(obj["invoice"]) if obj.get("invoice") else _nothing(),
             self.api.subscription(obj["subscription"]),
         )
-        if sub is not None and sub.get("status") in STATUS:
-            request.status = STATUS[sub["status"]]  # e.g. trialing after a free-trial checkout
+        if obj.get("payment_status") == "no_payment_required":
+            request.status = pb.SUBSCRIPTION_STATUS_TRIALING  # a free trial's checkout
         lines = _period_lines(invoice) if invoice else []
         if invoice is not None and lines and not _is_trial(invoice, lines, sub):
             line = lines[0]

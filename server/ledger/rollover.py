@@ -115,14 +115,13 @@ _LOCK_ACCOUNTS = """
 SELECT user_id FROM credits WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE
 """
 
-# The claim: each ended period is settled once, by whoever locks its account first.
+# The claim: each ended period is settled once, by whoever locks its account first. All of
+# an account's ended periods are settled together, so its carried credits count once a run.
 _SETTLE = """
-UPDATE subscription_periods p SET carry_settled_at = $4
-FROM unnest($1::text[], $2::timestamptz[]) AS k(subscription_id, period_start)
-WHERE p.subscription_id = k.subscription_id AND p.period_start = k.period_start
-  AND p.carry_settled_at IS NULL AND p.lot_id IS NOT NULL
-  AND coalesce(p.ended_at, p.period_end) <= $3
-RETURNING p.user_id
+UPDATE subscription_periods SET carry_settled_at = $2
+WHERE user_id = ANY($1::text[]) AND lot_id IS NOT NULL AND carry_settled_at IS NULL
+  AND coalesce(ended_at, period_end) <= $2
+RETURNING user_id
 """
 
 # Subscription credits carried past ended periods, against the plan's allotment.
@@ -258,7 +257,7 @@ async def _settle(
     """One transaction: settle the carry-over of the chunk's ended periods, capping it."""
     done = Summary("", chunks=1)
     await conn.fetch(_LOCK_ACCOUNTS, sorted({k[2] for k in keys}))
-    claimed = await conn.fetch(_SETTLE, [k[0] for k in keys], [k[1] for k in keys], now, now)
+    claimed = await conn.fetch(_SETTLE, sorted({k[2] for k in keys}), now)
     if not claimed:
         return done
     done.periods_settled = len(claimed)
