@@ -9,6 +9,7 @@ Each test lives in its own year, so the module's one clock only ever moves forwa
 from __future__ import annotations
 
 import asyncio
+import calendar
 import dataclasses
 import datetime as dt
 import io
@@ -22,9 +23,12 @@ import pytest
 import pytest_asyncio
 from creditwallet.client import errors as cw
 from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.server.ledger import periods
 from creditwallet.v1 import billing_service_pb2 as bpb
 from creditwallet.v1 import common_pb2 as pb
 from google.protobuf import timestamp_pb2
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests import harness
 from tests import stripe_fakes as sf
@@ -637,3 +641,49 @@ async def test_verify_ledger_sees_a_lot_expiring_off_its_period(
         assert not report.ok
         assert {(v.invariant, v.user_id) for v in report.violations} == {(5, user)}
     assert (await admin.verify_ledger()).ok
+
+
+@given(
+    anchor=st.datetimes(min_value=dt.datetime(2001, 1, 1), max_value=dt.datetime(2150, 12, 31)).map(
+        lambda d: d.replace(microsecond=0, tzinfo=UTC)
+    ),
+    unit=st.sampled_from(periods.INTERVALS),
+    count=st.integers(min_value=1, max_value=14),
+    n=st.integers(min_value=0, max_value=40),
+)
+async def test_the_schedule_arithmetic_agrees_with_postgresql(
+    ledger: Ledger, anchor: dt.datetime, unit: str, count: int, n: int
+) -> None:
+    """Boundaries from the anchor (day clamped, time kept), in the server's Python and in the
+    SQL function VerifyLedger uses: the same answers, and None off the schedule."""
+    schedule = periods.Schedule(anchor, unit, count)
+    end = schedule.boundary(n)
+    assert schedule.index_of(end) == n
+    assert schedule.following(end) == schedule.boundary(n + 1) > end
+    assert end.time() == anchor.time()
+    if unit in ("month", "year"):
+        assert end.day == min(anchor.day, calendar.monthrange(end.year, end.month)[1])
+    off = end + dt.timedelta(seconds=1)
+    assert schedule.index_of(off) is None
+    query = "SELECT billing_period_following($1, $2, $3, $4)"
+    assert await ledger.pool.fetchval(query, anchor, unit, count, end) == schedule.following(end)
+    assert await ledger.pool.fetchval(query, anchor, unit, count, off) is None
+
+
+def test_month_ends_clamp_from_the_anchor_never_from_the_previous_end() -> None:
+    jan31 = periods.Schedule(at(2027, 1, 31, 10), "month", 1)
+    assert [jan31.boundary(i).date().isoformat() for i in range(5)] == [
+        "2027-01-31",
+        "2027-02-28",
+        "2027-03-31",
+        "2027-04-30",
+        "2027-05-31",
+    ]
+    assert jan31.following(at(2027, 2, 28, 10)) == at(2027, 3, 31, 10)
+    leap = periods.Schedule(at(2028, 2, 29), "year", 1)
+    assert [leap.boundary(i).date().isoformat() for i in (1, 4)] == ["2029-02-28", "2032-02-29"]
+    # A prorated first period ends on the anchor; a full one starts on it.
+    prorated = periods.infer(at(2030, 8, 20, 12), at(2030, 9, 1), "month", 1)
+    assert prorated.following(at(2030, 9, 1)) == at(2030, 10, 1)
+    clamped = periods.infer(at(2027, 2, 28), at(2027, 3, 31), "month", 1)
+    assert clamped.following(at(2027, 3, 31)) == at(2027, 4, 30)

@@ -11,8 +11,9 @@ never revived, and its period says when that was decided (``expiry_frozen_at``).
 account's history must also tell the lot's current expiry: the grant's ``expires_at``, or the
 latest ``expiry_change`` row of the lot.
 
-The schedule arithmetic here is PostgreSQL's, done independently of the ledger's Python:
-``timestamp + n months`` clamps to the month's length, computed from the anchor each time.
+The schedule arithmetic here is PostgreSQL's (``billing_period_following``, migration 0005),
+independent of the server's Python: ``timestamp + n months`` clamps to the month's length,
+and each boundary is computed from the anchor.
 """
 
 from __future__ import annotations
@@ -32,29 +33,13 @@ LIMIT $1
 """
 
 _EXPIRY = """
-WITH p AS (
+WITH scheduled AS (
     SELECT sp.subscription_id, sp.period_start, sp.user_id, sp.lot_id, sp.expires_at,
-           sp.expiry_frozen_at, sp.billing_interval AS iv, sp.billing_interval_count AS k,
-           sp.billing_cycle_anchor AT TIME ZONE 'UTC' AS a, sp.period_end AT TIME ZONE 'UTC' AS e,
-           coalesce(sp.ended_at, sp.period_end) AS effective_end
+           sp.expiry_frozen_at, sp.billing_interval AS iv,
+           coalesce(sp.ended_at, sp.period_end) AS effective_end,
+           billing_period_following(sp.billing_cycle_anchor, sp.billing_interval,
+                                    sp.billing_interval_count, sp.period_end) AS following
     FROM subscription_periods sp WHERE sp.lot_id IS NOT NULL
-), steps AS (
-    SELECT p.*,
-           CASE iv WHEN 'month' THEN k WHEN 'year' THEN 12 * k END AS step_months,
-           CASE iv WHEN 'day' THEN k WHEN 'week' THEN 7 * k END AS step_days,
-           ((extract(year FROM e) - extract(year FROM a)) * 12
-               + extract(month FROM e) - extract(month FROM a))::int AS months
-    FROM p
-), scheduled AS (
-    SELECT s.*, CASE
-        WHEN step_months IS NOT NULL AND months >= 0 AND months % step_months = 0
-             AND a + make_interval(months => months) = e
-            THEN (a + make_interval(months => months + step_months)) AT TIME ZONE 'UTC'
-        WHEN step_days IS NOT NULL AND e >= a
-             AND extract(epoch FROM e - a) % (step_days * 86400) = 0
-            THEN (e + make_interval(days => step_days)) AT TIME ZONE 'UTC'
-    END AS following
-    FROM steps s
 ), expected AS (
     SELECT sc.*, l.expires_at AS lot_expires_at, succ.successor_end,
            coalesce(succ.successor_end, sc.following) AS want

@@ -43,6 +43,33 @@ ALTER TABLE subscription_periods
 UPDATE subscription_periods p SET expires_at = l.expires_at
 FROM credit_lots l WHERE l.user_id = p.user_id AND l.lot_id = p.lot_id;
 
+-- The end of the period after the one ending at period_end on the schedule (anchor, unit,
+-- count): boundary n + 1 where boundary n is period_end, or NULL when period_end is not a
+-- boundary. Each boundary is counted from the anchor, in UTC; month and year steps are
+-- PostgreSQL's `timestamp + n months`, which clamps the day to the month's length. VerifyLedger
+-- uses it, independently of the server's own arithmetic.
+CREATE FUNCTION billing_period_following(
+    anchor timestamptz, unit text, count integer, period_end timestamptz
+) RETURNS timestamptz LANGUAGE sql IMMUTABLE AS $$
+    WITH v AS (
+        SELECT anchor AT TIME ZONE 'UTC' AS a, period_end AT TIME ZONE 'UTC' AS e,
+               CASE unit WHEN 'month' THEN count WHEN 'year' THEN 12 * count END AS step_months,
+               CASE unit WHEN 'day' THEN count WHEN 'week' THEN 7 * count END AS step_days
+    ), m AS (
+        SELECT v.*, ((extract(year FROM e) - extract(year FROM a)) * 12
+                     + extract(month FROM e) - extract(month FROM a))::int AS months
+        FROM v
+    )
+    SELECT CASE
+        WHEN step_months IS NOT NULL AND months >= 0 AND months % step_months = 0
+             AND a + make_interval(months => months) = e
+            THEN (a + make_interval(months => months + step_months)) AT TIME ZONE 'UTC'
+        WHEN step_days IS NOT NULL AND e >= a
+             AND extract(epoch FROM e - a) % (step_days * 86400) = 0
+            THEN (e + make_interval(days => step_days)) AT TIME ZONE 'UTC'
+    END FROM m
+$$;
+
 -- A lot's expiry moving (amount 0) is part of the account's history.
 ALTER TABLE credit_transactions DROP CONSTRAINT credit_transactions_type_check;
 ALTER TABLE credit_transactions ADD CONSTRAINT credit_transactions_type_check CHECK (type IN
