@@ -1,4 +1,4 @@
-"""The rollover (SPEC §8): every account's bookkeeping brought up to date, by what is due.
+"""The rollover: every account's bookkeeping brought up to date, by what is due.
 
 What "up to date as of now" means: expired holds released, lots past their ``expires_at``
 recorded as ``expire`` transactions, and the subscription credits carried past the end of a

@@ -573,7 +573,7 @@ async def cap_carried(
     ended_by: dt.datetime,
     now: dt.datetime,
 ) -> Account:
-    """Cap the subscription credits carried from periods ended by ``ended_by`` (SPEC §8).
+    """Cap the subscription credits carried from periods ended by ``ended_by`` at one allotment.
 
     The excess over one allotment expires now, soonest-expiring lots first (they would
     have gone first anyway). Those periods' carry-over is then settled: the rollover has
