@@ -280,3 +280,57 @@ async def test_a_daily_rollover_through_a_month_records_each_day_what_became_due
     balance = await admin.get_balance(subscriber)
     assert balance.available_micros == 210 * CREDIT
     assert (await admin.get_balance(holder)).available_micros == 10 * CREDIT
+
+
+async def test_rollover_racing_renewals_caps_once_and_never_deadlocks(
+    ledger: Ledger, admin: AsyncCreditWalletClient
+) -> None:
+    """Periods that ended unrenewed, then renewals on a 100-credit plan arriving while a
+    rollover settles the same accounts (and another connection holds one account's lock):
+    whoever comes first, each account ends with 100 carried + 100 granted."""
+    clock, billing = ledger.clock, ledger.client("billing")
+    start, end = dt.datetime(2028, 10, 1, tzinfo=UTC), dt.datetime(2028, 11, 1, tzinfo=UTC)
+    clock.set(start + dt.timedelta(hours=1))
+    users = [new_user() for _ in range(12)]
+    for user in users:
+        await pay(billing, user, "sub_race_" + user, start, end, start)
+    clock.set(end + dt.timedelta(hours=1))
+    await _flush_except(ledger, users)
+    blocker = await ledger.pool.acquire()
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("SELECT 1 FROM credits WHERE user_id = $1 FOR UPDATE", users[0])
+        next_end = dt.datetime(2028, 12, 1, tzinfo=UTC)
+        work = [
+            *(pay(billing, u, "sub_race_" + u, end, next_end, end, credits=100) for u in users),
+            rollover.run(ledger.pool, "2028-11", clock.now(), chunk_accounts=3),
+            rollover.run(ledger.pool, "2028-11", clock.now(), chunk_accounts=5),
+        ]
+        running = asyncio.gather(*work)
+        await asyncio.sleep(0.3)
+        await transaction.rollback()
+        results = await running
+    finally:
+        await ledger.pool.release(blocker)
+    summaries = [r for r in results if isinstance(r, rollover.Summary)]
+    assert sum(s.periods_settled for s in summaries) <= len(users)
+    for user in users:
+        assert (await admin.get_balance(user)).available_micros == 200 * CREDIT
+    settled = await ledger.pool.fetchval(
+        "SELECT count(*) FROM subscription_periods WHERE user_id = ANY($1::text[]) "
+        "AND period_start = $2 AND carry_settled_at IS NOT NULL",
+        users,
+        start,
+    )
+    assert settled == len(users)
+
+
+async def _flush_except(ledger: Ledger, users: list[str]) -> None:
+    """Settle what other tests left due, leaving ``users``' ended periods for the race."""
+    await ledger.pool.execute(
+        "UPDATE subscription_periods SET carry_settled_at = $2 WHERE carry_settled_at IS NULL "
+        "AND lot_id IS NOT NULL AND NOT user_id = ANY($1::text[])",
+        users,
+        ledger.clock.now(),
+    )
