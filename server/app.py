@@ -53,8 +53,7 @@ class RunningServer:
         await self.probe.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_seconds)
-        if self.runtime.debit_batcher is not None:
-            await self.runtime.debit_batcher.drain()
+        await self.runtime.debits.drain()
         await db.drain_detached()
         await self.runtime.pool.close()
         if self.metrics_endpoint is not None:
@@ -68,8 +67,10 @@ async def start(
     async with pool.acquire() as conn:
         await migrate.migrate(db.unwrap(conn))
     clock = clock or SystemClock()
-    batcher = DebitBatcher(pool, clock) if config.debit_batching else None
-    runtime = Runtime(pool, clock, config.trial_credits_micros, batcher)
+    debits = (
+        DebitBatcher(pool, clock) if config.debit_batching else DebitBatcher.one_by_one(pool, clock)
+    )
+    runtime = Runtime(pool, clock, debits, config.trial_credits_micros)
     options = [
         ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
         ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),

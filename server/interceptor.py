@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from creditwallet.core import limits
 from creditwallet.core.settings import Secret
-from creditwallet.server import errors, metrics
+from creditwallet.server import errors, metrics, status
 from grpc_status import rpc_status
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _guarded(
                     extra={"method": name, "request_id": getattr(request, "request_id", "")},
                 )
                 failure = errors.internal()
-        code = failure.code if failure else grpc.StatusCode.OK
+        code = status.code_of(failure) if failure else grpc.StatusCode.OK
         seconds = time.perf_counter() - started
         metrics.observe_rpc(name, code.name, seconds)
         # The access log: never the metadata (it holds the bearer token), only what is safe.
@@ -117,7 +117,7 @@ def _guarded(
             if failure.reason == "INSUFFICIENT_CREDITS":
                 metrics.INSUFFICIENT.inc()
             await context.abort_with_status(  # type: ignore[attr-defined]
-                rpc_status.to_status(failure.to_status())
+                rpc_status.to_status(status.to_status(failure))
             )
         return response
 

@@ -159,7 +159,7 @@ async def _expire_rows(ledger: Ledger, users: list[str]) -> dict[str, int]:
 
 async def _flush(ledger: Ledger) -> None:
     """Record what earlier tests left due, so a test's summaries count only its own work."""
-    await rollover.run(ledger.pool, "2027-01", ledger.clock.now())
+    await rollover.run(ledger.pool, "2027-01", ledger.clock)
 
 
 async def test_crash_after_first_chunk_then_rerun_records_each_expiry_once(
@@ -173,7 +173,7 @@ async def test_crash_after_first_chunk_then_rerun_records_each_expiry_once(
 
     with pytest.raises(RuntimeError):
         await rollover.run(
-            ledger.pool, "2027-01", ledger.clock.now(), chunk_accounts=7, after_chunk=crash
+            ledger.pool, "2027-01", ledger.clock, chunk_accounts=7, after_chunk=crash
         )
     assert len(await _expire_rows(ledger, users)) == 7
     summary = await admin.rollover("2027-01")
@@ -190,9 +190,8 @@ async def test_sequential_and_concurrent_runs_give_one_result(
 ) -> None:
     await _flush(ledger)
     users = await _accounts_with_due_promos(ledger, admin, 24)
-    now = ledger.clock.now()
     runs = await asyncio.gather(
-        *(rollover.run(ledger.pool, "2027-02", now, chunk_accounts=5) for _ in range(4))
+        *(rollover.run(ledger.pool, "2027-02", ledger.clock, chunk_accounts=5) for _ in range(4))
     )
     assert sum(r.accounts_processed for r in runs) == 24
     assert sum(r.credits_expired_micros for r in runs) == 24 * 3 * CREDIT
@@ -216,7 +215,7 @@ async def test_rollover_releases_expired_holds_and_records_expiry(
     await admin.grant(user, 6 * CREDIT, pb.LOT_SOURCE_TOP_UP)
     await admin.authorize(user, amount_micros=5 * CREDIT, ttl_seconds=600)
     ledger.clock.advance(hours=2)
-    summary = await rollover.run(ledger.pool, "2026-11", ledger.clock.now(), chunk_accounts=3)
+    summary = await rollover.run(ledger.pool, "2026-11", ledger.clock, chunk_accounts=3)
     assert summary.holds_released == 1
     # The hold gave 4 back to the (expired) promo lot and 1 to the top-up: 4 expire.
     assert summary.credits_expired_micros == 4 * CREDIT
@@ -265,7 +264,7 @@ async def test_a_daily_rollover_through_a_month_records_each_day_what_became_due
         if day == 19:
             await admin.authorize(holder, amount_micros=4 * CREDIT, ttl_seconds=86_400)
         for again in (False, True):
-            summary = await rollover.run(ledger.pool, "2028-08", clock.now(), chunk_accounts=2)
+            summary = await rollover.run(ledger.pool, "2028-08", clock, chunk_accounts=2)
             did = (
                 summary.accounts_processed,
                 summary.credits_expired_micros // CREDIT,
@@ -304,8 +303,8 @@ async def test_rollover_racing_renewals_caps_once_and_never_deadlocks(
         next_end = dt.datetime(2028, 12, 1, tzinfo=UTC)
         work = [
             *(pay(billing, u, "sub_race_" + u, end, next_end, end, credits=100) for u in users),
-            rollover.run(ledger.pool, "2028-11", clock.now(), chunk_accounts=3),
-            rollover.run(ledger.pool, "2028-11", clock.now(), chunk_accounts=5),
+            rollover.run(ledger.pool, "2028-11", clock, chunk_accounts=3),
+            rollover.run(ledger.pool, "2028-11", clock, chunk_accounts=5),
         ]
         running = asyncio.gather(*work)
         await asyncio.sleep(0.3)

@@ -615,6 +615,33 @@ async def test_a_guessed_expiry_is_corrected_by_the_next_period_and_never_revive
     assert frozen == at(2040, 2, 2)
 
 
+async def test_an_earlier_end_learnt_late_ends_the_lot_when_it_is_learnt(
+    ledger: Ledger, admin: AsyncCreditWalletClient
+) -> None:
+    """An anchor reset at 12:00 whose invoice arrives at 12:10, after a debit at 12:05 spent
+    from the lot that should have expired at 12:00: that lot ends at 12:10, not back at
+    12:00, so no recorded debit ever spent an expired credit."""
+    clock = ledger.clock
+    user, sub = new_user(), "sub_late_cut_" + uuid.uuid4().hex[:8]
+    clock.set(at(2041, 1, 10, 1))
+    await _sync(ledger, sub, user, at(2041, 1, 10), at(2041, 2, 10))
+    clock.set(at(2041, 2, 10, 1))
+    await _sync(ledger, sub, user, at(2041, 2, 10), at(2041, 3, 10))
+    clock.set(at(2041, 2, 20, 12, 5))
+    await admin.debit(user, amount_micros=10 * CREDIT)  # from the lot expiring Mar 10
+    clock.set(at(2041, 2, 20, 12, 10))
+    reset = await _sync(ledger, sub, user, at(2041, 2, 20, 12), at(2041, 3, 20, 12))
+    assert reset.granted_micros == 250 * CREDIT
+    assert await moves(admin, user) == [
+        (at(2041, 3, 10).isoformat(), at(2041, 2, 20, 12, 10).isoformat()),
+        (at(2041, 4, 10).isoformat(), at(2041, 3, 20, 12).isoformat()),
+    ]
+    assert await live(admin, user) == [(250, at(2041, 3, 20, 12)), (250, at(2041, 4, 20, 12))]
+    assert [
+        t.amount_micros // CREDIT for t in await rows(admin, user, pb.TRANSACTION_TYPE_EXPIRE)
+    ] == [-240]
+
+
 async def test_verify_ledger_sees_a_lot_expiring_off_its_period(
     ledger: Ledger, admin: AsyncCreditWalletClient
 ) -> None:
@@ -639,7 +666,7 @@ async def test_verify_ledger_sees_a_lot_expiring_off_its_period(
         for statement in statements:
             await ledger.pool.execute(statement, user, lot["lot_id"], lot["expires_at"])
         assert not report.ok
-        assert {(v.invariant, v.user_id) for v in report.violations} == {(5, user)}
+        assert {(v.invariant, v.user_id) for v in report.violations} == {(6, user)}
     assert (await admin.verify_ledger()).ok
 
 

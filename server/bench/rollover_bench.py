@@ -19,6 +19,7 @@ from pathlib import Path
 
 import asyncpg
 from creditwallet.server import db, migrate
+from creditwallet.server.clock import ManualClock
 from creditwallet.server.ledger import rollover
 
 _LOAD = """
@@ -80,11 +81,12 @@ async def bench_rollover(dsn: str, accounts: int) -> float:
     pool = await db.create_pool(dsn)
     try:
         started = time.perf_counter()
-        summary = await rollover.run(pool, now.strftime("%Y-%m"), now)
+        summary = await rollover.run(pool, now.strftime("%Y-%m"), ManualClock(now))
         seconds = time.perf_counter() - started
         # The next day's run, with nothing due: it reads the due indexes, not every account.
         started = time.perf_counter()
-        quiet = await rollover.run(pool, now.strftime("%Y-%m"), now + dt.timedelta(hours=1))
+        later = ManualClock(now + dt.timedelta(hours=1))
+        quiet = await rollover.run(pool, now.strftime("%Y-%m"), later)
         quiet_seconds = time.perf_counter() - started
     finally:
         await pool.close()

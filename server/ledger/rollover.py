@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from creditwallet.core import limits
 from creditwallet.server import db
+from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection, Pool
 from creditwallet.server.ledger import accounts, idempotency, lots, subscriptions
 from creditwallet.server.ledger.types import Account
@@ -55,8 +56,8 @@ ORDER BY next_expiry_at, user_id LIMIT $4
 
 # Locked in user_id order, and re-checked once locked: another run or a writer's touch may
 # have swept the account meanwhile.
-_LOCK_DUE = """
-SELECT user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
+_LOCK_DUE = f"""
+SELECT {Account.COLUMNS}
 FROM credits WHERE user_id = ANY($1::text[]) AND next_expiry_at <= $2
 ORDER BY user_id FOR UPDATE
 """
@@ -67,14 +68,17 @@ WHERE user_id = ANY($1::text[]) AND status = 'pending' AND expires_at <= $2 GROU
 """
 
 # lots.sweep for many accounts at once: balance_after of each history row is the balance
-# before the statement less the running total of the account's expired lots.
+# before the statement less the running total of the account's expired lots. Each account's
+# time is the run's clock (read after the lock) or the account's last write if later.
 _EXPIRE_DUE = """
 WITH old AS (
-    SELECT user_id, lot_id, source, remaining_micros, expires_at,
-           (sum(remaining_micros) OVER (PARTITION BY user_id ORDER BY expires_at, lot_id))::bigint
-               AS upto
-    FROM credit_lots
-    WHERE user_id = ANY($1::text[]) AND remaining_micros > 0 AND expires_at <= $2
+    SELECT l.user_id, l.lot_id, l.source, l.remaining_micros, l.expires_at,
+           GREATEST($2::timestamptz, c.updated_at) AS at,
+           (sum(l.remaining_micros) OVER (
+               PARTITION BY l.user_id ORDER BY l.expires_at, l.lot_id))::bigint AS upto
+    FROM credit_lots l JOIN credits c ON c.user_id = l.user_id
+    WHERE l.user_id = ANY($1::text[]) AND l.remaining_micros > 0
+      AND l.expires_at <= GREATEST($2::timestamptz, c.updated_at)
 ), zeroed AS (
     UPDATE credit_lots l SET remaining_micros = 0 FROM old
     WHERE l.user_id = old.user_id AND l.lot_id = old.lot_id
@@ -82,13 +86,17 @@ WITH old AS (
     INSERT INTO credit_transactions (user_id, type, source, amount_micros, balance_after_micros,
                                      metadata, created_at)
     SELECT old.user_id, 'expire', old.source, -old.remaining_micros, c.balance_micros - old.upto,
-           jsonb_build_object('lot_id', old.lot_id::text, 'reason', 'rollover'), $2
+           jsonb_build_object('lot_id', old.lot_id::text, 'reason', 'rollover'), old.at
     FROM old JOIN credits c ON c.user_id = old.user_id
     ORDER BY old.user_id, old.expires_at, old.lot_id
+    RETURNING user_id, transaction_id
 ), totals AS (
-    SELECT user_id, sum(remaining_micros)::bigint AS expired FROM old GROUP BY user_id
+    SELECT user_id, sum(remaining_micros)::bigint AS expired, max(at) AS at
+    FROM old GROUP BY user_id
 ), moved AS (
-    UPDATE credits c SET balance_micros = c.balance_micros - totals.expired, updated_at = $2
+    UPDATE credits c SET balance_micros = c.balance_micros - totals.expired, updated_at = totals.at,
+        last_transaction_id = (SELECT max(h.transaction_id) FROM history h
+                               WHERE h.user_id = totals.user_id)
     FROM totals WHERE c.user_id = totals.user_id
 )
 SELECT coalesce(sum(expired), 0)::bigint FROM totals
@@ -171,12 +179,17 @@ class Summary:
 async def run(
     pool: Pool,
     period: str,
-    now: dt.datetime,
+    clock: Clock,
     *,
     chunk_accounts: int = limits.ROLLOVER_CHUNK_ACCOUNTS,
     after_chunk: Callable[[Summary], Awaitable[None]] | None = None,
 ) -> Summary:
-    """Record everything due as of ``now`` (the run is named ``period``); resumable."""
+    """Record everything due as of the run's start (the run is named ``period``); resumable.
+
+    Which work is due is decided at the start (``now``); each chunk's writes take their time
+    from the clock after their locks, never before an account's last write.
+    """
+    now = clock.now()
     run_id = await db.run_transaction(pool, lambda c: c.fetchval(_START_RUN, period, now))
     total = Summary(period)
 
@@ -195,7 +208,8 @@ async def run(
             break
         at, user = due[-1]["next_expiry_at"], due[-1]["user_id"]
         ids = sorted({r["user_id"] for r in due})
-        await step(await db.run_transaction(pool, functools.partial(_expire, ids=ids, now=now)))
+        work = functools.partial(_expire, ids=ids, due=now, clock=clock)
+        await step(await db.run_transaction(pool, work))
     ended, sub, start = _EPOCH, "", _EPOCH
     while True:
         cursor = (now, ended, sub, start, chunk_accounts)
@@ -204,14 +218,15 @@ async def run(
             break
         ended, sub, start = rows[-1]["ended"], rows[-1]["subscription_id"], rows[-1]["period_start"]
         keys = [(r["subscription_id"], r["period_start"], r["user_id"]) for r in rows]
-        await step(await db.run_transaction(pool, functools.partial(_settle, keys=keys, now=now)))
+        work = functools.partial(_settle, keys=keys, due=now, clock=clock)
+        await step(await db.run_transaction(pool, work))
     purged = await idempotency.purge_expired(pool, now)
     await db.run_transaction(
         pool,
         lambda c: c.execute(
             _FINISH_RUN,
             run_id,
-            now,
+            clock.now(),
             total.accounts_processed,
             total.chunks,
             total.credits_carried_micros,
@@ -233,16 +248,17 @@ async def _fetch(conn: Connection, *, query: str, args: tuple[object, ...]) -> l
     return list(await conn.fetch(query, *args))
 
 
-async def _expire(conn: Connection, *, ids: list[str], now: dt.datetime) -> Summary:
+async def _expire(conn: Connection, *, ids: list[str], due: dt.datetime, clock: Clock) -> Summary:
     """One transaction: record the due expiries and holds of the chunk's accounts."""
     done = Summary("", chunks=1)
-    locked = {r["user_id"]: Account.from_row(r) for r in await conn.fetch(_LOCK_DUE, ids, now)}
+    locked = {r["user_id"]: Account.from_row(r) for r in await conn.fetch(_LOCK_DUE, ids, due)}
     if not locked:
         return done
+    now = max(due, clock.now())  # after the locks: the chunk's time (each account's if later)
     done.accounts_processed = len(locked)
     for row in await conn.fetch(_DUE_HOLDS, list(locked), now):
         before = locked.pop(row["user_id"])
-        after = await lots.sweep(conn, before, now)
+        after = await lots.sweep(conn, before, max(now, before.updated_at))
         done.holds_released += row["n"]
         done.credits_expired_micros += before.balance_micros - after.balance_micros
     rest = list(locked)
@@ -252,21 +268,22 @@ async def _expire(conn: Connection, *, ids: list[str], now: dt.datetime) -> Summ
 
 
 async def _settle(
-    conn: Connection, *, keys: list[tuple[str, dt.datetime, str]], now: dt.datetime
+    conn: Connection, *, keys: list[tuple[str, dt.datetime, str]], due: dt.datetime, clock: Clock
 ) -> Summary:
     """One transaction: settle the carry-over of the chunk's ended periods, capping it."""
     done = Summary("", chunks=1)
     await conn.fetch(_LOCK_ACCOUNTS, sorted({k[2] for k in keys}))
-    claimed = await conn.fetch(_SETTLE, sorted({k[2] for k in keys}), now)
+    claimed = await conn.fetch(_SETTLE, sorted({k[2] for k in keys}), due)
     if not claimed:
         return done
     done.periods_settled = len(claimed)
     users = sorted({r["user_id"] for r in claimed})
-    for row in await conn.fetch(_CARRIED, users, now):
+    for row in await conn.fetch(_CARRIED, users, due):
         carried, allotment = row["carried"], row["allotment"]
         if carried > allotment:
-            account = await accounts.lock(conn, row["user_id"], now)
-            after = await subscriptions.cap_carried(conn, account, allotment, now, now)
+            entry = await accounts.lock(conn, row["user_id"], clock)
+            account = entry.account
+            after = await subscriptions.cap_carried(conn, account, allotment, due, entry.now)
             capped = account.balance_micros - after.balance_micros
             done.accounts_capped += 1
             done.credits_capped_micros += capped

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Final
 
 import asyncpg
+from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger import (
     accounts,
@@ -39,7 +40,7 @@ from creditwallet.server.ledger import (
     referrals,
     refunds,
 )
-from creditwallet.server.ledger.types import Account
+from creditwallet.server.ledger.types import Account, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,7 @@ INSERT INTO subscriptions (subscription_id, customer_id, created_at, updated_at)
 VALUES ($1, $2, $3, $3) ON CONFLICT (subscription_id) DO NOTHING
 """
 
-_COLUMNS = """subscription_id, customer_id, user_id, status, price_id, period_credits_micros,
-    current_period_start, current_period_end, cancel_at_period_end, last_event_at,
-    billing_cycle_anchor, billing_interval, billing_interval_count"""
+_COLUMNS = Subscription.COLUMNS
 
 _LOCK = f"SELECT {_COLUMNS} FROM subscriptions WHERE subscription_id = $1 FOR UPDATE"
 _READ = f"SELECT {_COLUMNS} FROM subscriptions WHERE subscription_id = $1"
@@ -70,6 +69,11 @@ UPDATE subscriptions SET status = $2, price_id = CASE WHEN $3 = '' THEN price_id
     billing_cycle_anchor = coalesce($10, billing_cycle_anchor),
     billing_interval = coalesce($11, billing_interval),
     billing_interval_count = coalesce($12, billing_interval_count)
+WHERE subscription_id = $1
+"""
+
+_SCHEDULE = """
+SELECT billing_cycle_anchor, billing_interval, billing_interval_count FROM subscriptions
 WHERE subscription_id = $1
 """
 
@@ -130,24 +134,28 @@ UPDATE subscription_periods SET billing_cycle_anchor = $3, billing_interval = $4
 WHERE subscription_id = $1 AND period_start = $2
 """
 
-_MOVE_LOT_EXPIRY = """
-UPDATE credit_lots SET expires_at = $3 WHERE user_id = $1 AND lot_id = $2
-RETURNING remaining_micros
-"""
+_MOVE_LOT_EXPIRY = "UPDATE credit_lots SET expires_at = $3 WHERE user_id = $1 AND lot_id = $2"
 
 _MOVE_PERIOD_EXPIRY = """
 UPDATE subscription_periods SET expires_at = $3
 WHERE subscription_id = $1 AND period_start = $2
 """
 
-# next_expiry_at is a lower bound of the account's expiries: an earlier one lowers it.
-_LOWER_NEXT_EXPIRY = """
-UPDATE credits SET next_expiry_at = LEAST(next_expiry_at, $2) WHERE user_id = $1
+# The account after an expiry_change row: it names its newest history row, and an earlier
+# expiry lowers next_expiry_at (a lower bound of the account's expiries).
+_AFTER_CHANGE = f"""
+UPDATE credits SET next_expiry_at = CASE WHEN $2::timestamptz IS NULL THEN next_expiry_at
+                                         ELSE LEAST(next_expiry_at, $2) END,
+    updated_at = $3, last_transaction_id = $4
+WHERE user_id = $1
+RETURNING {Account.COLUMNS}
 """
 
+# When a later end was learnt after the lot's expiry had passed (never revived), or an
+# earlier end only once it had passed (the expiry then stops at the moment it was learnt).
 _FREEZE = """
 UPDATE subscription_periods SET expiry_frozen_at = $3
-WHERE subscription_id = $1 AND period_start = $2 AND expiry_frozen_at IS NULL
+WHERE subscription_id = $1 AND period_start = $2 AND (expiry_frozen_at IS NULL OR $4)
 """
 
 _UNLINKED_OF_CUSTOMER = """
@@ -198,7 +206,7 @@ class SyncCommand:
 
 @dataclasses.dataclass(frozen=True)
 class SyncResult:
-    subscription: asyncpg.Record
+    subscription: Subscription
     granted_micros: int
     pending_user: bool
 
@@ -291,8 +299,9 @@ def _guess_interval(start: dt.datetime, end: dt.datetime) -> str:
     return "year" if length >= dt.timedelta(days=365) else "month"
 
 
-async def sync(conn: Connection, cmd: SyncCommand, now: dt.datetime) -> SyncResult:
+async def sync(conn: Connection, cmd: SyncCommand, clock: Clock) -> SyncResult:
     """Apply the state if not stale, record a paid period, grant what a known user is owed."""
+    now = clock.now()
     await customers.lock(conn, cmd.customer_id)
     row = await _lock(conn, cmd.subscription_id, cmd.customer_id, now)
     owner = row["user_id"] or cmd.user_id or await customers.owner_of(conn, cmd.customer_id)
@@ -318,7 +327,7 @@ async def sync(conn: Connection, cmd: SyncCommand, now: dt.datetime) -> SyncResu
     paid = cmd.paid_period if cmd.status in PAID_STATUSES else None
     granted = 0
     if owner:
-        granted = await _adopt(conn, cmd, owner, paid, now)
+        granted = await _adopt(conn, cmd, owner, paid, clock)
     elif paid is not None:
         await _record_period(conn, cmd, paid, now)
     return SyncResult(await read(conn, cmd.subscription_id), granted, pending_user=not owner)
@@ -329,9 +338,10 @@ async def payment_failed(
     subscription_id: str,
     customer_id: str,
     event_created_at: dt.datetime,
-    now: dt.datetime,
-) -> asyncpg.Record:
+    clock: Clock,
+) -> Subscription:
     """A failed renewal: past_due, unless a newer event already said otherwise."""
+    now = clock.now()
     await customers.lock(conn, customer_id)
     row = await _lock(conn, subscription_id, customer_id, now)
     if row["last_event_at"] is None or event_created_at >= row["last_event_at"]:
@@ -344,28 +354,29 @@ async def payment_failed(
         )
     owner = row["user_id"] or await customers.owner_of(conn, customer_id)
     if owner:
-        await _adopt_existing(conn, subscription_id, owner, customer_id, now)
+        await _adopt_existing(conn, subscription_id, owner, customer_id, clock)
     return await read(conn, subscription_id)
 
 
-async def adopt_customer(conn: Connection, customer_id: str, now: dt.datetime) -> None:
+async def adopt_customer(conn: Connection, customer_id: str, clock: Clock) -> None:
     """A customer just got its user: link its waiting subscriptions and grant their periods."""
     owner = await customers.owner_of(conn, customer_id)
     if owner is None:
         return
     for row in await conn.fetch(_UNLINKED_OF_CUSTOMER, customer_id):
-        await _adopt_existing(conn, row["subscription_id"], owner, customer_id, now)
+        await _adopt_existing(conn, row["subscription_id"], owner, customer_id, clock)
 
 
-async def read(conn: Connection, subscription_id: str) -> asyncpg.Record:
+async def read(conn: Connection, subscription_id: str) -> Subscription:
     row = await conn.fetchrow(_READ, subscription_id)
     assert row is not None
-    return row
+    return Subscription.from_row(row)
 
 
-async def for_user(conn: Connection, user_id: str) -> asyncpg.Record | None:
+async def for_user(conn: Connection, user_id: str) -> Subscription | None:
     """The user's most recently updated subscription, for GetBalance."""
-    return await conn.fetchrow(_FOR_USER, user_id)
+    row = await conn.fetchrow(_FOR_USER, user_id)
+    return Subscription.from_row(row) if row is not None else None
 
 
 async def timeline(conn: Connection, subscription_id: str) -> list[Period]:
@@ -395,7 +406,9 @@ async def _record_period(
             extra={"subscription": sub_id, "start": paid.start.isoformat()},
         )
         return False
-    recorded = schedule_of(await read(conn, sub_id))
+    state = await conn.fetchrow(_SCHEDULE, sub_id)
+    assert state is not None
+    recorded = schedule_of(state)
     schedule, source = choose_schedule(paid.start, paid.end, cmd.schedule, recorded)
     await conn.execute(
         _RECORD_PERIOD,
@@ -417,46 +430,49 @@ async def _record_period(
 
 
 async def _adopt(
-    conn: Connection, cmd: SyncCommand, owner: str, paid: PaidPeriod | None, now: dt.datetime
+    conn: Connection, cmd: SyncCommand, owner: str, paid: PaidPeriod | None, clock: Clock
 ) -> int:
     """Link the owner, record the paid period, correct neighbours' expiries, grant."""
     sub_id = cmd.subscription_id
-    await conn.execute(_SET_OWNER, sub_id, owner, cmd.customer_id, now)
-    user_id = (await read(conn, sub_id))["user_id"]
+    await conn.execute(_SET_OWNER, sub_id, owner, cmd.customer_id, clock.now())
+    user_id = (await read(conn, sub_id)).user_id
+    assert user_id is not None
     if paid is None and await conn.fetchval(_HAS_PENDING, sub_id) is None:
         return 0
-    account = await accounts.create_without_trial(conn, user_id, now)
+    locked = await accounts.create_without_trial(conn, user_id, clock)
     if paid is not None:
-        await _record_period(conn, cmd, paid, now)
-    return await _bring_up_to_date(conn, account, sub_id, now)
+        await _record_period(conn, cmd, paid, locked.now)
+    return await _bring_up_to_date(conn, locked, sub_id, clock)
 
 
 async def _adopt_existing(
-    conn: Connection, subscription_id: str, owner: str, customer_id: str, now: dt.datetime
+    conn: Connection, subscription_id: str, owner: str, customer_id: str, clock: Clock
 ) -> int:
-    await conn.execute(_SET_OWNER, subscription_id, owner, customer_id, now)
-    user_id = (await read(conn, subscription_id))["user_id"]
+    await conn.execute(_SET_OWNER, subscription_id, owner, customer_id, clock.now())
+    user_id = (await read(conn, subscription_id)).user_id
+    assert user_id is not None
     if await conn.fetchval(_HAS_PENDING, subscription_id) is None:
         return 0
-    account = await accounts.create_without_trial(conn, user_id, now)
-    return await _bring_up_to_date(conn, account, subscription_id, now)
+    locked = await accounts.create_without_trial(conn, user_id, clock)
+    return await _bring_up_to_date(conn, locked, subscription_id, clock)
 
 
 async def _bring_up_to_date(
-    conn: Connection, account: Account, subscription_id: str, now: dt.datetime
+    conn: Connection, locked: accounts.Locked, subscription_id: str, clock: Clock
 ) -> int:
     """Correct the granted lots' expiries, then grant the waiting periods (account locked)."""
-    account = await correct_expiries(conn, account, subscription_id, now)
-    account, granted = await _grant_pending(conn, account, subscription_id, now)
+    account = await correct_expiries(conn, locked.account, subscription_id, locked.now)
+    account, granted = await _grant_pending(conn, account, locked.now, subscription_id, clock)
     if granted:
-        await correct_expiries(conn, account, subscription_id, now)
+        now = accounts.ledger_time(clock, account)
+        account = await correct_expiries(conn, account, subscription_id, now)
     # A shortened expiry may already have passed: record it now (the account's touch).
-    await accounts.lock(conn, account.user_id, now)
+    await accounts.touch(conn, account, accounts.ledger_time(clock, account))
     return granted
 
 
 async def _grant_pending(
-    conn: Connection, account: Account, subscription_id: str, now: dt.datetime
+    conn: Connection, account: Account, now: dt.datetime, subscription_id: str, clock: Clock
 ) -> tuple[Account, int]:
     """Grant every recorded, not yet granted paid period of the subscription, oldest first."""
     pending = {r["period_start"] for r in await conn.fetch(_PENDING, subscription_id)}
@@ -498,9 +514,10 @@ async def _grant_pending(
             now,
             expires,
         )
-        await refunds.apply(conn, period.payment_id, now)
-        await referrals.on_first_payment(conn, user_id, now)
-        account = await accounts.lock(conn, user_id, now)
+        await refunds.apply(conn, period.payment_id, clock)
+        await referrals.on_first_payment(conn, user_id, clock)
+        locked = await accounts.lock(conn, user_id, clock)
+        account, now = locked.account, locked.now
         total += credits
     return account, total
 
@@ -523,9 +540,11 @@ async def correct_expiries(
 ) -> Account:
     """Move each granted lot's expiry to the end of the period after its own, as now known.
 
-    Each move is an ``expiry_change`` history row (amount 0). A lot is never revived: when
-    a later end is learnt only after the lot's expiry has passed, the expiry stays and the
-    period records when that was decided (``expiry_frozen_at``).
+    Each move is an ``expiry_change`` history row (amount 0). Nothing moves into the past
+    of what was already decided: a lot is never revived (a later end learnt only after the
+    lot's expiry passed leaves it expired), and an earlier end learnt only once it has passed
+    ends the lot now, not back then, since its credits were live until the ledger knew. Both
+    record when that was decided on the period (``expiry_frozen_at``).
     """
     line = await timeline(conn, subscription_id)
     for period in line:
@@ -535,14 +554,18 @@ async def correct_expiries(
         if old is None or new is None or new == old:
             continue
         if new > old and old <= now:
-            await conn.execute(_FREEZE, subscription_id, period.start, now)
+            await conn.execute(_FREEZE, subscription_id, period.start, now, False)
             continue
-        remaining = await conn.fetchval(_MOVE_LOT_EXPIRY, account.user_id, period.lot_id, new)
+        if new < old and new < now:
+            if old <= now:  # already expired: it stays where it was
+                await conn.execute(_FREEZE, subscription_id, period.start, now, False)
+                continue
+            new = now
+            await conn.execute(_FREEZE, subscription_id, period.start, now, True)
+        await conn.execute(_MOVE_LOT_EXPIRY, account.user_id, period.lot_id, new)
         await conn.execute(_MOVE_PERIOD_EXPIRY, subscription_id, period.start, new)
-        if new < old and remaining:
-            await conn.execute(_LOWER_NEXT_EXPIRY, account.user_id, new)
         successor = next((p for p in line if p.start == period.effective_end), None)
-        await history.append(
+        tx_id = await history.append(
             conn,
             account.user_id,
             "expiry_change",
@@ -559,6 +582,11 @@ async def correct_expiries(
                 "reason": "next_period_end" if successor else "schedule",
             },
         )
+        row = await conn.fetchrow(
+            _AFTER_CHANGE, account.user_id, new if new < old else None, now, tx_id
+        )
+        assert row is not None
+        account = Account.from_row(row)
         log.info(
             "subscription lot expiry moved",
             extra={"subscription": subscription_id, "lot_id": period.lot_id},

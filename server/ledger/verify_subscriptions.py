@@ -3,11 +3,12 @@
 Invariant 3 (once): each subscription lot granted for a period (grant_key
 ``subscription:<id>:<start>``) is the lot its ``subscription_periods`` row names, one to one.
 
-Invariant 5 (expiry): each granted period's lot expires at the end of the period after its
+Invariant 6 (expiry): each granted period's lot expires at the end of the period after its
 own, as recorded from the provider: the end (or the cut) of the recorded paid period that
 starts where this one ends, else the next boundary of the period's recorded schedule. The
-only exception is a lot that had already expired when a later end became known: it is
-never revived, and its period says when that was decided (``expiry_frozen_at``). The
+only exception is a lot whose expiry had come when a different end became known: it is
+never revived, nor moved into the past; it ends by the moment its period says that was
+decided (``expiry_frozen_at``). The
 account's history must also tell the lot's current expiry: the grant's ``expires_at``, or the
 latest ``expiry_change`` row of the lot.
 
@@ -64,8 +65,7 @@ FROM expected
 WHERE lot_expires_at IS DISTINCT FROM expires_at
    OR (iv IS NOT NULL AND want IS NULL)
    OR (want IS NOT NULL AND lot_expires_at IS DISTINCT FROM want
-       AND NOT (expiry_frozen_at IS NOT NULL AND lot_expires_at < want
-                AND lot_expires_at <= expiry_frozen_at))
+       AND NOT (expiry_frozen_at IS NOT NULL AND lot_expires_at <= expiry_frozen_at))
 LIMIT $1
 """
 
@@ -95,6 +95,6 @@ LIMIT $1
 async def violations(conn: Connection, cap: int) -> list[tuple[int, str, str]]:
     """(invariant, user_id, detail) of every subscription lot that breaks a rule above."""
     found: list[tuple[int, str, str]] = []
-    for invariant, query in ((3, _PAIRING), (5, _EXPIRY), (5, _HISTORY)):
+    for invariant, query in ((3, _PAIRING), (6, _EXPIRY), (6, _HISTORY)):
         found += [(invariant, r["user_id"], r["detail"]) for r in await conn.fetch(query, cap)]
     return found[:cap]
