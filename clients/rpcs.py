@@ -1,6 +1,6 @@
 """The table of every RPC the clients call, and the call policy both clients share.
 
-Why a table instead of the generated stubs: the sync and the async client need the same 21
+Why a table instead of the generated stubs: the sync and the async client need the same 22
 methods with the same request and response types. One typed ``Rpc[Request, Response]`` per RPC,
 called through ``channel.unary_unary(rpc.path, ...)``, serves both channels, so each client
 only has to say how it waits (``await`` or block) and sleeps. A unit test checks this table
@@ -154,6 +154,12 @@ VERIFY_LEDGER: Final = Rpc(
     admin_pb2.VerifyLedgerRequest,
     admin_pb2.VerifyLedgerResponse,
 )
+GET_ROLLOVER_PROGRESS: Final = Rpc(
+    ADMIN_SERVICE,
+    "GetRolloverProgress",
+    admin_pb2.GetRolloverProgressRequest,
+    admin_pb2.GetRolloverProgressResponse,
+)
 
 ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     ENSURE_ACCOUNT,
@@ -177,6 +183,7 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     LIST_AGENT_PRICES,
     GET_STATS,
     VERIFY_LEDGER,
+    GET_ROLLOVER_PROGRESS,
 )
 
 

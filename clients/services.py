@@ -73,6 +73,7 @@ class AsyncAdminRpcs(AsyncServiceRpcs):
     ListAgentPrices = raw_async(rpcs.LIST_AGENT_PRICES)
     GetStats = raw_async(rpcs.GET_STATS)
     VerifyLedger = raw_async(rpcs.VERIFY_LEDGER)
+    GetRolloverProgress = raw_async(rpcs.GET_ROLLOVER_PROGRESS)
 
 
 class SyncWalletRpcs(SyncServiceRpcs):
@@ -109,3 +110,4 @@ class SyncAdminRpcs(SyncServiceRpcs):
     ListAgentPrices = raw_sync(rpcs.LIST_AGENT_PRICES)
     GetStats = raw_sync(rpcs.GET_STATS)
     VerifyLedger = raw_sync(rpcs.VERIFY_LEDGER)
+    GetRolloverProgress = raw_sync(rpcs.GET_ROLLOVER_PROGRESS)

@@ -1,4 +1,4 @@
-"""The one gate every RPC passes: bearer-token scopes (SPEC §13) and error mapping (SPEC §6).
+"""The one gate every RPC passes: bearer-token scopes and the mapping of errors to statuses.
 
 Scopes: WalletService needs ``agent``, BillingService ``billing``, AdminService ``admin``;
 an admin token may call everything. Health and reflection are open, for load balancers
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from creditwallet.core import limits
+from creditwallet.core import limits, logs
 from creditwallet.core.settings import Secret
 from creditwallet.server import errors, metrics, status
 from grpc_status import rpc_status
@@ -84,6 +84,11 @@ def _guarded(
     name = method.rsplit("/", 1)[-1]
 
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        request_id = str(getattr(request, "request_id", ""))[: limits.REQUEST_ID_LENGTH_MAX]
+        with logs.request_context(request_id):
+            return await _handle(request, context)
+
+    async def _handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
         failure = refusal
         response = None

@@ -1,4 +1,4 @@
-"""Referral codes on the real server: codes, both rewards, every refusal, the cap (SPEC §10).
+"""Referral codes on the real server: codes, both rewards, every refusal, the cap (docs/rewards.md).
 
 The billing path (built elsewhere) calls ``referrals.on_first_payment`` inside its
 transaction; ``pay`` stands in for it here, the same way, on the server's pool.

@@ -142,7 +142,9 @@ async def _accounts_with_due_promos(
     users = [new_user() for _ in range(count)]
     soon = ledger.clock.now() + dt.timedelta(days=1)
     for user in users:
-        await admin.grant(user, 3 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=soon)
+        await admin.grant(
+            user, 3 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=soon, create_account=True
+        )
         await admin.grant(user, 2 * CREDIT, pb.LOT_SOURCE_TOP_UP)
     ledger.clock.advance(days=2)
     return users
@@ -211,7 +213,7 @@ async def test_rollover_releases_expired_holds_and_records_expiry(
 ) -> None:
     user = new_user()
     soon = ledger.clock.now() + dt.timedelta(hours=1)
-    await admin.grant(user, 4 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=soon)
+    await admin.grant(user, 4 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=soon, create_account=True)
     await admin.grant(user, 6 * CREDIT, pb.LOT_SOURCE_TOP_UP)
     await admin.authorize(user, amount_micros=5 * CREDIT, ttl_seconds=600)
     ledger.clock.advance(hours=2)
@@ -238,7 +240,9 @@ async def test_a_daily_rollover_through_a_month_records_each_day_what_became_due
     promo_users = {day: new_user() for day in promo_days}
     for day, user in promo_users.items():
         expires = dt.datetime(2028, 8, day, 6, tzinfo=UTC)
-        await admin.grant(user, day * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=expires)
+        await admin.grant(
+            user, day * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=expires, create_account=True
+        )
     # A subscription period [Jul 15, Aug 15) that is not renewed: its carry-over is due on
     # Aug 15 00:00, when it ends; its lot lives on until Sep 15.
     clock.set(dt.datetime(2028, 7, 15, 1, tzinfo=UTC))
@@ -249,7 +253,7 @@ async def test_a_daily_rollover_through_a_month_records_each_day_what_became_due
     clock.set(dt.datetime(2028, 8, 1, tzinfo=UTC))
     await _flush(ledger)
     holder = new_user()
-    await admin.grant(holder, 10 * CREDIT, pb.LOT_SOURCE_TOP_UP)
+    await admin.grant(holder, 10 * CREDIT, pb.LOT_SOURCE_TOP_UP, create_account=True)
     # day -> (accounts_processed, credits_expired, holds_released, periods_settled, carried)
     expected = {
         2: (1, 5, 0, 0, 0),

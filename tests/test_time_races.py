@@ -86,7 +86,9 @@ class Target:
 async def _target(ledger: Ledger, admin: AsyncCreditWalletClient) -> Target:
     user = _user("z-target")
     expires_at = ledger.clock.now() + dt.timedelta(hours=1)
-    await admin.grant(user, 10 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=expires_at)
+    await admin.grant(
+        user, 10 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=expires_at, create_account=True
+    )
     await admin.grant(user, 100 * CREDIT, pb.LOT_SOURCE_TOP_UP)
     d0 = await admin.debit(user, amount_micros=5 * CREDIT)
     ledger.clock.set(expires_at - dt.timedelta(milliseconds=1))
@@ -114,7 +116,7 @@ async def test_a_batch_waiting_on_another_account_never_spends_expired_credits(
     target = await _target(ledger, admin)
     busy, plug = _user("a-busy"), _user("m-plug")
     for user in (busy, plug):
-        await admin.grant(user, 10 * CREDIT, pb.LOT_SOURCE_TOP_UP)
+        await admin.grant(user, 10 * CREDIT, pb.LOT_SOURCE_TOP_UP, create_account=True)
     agent = ledger.client("agent")
     watch = await asyncpg.connect(ledger.dsn)
     plug_lock = await _hold_account(ledger.dsn, plug)
@@ -210,6 +212,7 @@ async def test_a_read_answers_whatever_expired_while_it_read(ticking: Ledger) ->
             CREDIT,
             pb.LOT_SOURCE_PROMO,
             expires_at=start + dt.timedelta(milliseconds=40 + i),
+            create_account=True,
         )
     answers = []
     for _ in range(30):
@@ -228,7 +231,9 @@ async def test_credits_given_back_to_an_expired_lot_expire_at_once(
 ) -> None:
     user = harness.new_user()
     expires_at = ledger.clock.now() + dt.timedelta(hours=1)
-    await admin.grant(user, 10 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=expires_at)
+    await admin.grant(
+        user, 10 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=expires_at, create_account=True
+    )
     await admin.grant(user, 100 * CREDIT, pb.LOT_SOURCE_TOP_UP)
     if give_back == "reverse":
         spent = await admin.debit(user, amount_micros=4 * CREDIT)

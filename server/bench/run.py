@@ -1,4 +1,4 @@
-"""``make bench``: the figures of SPEC §11 in one run, printed as a table and written as JSON.
+"""``make bench``: the figures of docs/performance.md in one run, as a table and as JSON.
 
 What runs: its own embedded PostgreSQL (``.data/bench``), a database loaded with 100,000
 accounts in bulk SQL, and the real server as a subprocess

@@ -129,8 +129,11 @@ SELECT LEAST(
     (SELECT min(expires_at) FROM holds WHERE user_id = $1 AND status = 'pending'))
 """
 
+# The account's time moves only when something was recorded ($5, the newest expire row): a
+# sweep that found nothing due only corrects next_expiry_at, a lower bound.
 _AFTER_EXPIRY = f"""
-UPDATE credits SET balance_micros = balance_micros - $2, next_expiry_at = $3, updated_at = $4,
+UPDATE credits SET balance_micros = balance_micros - $2, next_expiry_at = $3,
+    updated_at = CASE WHEN $5::bigint IS NULL THEN updated_at ELSE $4 END,
     last_transaction_id = coalesce($5, last_transaction_id)
 WHERE user_id = $1
 RETURNING {Account.COLUMNS}

@@ -34,6 +34,7 @@ import datetime as dt
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 from creditwallet.core import limits
@@ -148,11 +149,25 @@ GROUP BY l.user_id, allot.allotment
 """
 
 _START_RUN = "INSERT INTO rollover_runs (period, started_at) VALUES ($1, $2) RETURNING run_id"
-_FINISH_RUN = """
-UPDATE rollover_runs SET finished_at = $2, accounts_processed = $3, chunks = $4,
-    credits_carried_micros = $5, credits_expired_micros = $6, holds_released = $7,
-    periods_settled = $8, accounts_capped = $9, credits_capped_micros = $10
+# A chunk's counts, added in the chunk's own transaction (the progress is committed work).
+_ADD_CHUNK = """
+UPDATE rollover_runs SET accounts_processed = accounts_processed + $2, chunks = chunks + 1,
+    credits_carried_micros = credits_carried_micros + $3,
+    credits_expired_micros = credits_expired_micros + $4, holds_released = holds_released + $5,
+    periods_settled = periods_settled + $6, accounts_capped = accounts_capped + $7,
+    credits_capped_micros = credits_capped_micros + $8, accounts_settled = accounts_settled + $9
 WHERE run_id = $1
+"""
+_FINISH_RUN = "UPDATE rollover_runs SET finished_at = $2 WHERE run_id = $1"
+
+# The month's progress: accounts its runs brought up to date (committed), and those due now.
+PROGRESS = """
+SELECT (SELECT coalesce(sum(accounts_processed + accounts_settled), 0)::bigint
+        FROM rollover_runs WHERE period = $1) AS done,
+       (SELECT count(*) FROM credits WHERE next_expiry_at <= $2)
+     + (SELECT count(DISTINCT user_id) FROM subscription_periods
+        WHERE carry_settled_at IS NULL AND lot_id IS NOT NULL
+          AND coalesce(ended_at, period_end) <= $2) AS due
 """
 
 
@@ -167,6 +182,7 @@ class Summary:
     holds_released: int = 0
     chunks: int = 0
     periods_settled: int = 0
+    accounts_settled: int = 0
     accounts_capped: int = 0
     credits_capped_micros: int = 0
 
@@ -208,7 +224,7 @@ async def run(
             break
         at, user = due[-1]["next_expiry_at"], due[-1]["user_id"]
         ids = sorted({r["user_id"] for r in due})
-        work = functools.partial(_expire, ids=ids, due=now, clock=clock)
+        work = functools.partial(_counted, _expire, run_id, ids=ids, due=now, clock=clock)
         await step(await db.run_transaction(pool, work))
     ended, sub, start = _EPOCH, "", _EPOCH
     while True:
@@ -218,30 +234,35 @@ async def run(
             break
         ended, sub, start = rows[-1]["ended"], rows[-1]["subscription_id"], rows[-1]["period_start"]
         keys = [(r["subscription_id"], r["period_start"], r["user_id"]) for r in rows]
-        work = functools.partial(_settle, keys=keys, due=now, clock=clock)
+        work = functools.partial(_counted, _settle, run_id, keys=keys, due=now, clock=clock)
         await step(await db.run_transaction(pool, work))
     purged = await idempotency.purge_expired(pool, now)
-    await db.run_transaction(
-        pool,
-        lambda c: c.execute(
-            _FINISH_RUN,
-            run_id,
-            clock.now(),
-            total.accounts_processed,
-            total.chunks,
-            total.credits_carried_micros,
-            total.credits_expired_micros,
-            total.holds_released,
-            total.periods_settled,
-            total.accounts_capped,
-            total.credits_capped_micros,
-        ),
-    )
+    await db.run_transaction(pool, lambda c: c.execute(_FINISH_RUN, run_id, clock.now()))
     log.info(
         "rollover finished",
         extra={**dataclasses.asdict(total), "idempotency_records_purged": purged},
     )
     return total
+
+
+async def _counted(
+    chunk: Callable[..., Awaitable[Summary]], run_id: int, conn: Connection, **args: Any
+) -> Summary:
+    """Run one chunk and add its counts to the run's row, in the chunk's transaction."""
+    done = await chunk(conn, **args)
+    await conn.execute(
+        _ADD_CHUNK,
+        run_id,
+        done.accounts_processed,
+        done.credits_carried_micros,
+        done.credits_expired_micros,
+        done.holds_released,
+        done.periods_settled,
+        done.accounts_capped,
+        done.credits_capped_micros,
+        done.accounts_settled,
+    )
+    return done
 
 
 async def _fetch(conn: Connection, *, query: str, args: tuple[object, ...]) -> list[asyncpg.Record]:
@@ -278,6 +299,7 @@ async def _settle(
         return done
     done.periods_settled = len(claimed)
     users = sorted({r["user_id"] for r in claimed})
+    done.accounts_settled = len(users)
     for row in await conn.fetch(_CARRIED, users, due):
         carried, allotment = row["carried"], row["allotment"]
         if carried > allotment:

@@ -86,7 +86,10 @@ CREATE INDEX subscription_periods_carry_due
 -- by their own state (a lot's remaining credits, a period's carry_settled_at).
 DROP TABLE rollover_accounts;
 
+-- A run's counts are added chunk by chunk, in each chunk's transaction: the month's progress
+-- is the sum over its runs (committed work, whichever run did it) against what is still due.
 ALTER TABLE rollover_runs
+    ADD COLUMN accounts_settled      bigint NOT NULL DEFAULT 0,
     ADD COLUMN periods_settled       bigint NOT NULL DEFAULT 0,
     ADD COLUMN accounts_capped       bigint NOT NULL DEFAULT 0,
     ADD COLUMN credits_capped_micros bigint NOT NULL DEFAULT 0;

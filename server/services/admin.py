@@ -10,7 +10,16 @@ from creditwallet.core import limits
 from creditwallet.server import convert, errors, validate
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
-from creditwallet.server.ledger import accounts, lots, pricing, reversals, stats, verify
+from creditwallet.server.ledger import (
+    accounts,
+    lots,
+    periods,
+    pricing,
+    reversals,
+    rollover,
+    stats,
+    verify,
+)
 from creditwallet.server.ledger.types import Balances, Lot, default_expiry
 from creditwallet.server.services import Runtime, guard
 from creditwallet.v1 import admin_service_pb2 as apb
@@ -45,7 +54,10 @@ class AdminService(agrpc.AdminServiceServicer):
         )
 
         async def work(conn: Connection, clock: Clock) -> GrantResult:
-            locked = await accounts.create_without_trial(conn, user_id, clock)
+            if request.create_account:
+                locked = await accounts.create_without_trial(conn, user_id, clock)
+            else:
+                locked = await accounts.lock(conn, user_id, clock)
             now = locked.now
             expires_at = explicit_expiry
             if expires_at is None:
@@ -147,3 +159,18 @@ class AdminService(agrpc.AdminServiceServicer):
                 for v in violations
             ],
         )
+
+    async def GetRolloverProgress(
+        self, request: apb.GetRolloverProgressRequest, context: Context
+    ) -> apb.GetRolloverProgressResponse:
+        async def work(conn: Connection, clock: Clock) -> apb.GetRolloverProgressResponse:
+            period = periods.parse_month(request.period, clock.now())
+            row = await conn.fetchrow(rollover.PROGRESS, period, clock.now())
+            assert row is not None
+            return apb.GetRolloverProgressResponse(
+                period=period,
+                accounts_total=row["done"] + row["due"],
+                accounts_rolled_over=row["done"],
+            )
+
+        return await self.rt.read(work)

@@ -65,6 +65,11 @@ class AdminServiceStub:
                 request_serializer=creditwallet_dot_v1_dot_admin__service__pb2.VerifyLedgerRequest.SerializeToString,
                 response_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.VerifyLedgerResponse.FromString,
                 _registered_method=True)
+        self.GetRolloverProgress = channel.unary_unary(
+                '/creditwallet.v1.AdminService/GetRolloverProgress',
+                request_serializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -113,6 +118,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRolloverProgress(self, request, context):
+        """How far a month's rollover has come: accounts rolled over for it out of all accounts.
+        Read while a Rollover runs (it commits chunk by chunk) to show its progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +158,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.VerifyLedger,
                     request_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.VerifyLedgerRequest.FromString,
                     response_serializer=creditwallet_dot_v1_dot_admin__service__pb2.VerifyLedgerResponse.SerializeToString,
+            ),
+            'GetRolloverProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRolloverProgress,
+                    request_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +328,33 @@ class AdminService:
             '/creditwallet.v1.AdminService/VerifyLedger',
             creditwallet_dot_v1_dot_admin__service__pb2.VerifyLedgerRequest.SerializeToString,
             creditwallet_dot_v1_dot_admin__service__pb2.VerifyLedgerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRolloverProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditwallet.v1.AdminService/GetRolloverProgress',
+            creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.SerializeToString,
+            creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressResponse.FromString,
             options,
             channel_credentials,
             insecure,

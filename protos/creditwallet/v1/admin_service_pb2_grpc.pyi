@@ -45,6 +45,10 @@ class AdminServiceStub:
     """The operators' two summary queries."""
     VerifyLedger: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.VerifyLedgerRequest, _admin_service_pb2.VerifyLedgerResponse]
     """Checks the ledger invariants over the whole database."""
+    GetRolloverProgress: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetRolloverProgressRequest, _admin_service_pb2.GetRolloverProgressResponse]
+    """How far a month's rollover has come: accounts rolled over for it out of all accounts.
+    Read while a Rollover runs (it commits chunk by chunk) to show its progress.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -63,6 +67,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """The operators' two summary queries."""
     VerifyLedger: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.VerifyLedgerRequest, _admin_service_pb2.VerifyLedgerResponse]  # type: ignore[assignment]
     """Checks the ledger invariants over the whole database."""
+    GetRolloverProgress: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetRolloverProgressRequest, _admin_service_pb2.GetRolloverProgressResponse]  # type: ignore[assignment]
+    """How far a month's rollover has come: accounts rolled over for it out of all accounts.
+    Read while a Rollover runs (it commits chunk by chunk) to show its progress.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Grants, corrections, prices, statistics and the ledger check."""
@@ -114,5 +122,15 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.VerifyLedgerResponse, _abc.Awaitable[_admin_service_pb2.VerifyLedgerResponse]]:
         """Checks the ledger invariants over the whole database."""
+
+    @_abc_1.abstractmethod
+    def GetRolloverProgress(
+        self,
+        request: _admin_service_pb2.GetRolloverProgressRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.GetRolloverProgressResponse, _abc.Awaitable[_admin_service_pb2.GetRolloverProgressResponse]]:
+        """How far a month's rollover has come: accounts rolled over for it out of all accounts.
+        Read while a Rollover runs (it commits chunk by chunk) to show its progress.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
