@@ -23,7 +23,7 @@ from aiohttp import web
 from creditwallet.core.settings import Secret
 from creditwallet.gateway import serving
 from creditwallet.gateway.app import create_app
-from creditwallet.gateway.config import GatewayConfig
+from creditwallet.gateway.config import DEFAULT_CATALOG_PATH, GatewayConfig
 
 # Stripe's published OpenAPI fixture objects, as of 2026-08-21.
 OBJECTS: dict[str, Any] = json.loads(Path(__file__).with_name("stripe_objects.json").read_text())
@@ -249,6 +249,16 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
     await site.start()
     port = runner.addresses[0][1]
     return runner, f"http://127.0.0.1:{port}"
+
+
+def catalog_with(folder: Path, extra: dict[str, dict[str, Any]]) -> Path:
+    """The built-in catalog plus ``extra`` prices, written to ``folder``: the gateway grants
+    only what its catalog allows, so a test's own price must be in it."""
+    raw = json.loads(DEFAULT_CATALOG_PATH.read_text(encoding="utf-8"))
+    raw["prices"].update(extra)
+    path = folder / "catalog.json"
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    return path
 
 
 def gateway_config(ledger_target: str, stripe_base: str, billing_token: str) -> GatewayConfig:
