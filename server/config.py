@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from creditwallet.core.settings import ConfigError, Secret
+from creditwallet.server.events.settings import EventsConfig
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -40,6 +41,8 @@ class ServerConfig:
     debit_batching: bool = True
     # asyncpg's prepared-statement cache; 0 behind PgBouncer < 1.21 in transaction mode.
     statement_cache_size: int = 100
+    # Balance alerts, expiry notices, webhooks, auto-recharge (server/events/settings.py).
+    events: EventsConfig = dataclasses.field(default_factory=EventsConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -74,6 +77,7 @@ class ServerConfig:
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             debit_batching=env.get("DEBIT_BATCHING", "on") != "off",
             statement_cache_size=_non_negative(env, "DB_STATEMENT_CACHE_SIZE", 100),
+            events=EventsConfig.from_env(env),
         )
         if cfg.log_level not in _LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from creditwallet.server import db
 from creditwallet.server.clock import Clock
@@ -17,6 +17,9 @@ from creditwallet.server.db import Connection, Pool
 from creditwallet.server.ledger import debit, idempotency
 from creditwallet.server.ledger.batching import DebitBatcher
 from google.protobuf.message import Message
+
+if TYPE_CHECKING:
+    from creditwallet.server.events.workers import EventWorkers
 
 R = TypeVar("R", bound=Message)
 T = TypeVar("T")
@@ -29,6 +32,8 @@ class Runtime:
     trial_credits_micros: int = 5_000_000
     # Group commit of debits (ledger/batching.py); None runs each debit in its own transaction.
     debit_batcher: DebitBatcher | None = None
+    # The events' loops and streams (server/events/); None when not started.
+    events: EventWorkers | None = None
 
     async def execute(
         self,

@@ -9,6 +9,7 @@ import grpc
 from creditwallet.core import limits
 from creditwallet.server import convert, errors, validate
 from creditwallet.server.db import Connection
+from creditwallet.server.events.service import AdminEvents
 from creditwallet.server.ledger import accounts, lots, pricing, reversals, stats, verify
 from creditwallet.server.ledger.types import default_expiry
 from creditwallet.server.services import Runtime
@@ -18,7 +19,7 @@ from creditwallet.v1 import admin_service_pb2_grpc as agrpc
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class AdminService(agrpc.AdminServiceServicer):
+class AdminService(AdminEvents, agrpc.AdminServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 

@@ -16,6 +16,8 @@ import grpc
 from creditwallet.core import limits
 from creditwallet.server import convert, errors, metrics, validate
 from creditwallet.server.db import Connection
+from creditwallet.server.events import store as event_store
+from creditwallet.server.events.service import BillingEvents
 from creditwallet.server.ledger import (
     idempotency,
     periods,
@@ -34,7 +36,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 R = TypeVar("R", bound=Message)
 
 
-class BillingService(bgrpc.BillingServiceServicer):
+class BillingService(BillingEvents, bgrpc.BillingServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
@@ -94,6 +96,19 @@ class BillingService(bgrpc.BillingServiceServicer):
 
         async def work(conn: Connection, now: dt.datetime) -> bpb.RecordPaymentFailureResponse:
             row = await subscriptions.payment_failed(conn, sub_id, customer_id, event_at, now)
+            if row["user_id"]:
+                await event_store.emit(
+                    conn,
+                    row["user_id"],
+                    "payment.failed",
+                    now,
+                    {
+                        "reason": "subscription_renewal",
+                        "subscription_id": sub_id,
+                        "invoice_id": request.invoice_id,
+                        "customer_id": customer_id,
+                    },
+                )
             return bpb.RecordPaymentFailureResponse(subscription=convert.subscription(row))
 
         return await self._execute(
