@@ -167,12 +167,23 @@ CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (endpoint_id, user
 CREATE FUNCTION cw_emit_events(users text[], types text[], occurred timestamptz[], bodies jsonb[],
                                lock_accounts boolean)
 RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    next_seq bigint;
 BEGIN
     IF cardinality(users) IS NULL OR cardinality(users) = 0 THEN
         RETURN;
     END IF;
     IF lock_accounts THEN
         PERFORM 1 FROM credits WHERE user_id = ANY (users) ORDER BY user_id FOR UPDATE;
+    END IF;
+    IF cardinality(users) = 1 THEN  -- the common case (a debit): two plain statements
+        INSERT INTO event_accounts AS ea (user_id, last_seq) VALUES (users[1], 1)
+        ON CONFLICT (user_id) DO UPDATE SET last_seq = ea.last_seq + 1
+        RETURNING ea.last_seq INTO next_seq;
+        INSERT INTO events (user_id, seq, event_id, type, occurred_at, body)
+        VALUES (users[1], next_seq, 'evt_' || replace(gen_random_uuid()::text, '-', ''),
+                types[1], occurred[1], bodies[1]);
+        RETURN;
     END IF;
     WITH e AS (
         SELECT u, t, a, b, ord,
@@ -319,12 +330,16 @@ DECLARE
     avail_before bigint := OLD.balance_micros - OLD.held_micros;
     avail_after bigint := NEW.balance_micros - NEW.held_micros;
     low bigint;
+    has_rule boolean;
     r_rule auto_recharge_rules%ROWTYPE;
     this_month text;
     committed bigint;
 BEGIN
-    SELECT coalesce(a.threshold_micros, s.balance_low_default_micros) INTO low
-    FROM event_settings s LEFT JOIN balance_alerts a ON a.user_id = NEW.user_id;
+    -- One lookup for both: the account's threshold (or the default) and its enabled rule.
+    SELECT coalesce(a.threshold_micros, s.balance_low_default_micros), r.user_id IS NOT NULL
+    INTO low, has_rule
+    FROM event_settings s LEFT JOIN balance_alerts a ON a.user_id = NEW.user_id
+    LEFT JOIN auto_recharge_rules r ON r.user_id = NEW.user_id AND r.enabled;
     IF low > 0 AND avail_before >= low AND avail_after < low THEN
         PERFORM cw_emit_event(NEW.user_id, 'balance.low', NEW.updated_at, jsonb_build_object(
             'threshold_micros', low, 'available_before_micros', avail_before,
@@ -333,6 +348,9 @@ BEGIN
     IF avail_before > 0 AND avail_after <= 0 THEN
         PERFORM cw_emit_event(NEW.user_id, 'balance.depleted', NEW.updated_at, jsonb_build_object(
             'available_before_micros', avail_before, 'available_micros', avail_after), false);
+    END IF;
+    IF NOT has_rule THEN
+        RETURN NULL;
     END IF;
     SELECT * INTO r_rule FROM auto_recharge_rules r WHERE r.user_id = NEW.user_id AND r.enabled;
     IF NOT FOUND OR avail_after >= r_rule.threshold_micros
