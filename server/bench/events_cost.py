@@ -29,7 +29,7 @@ from creditwallet.v1 import wallet_service_pb2 as wpb
 
 import os
 
-EXTRA = [s for s in os.environ.get("COST_EXTRA", "").split(";") if s.strip()]
+EXTRA = [s for s in os.environ.get("COST_EXTRA", "").split(";;") if s.strip()]
 ACCOUNTS = 2000
 BALANCE_MICROS = 10**15
 

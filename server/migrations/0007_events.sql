@@ -212,37 +212,34 @@ $$;
 
 
 -- credits.debited (captures too), .expired, .reversed, .clawed_back: one per history row.
-CREATE FUNCTION cw_events_transactions() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    u text[]; t text[]; a timestamptz[]; b jsonb[];
+-- A row trigger: measured cheaper on the debit path (one row per statement) than a
+-- statement trigger with its transition table.
+CREATE FUNCTION cw_events_transaction() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    SELECT array_agg(r.user_id ORDER BY r.user_id, r.transaction_id),
-           array_agg(CASE r.type WHEN 'debit' THEN 'credits.debited'
-                                 WHEN 'expire' THEN 'credits.expired'
-                                 WHEN 'reversal' THEN 'credits.reversed'
-                                 ELSE 'credits.clawed_back' END
-                     ORDER BY r.user_id, r.transaction_id),
-           array_agg(r.created_at ORDER BY r.user_id, r.transaction_id),
-           array_agg(jsonb_strip_nulls(jsonb_build_object(
-               'transaction_id', r.transaction_id::text,
-               'amount_micros', abs(r.amount_micros),
-               'balance_after_micros', r.balance_after_micros,
-               'source', r.source,
-               'request_id', r.request_id,
-               'agent_id', r.agent_id,
-               'quantity', r.quantity,
-               'session_id', r.session_id,
-               'hold_id', r.hold_id,
-               'related_transaction_id', r.related_transaction_id::text,
-               'metadata', r.metadata)) ORDER BY r.user_id, r.transaction_id)
-    INTO u, t, a, b
-    FROM new_rows r WHERE r.type <> 'grant';
-    PERFORM cw_emit_events(u, t, a, b, false);
+    PERFORM cw_emit_event(NEW.user_id,
+        CASE NEW.type WHEN 'debit' THEN 'credits.debited'
+                      WHEN 'expire' THEN 'credits.expired'
+                      WHEN 'reversal' THEN 'credits.reversed'
+                      ELSE 'credits.clawed_back' END,
+        NEW.created_at,
+        jsonb_strip_nulls(jsonb_build_object(
+            'transaction_id', NEW.transaction_id::text,
+            'amount_micros', abs(NEW.amount_micros),
+            'balance_after_micros', NEW.balance_after_micros,
+            'source', NEW.source,
+            'request_id', NEW.request_id,
+            'agent_id', NEW.agent_id,
+            'quantity', NEW.quantity,
+            'session_id', NEW.session_id,
+            'hold_id', NEW.hold_id,
+            'related_transaction_id', NEW.related_transaction_id::text,
+            'metadata', NEW.metadata)),
+        false);
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER events_transactions AFTER INSERT ON credit_transactions
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION cw_events_transactions();
+CREATE TRIGGER events_transactions AFTER INSERT ON credit_transactions FOR EACH ROW
+    WHEN (NEW.type <> 'grant') EXECUTE FUNCTION cw_events_transaction();
 
 -- credits.granted: one per lot (a grant always creates its lot).
 CREATE FUNCTION cw_events_lots() RETURNS trigger LANGUAGE plpgsql AS $$
