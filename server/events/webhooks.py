@@ -48,9 +48,7 @@ WHERE due_at <= $1 AND endpoint_id = ANY ($2::text[])
 ORDER BY due_at LIMIT $3
 """
 
-_TRY_LANE = (
-    "SELECT pg_try_advisory_xact_lock(hashtextextended('webhook-lane:' || $1 || ':' || $2, 0))"
-)
+_TRY_LANE = "SELECT pg_try_advisory_xact_lock(hashtextextended('webhook-lane:' || $1::text || ':' || $2::text, 0))"
 
 _HEAD = f"""
 SELECT d.attempts, d.first_attempt_at, d.next_attempt_at, {store.EVENT_COLUMNS}
@@ -78,7 +76,7 @@ UPDATE webhook_endpoints SET consecutive_failures = 0, failing_since = NULL, las
     last_success_at = $2, updated_at = $2
 WHERE endpoint_id = $1
   AND (consecutive_failures > 0 OR last_success_at IS NULL
-       OR last_success_at < $2 - interval '1 second')
+       OR last_success_at < $2::timestamptz - interval '1 second')
 """
 
 _ENDPOINT_FAILED = """

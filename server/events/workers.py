@@ -102,7 +102,7 @@ class EventWorkers:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.warning("events loop %s failed: %s", name, type(exc).__name__)
+                    log.warning("events loop %s failed: %s: %.200s", name, type(exc).__name__, exc)
                     busy = False
                 if not busy:
                     await asyncio.sleep(self.config.poll_seconds * idle_polls)
