@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import secrets
 import statistics
 from collections.abc import AsyncIterator
@@ -26,8 +27,6 @@ from creditwallet.server.clock import SystemClock
 from creditwallet.server.services import Runtime
 from creditwallet.server.services.wallet import WalletService
 from creditwallet.v1 import wallet_service_pb2 as wpb
-
-import os
 
 EXTRA = [s for s in os.environ.get("COST_EXTRA", "").split(";;") if s.strip()]
 ACCOUNTS = 2000

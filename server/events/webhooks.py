@@ -48,7 +48,10 @@ WHERE due_at <= $1 AND endpoint_id = ANY ($2::text[])
 ORDER BY due_at LIMIT $3
 """
 
-_TRY_LANE = "SELECT pg_try_advisory_xact_lock(hashtextextended('webhook-lane:' || $1::text || ':' || $2::text, 0))"
+_TRY_LANE = """
+SELECT pg_try_advisory_xact_lock(
+    hashtextextended('webhook-lane:' || $1::text || ':' || $2::text, 0))
+"""
 
 _HEAD = f"""
 SELECT d.attempts, d.first_attempt_at, d.next_attempt_at, {store.EVENT_COLUMNS}
