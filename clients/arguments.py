@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
+from creditwallet.client import events_cli
 from creditwallet.core import limits
 from creditwallet.core.commands import parser as command_parser
 from creditwallet.core.units import parse_credits
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("user")
     leaf.add_argument("code")
     _add_request_id(leaf)
+    events_cli.add_commands(commands, command, _add_request_id)
     return parser
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Final
 
 import grpc
-from creditwallet.client import render
+from creditwallet.client import events_cli, render
 from creditwallet.client.arguments import (
     LOT_SOURCES,
     PAGE_SIZE_MAX,
@@ -309,6 +309,13 @@ COMMANDS: Final[dict[str, Command]] = {
     "referral code": _referral_code,
     "referral redeem": _referral_redeem,
 }
+
+
+def _events_command(run: events_cli.Command) -> Command:
+    return lambda client, args: Output(*run(client, args))
+
+
+COMMANDS.update({name: _events_command(run) for name, run in events_cli.COMMANDS.items()})
 
 
 if __name__ == "__main__":

@@ -309,6 +309,9 @@ def test_every_cli_command_has_a_function() -> None:
         ["streak", "u"],
         ["referral", "code", "u"],
         ["referral", "redeem", "u", "CODE"],
+        ["events", "list"],
+        ["events", "replay", "warehouse", "--failed"],
+        ["events", "endpoints"],
     ]
     names = {parser.parse_args(sample).command_name for sample in samples}
     assert names == set(COMMANDS)

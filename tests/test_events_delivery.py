@@ -142,9 +142,23 @@ async def test_given_up_after_three_days_then_replayed(
         assert {e.type for e in listed.events} == {"credits.debited"}
         assert listed.events[0].deliveries[0].attempts > 10
         receiver.up = True
+        # The operator's commands: the failure state, the failed events, and the replay.
+        assert await harness.cli(ledger, "events", "endpoints") == 0
+        assert (
+            await harness.cli(
+                ledger, "events", "list", "--endpoint", "crm", "--status", "failed", "--user", user
+            )
+            == 0
+        )
+        assert (
+            await harness.cli(
+                ledger, "events", "replay", "crm", "--failed", "--request-id", "replay-1"
+            )
+            == 0
+        )
         replay = epb.ReplayEventsRequest(request_id="replay-1", endpoint_id="crm", failed_only=True)
-        assert (await admin.admin.ReplayEvents(replay)).queued == 2
-        assert (await admin.admin.ReplayEvents(replay)).replayed, "one replay per request_id"
+        again = await admin.admin.ReplayEvents(replay)
+        assert (again.replayed, again.queued) == (True, 2), "one replay per request_id"
 
         async def delivered() -> bool:
             return len(receiver.unique()) == 2
