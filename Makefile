@@ -8,7 +8,7 @@ PROTO_SRC := $(wildcard protos/creditwallet/v1/*.proto)
 # (run from there, so that every file has one module name).
 TYPECHECK := $(VENV)/typecheck/creditwallet
 
-.PHONY: all venv proto proto-check lint test run bench faults wheel clean
+.PHONY: all venv proto proto-check api-docs lint test run bench faults wheel clean
 
 all: test
 
@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 	ln -s $(abspath webhook_gateway) $(TYPECHECK)/gateway
 	ln -s $(abspath clients) $(TYPECHECK)/client
 	ln -s $(abspath tests) $(VENV)/typecheck/tests
+	ln -s $(abspath tools) $(VENV)/typecheck/tools
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -51,12 +52,16 @@ proto-check: $(STAMP)
 		test -f $(abspath protos/creditwallet/v1)/$$f \
 		|| { echo "$$f is generated but not committed: run make proto"; exit 1; }; done
 
+# docs/api.md is generated from the comments of the protos; the test suite fails on drift.
+api-docs: $(STAMP)
+	$(PY) -m tools.apidoc
+
 lint: proto-check
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	@echo "mypy (paths below are relative to the import root: creditwallet/server = server/)"
 	cd $(VENV)/typecheck && $(abspath $(VENV))/bin/mypy --config-file $(abspath pyproject.toml) \
-		-p creditwallet -p tests
+		-p creditwallet -p tests -p tools
 
 test: lint
 	$(VENV)/bin/pytest

@@ -7,8 +7,10 @@ carrying the server's ``ErrorInfo`` reason and metadata, and exact integer micro
 
 - ``clients.wallet``: ``AsyncCreditWalletClient`` (grpc.aio) and ``CreditWalletClient`` (sync).
 - ``clients.errors``: the exception hierarchy and ``from_rpc_error``.
-- ``clients.units``: credits <-> micros, exactly, for people typing and reading amounts.
-- ``clients.cli``: the ``creditwallet`` console script.
+- ``clients.cli``: the ``creditwallet`` console script (grammar in ``clients.arguments``,
+  views in ``clients.render``, local webhooks in ``clients.devhooks``).
+
+Credits <-> micros, exactly, is ``creditwallet.core.units``.
 """
 
 from creditwallet.client.errors import CreditWalletError, from_rpc_error

@@ -1,69 +1,114 @@
 """``creditwallet``: the operators' command line for the credit-wallet ledger.
 
-    creditwallet [--target HOST:PORT] [--token T] [--json] [--timeout S] COMMAND ...
+    creditwallet [--target HOST:PORT] [--token T] [--json] [--micros] [--timeout S] COMMAND ...
 
-Commands: balance, debit, grant, history, prices set|list, stats, verify, reverse, rollover,
-streak, referral code|redeem, ensure (``creditwallet COMMAND --help`` for each). Global options
-may also follow the command (``creditwallet balance alice --json``).
+Commands: balance, ensure, debit, grant, reverse, history, prices set|list, stats, verify,
+rollover, streak, referral code|redeem, completion, dev webhook top-up
+(``creditwallet COMMAND --help`` for each). Global options may also follow the command.
 
-Amounts are typed and shown as decimal credits and converted exactly (``clients.units``);
-``--json`` prints the response message with integer micros. Exit codes: 0 success, 1 ledger
-violations found by ``verify``, 2 any error (printed as ``error: REASON: message``).
+Exit codes, so that scripts can tell outcomes apart: 0 done; 1 the ledger refused (its reason
+is printed, ``error: REASON: message``) or ``verify`` found violations; 2 a usage error (the
+command line, a missing token, an unreadable file); 3 no answer (unreachable, or past the
+deadline), after which a change may or may not have been applied.
 
-Why a request_id is generated here and printed: when a mutating call ends with UNAVAILABLE or
-DEADLINE_EXCEEDED the operator cannot know whether it was applied; re-running it with the same
-``--request-id`` applies it at most once. The token is read from ``ADMIN_TOKEN`` (preferred: a
-command-line token is visible to other local users) and is never printed.
+Why a request_id is generated here and printed: after exit 3 the operator cannot know whether
+a change was applied; re-running it with the same ``--request-id`` applies it at most once.
+The token is read from ``ADMIN_TOKEN`` (preferred: a command-line token is visible to other
+local users) and is never printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import json
 import os
+import re
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import grpc
-from creditwallet.client import events_cli, render
+import shtab
+from creditwallet.client import devhooks, events_cli, render
 from creditwallet.client.arguments import (
     LOT_SOURCES,
     PAGE_SIZE_MAX,
     TRANSACTION_TYPES,
     build_parser,
+    flag_for,
+    resolve_amounts,
 )
-from creditwallet.client.errors import CreditWalletError
+from creditwallet.client.errors import (
+    AccountNotFound,
+    AgentNotFound,
+    CreditWalletError,
+    InsufficientCredits,
+    InvalidArgument,
+    Unauthenticated,
+)
 from creditwallet.client.messages import new_request_id
+from creditwallet.client.render import Amounts
 from creditwallet.client.wallet import CreditWalletClient
+from creditwallet.core import limits, protojson
 from creditwallet.v1 import admin_service_pb2 as admin_pb2
+from creditwallet.v1 import billing_service_pb2 as billing_pb2
 from creditwallet.v1 import common_pb2
 from creditwallet.v1 import wallet_service_pb2 as wallet_pb2
 from google.protobuf.message import Message
+from rich.console import RenderableType
+from rich.text import Text
 
 EXIT_OK: Final = 0
-EXIT_VIOLATIONS: Final = 1
-EXIT_ERROR: Final = 2
+EXIT_REFUSED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_NO_ANSWER: Final = 3
+EXIT_INTERRUPTED: Final = 130
 
 TARGET_ENV_VARS: Final = ("LEDGER_TARGET", "GRPC_ADDRESS")
 TARGET_DEFAULT: Final = "127.0.0.1:50051"
 TOKEN_ENV_VAR: Final = "ADMIN_TOKEN"
+GATEWAY_ENV_VAR: Final = "GATEWAY_ADDRESS"
+GATEWAY_DEFAULT: Final = "127.0.0.1:8080"
+WEBHOOK_SECRET_ENV_VAR: Final = "STRIPE_WEBHOOK_SECRET"
 
 # --all and `prices list` follow pages at most this far (500,000 rows): a bound on everything.
 PAGES_MAX: Final = 1000
 
+# After these codes a change may or may not have been applied: "no answer", exit 3.
+_NO_ANSWER_CODES: Final = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
+
 
 @dataclass(frozen=True)
 class Output:
-    """What a command shows: the response (for --json), its text form, and the exit code."""
+    """What a command shows: the response (for --json), its view, and the exit code."""
 
     message: Message
-    text: str
+    view: RenderableType
     exit_code: int = EXIT_OK
 
 
-Command = Callable[[CreditWalletClient, argparse.Namespace], Output]
+@dataclass(frozen=True)
+class Session:
+    """What a command works with: the client, the parsed line, how amounts are shown, and a
+    second, short-deadline client factory (for reads beside a long call)."""
+
+    client: CreditWalletClient
+    args: argparse.Namespace
+    amounts: Amounts
+    short_client: Callable[[], CreditWalletClient]
+
+
+Command = Callable[[Session], Output]
+
+
+class UsageError(Exception):
+    """The command cannot run as typed (exit 2); the message says what to change."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,224 +118,391 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if getattr(args, "quantity", None) is not None and args.agent is None:
             parser.error("--quantity needs --agent")
+        resolve_amounts(parser, args)
     except SystemExit as stop:  # --help, or a usage error already printed by argparse
-        return stop.code if isinstance(stop.code, int) else EXIT_ERROR
+        return stop.code if isinstance(stop.code, int) else EXIT_USAGE
     if getattr(args, "request_id", "") is None:
         args.request_id = new_request_id()
+    try:
+        if args.command_name == "completion":
+            print(shtab.complete(parser, shell=args.shell), end="")
+            return EXIT_OK
+        if args.command_name == "dev webhook top-up":
+            return _dev_webhook_top_up(args)
+        return _run_ledger_command(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run_ledger_command(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get(TOKEN_ENV_VAR, "")
     if not token:
-        return _fail("UNAUTHENTICATED", f"no token: set {TOKEN_ENV_VAR} or pass --token")
-    command = COMMANDS[args.command_name]
-    try:
-        client = _client(args, token)
-    except OSError as error:  # an unreadable --tls-* file
-        return _fail("FILE_ERROR", str(error))
-    except ValueError as error:  # settings refused; the messages never include the token
-        return _fail("INVALID_ARGUMENT", str(error))
+        raise UsageError(f"no token: set {TOKEN_ENV_VAR} or pass --token")
+    amounts = Amounts(micros=args.micros)
+    default_timeout = (
+        limits.CLI_ROLLOVER_TIMEOUT_SECONDS
+        if args.command_name == "rollover"
+        else limits.CLIENT_TIMEOUT_SECONDS_DEFAULT
+    )
+    client = _client(args, token, args.timeout or default_timeout)
+    session = Session(
+        client,
+        args,
+        amounts,
+        lambda: _client(args, token, args.timeout or limits.CLIENT_TIMEOUT_SECONDS_DEFAULT),
+    )
     try:
         with client:
-            output = command(client, args)
+            output = COMMANDS[args.command_name](session)
     except CreditWalletError as error:
-        _fail(error.reason, error.message)
-        request_id = getattr(args, "request_id", None)
-        if request_id and error.code in _OUTCOME_UNKNOWN_CODES:
-            hint = f"re-run with --request-id {request_id} to apply it at most once"
-            print(f"hint: {hint}", file=sys.stderr)
-        return EXIT_ERROR
-    print(render.to_json(output.message) if args.json else output.text)
+        return _report(error, args, amounts)
+    if args.json:
+        print(protojson.to_json(output.message))
+    else:
+        render.show(output.view)
     return output.exit_code
 
 
-# After these codes a mutating call may or may not have been applied.
-_OUTCOME_UNKNOWN_CODES: Final = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-)
+def _report(error: CreditWalletError, args: argparse.Namespace, amounts: Amounts) -> int:
+    """Print why the ledger refused, in the operator's terms; the exit code for it."""
+    no_answer = error.code in _NO_ANSWER_CODES
+    message, hints = _explain(error, args, amounts)
+    request_id = getattr(args, "request_id", None)
+    if no_answer and request_id:
+        hints.append(f"re-run with --request-id {request_id} to apply it at most once")
+    if args.json:
+        body = {
+            "error": {
+                "code": error.code.name,
+                "reason": error.reason,
+                "message": message,
+                "metadata": error.metadata,
+            }
+        }
+        print(json.dumps(body, indent=2, ensure_ascii=False), file=sys.stderr)
+    else:
+        print(f"error: {error.reason}: {message}", file=sys.stderr)
+        for hint in hints:
+            print(f"hint: {hint}", file=sys.stderr)
+    return EXIT_NO_ANSWER if no_answer else EXIT_REFUSED
 
 
-def _fail(reason: str, message: str) -> int:
-    print(f"error: {reason}: {message}", file=sys.stderr)
-    return EXIT_ERROR
+def _explain(
+    error: CreditWalletError, args: argparse.Namespace, amounts: Amounts
+) -> tuple[str, list[str]]:
+    command = args.command_name
+    if isinstance(error, InsufficientCredits):
+        available = amounts.text(error.available_micros)
+        required = amounts.text(error.required_micros)
+        return f"{available} available, {required} required", []
+    if isinstance(error, InvalidArgument):
+        message = error.message
+        if error.field:
+            flag = flag_for(command, error.field)
+            message = re.sub(rf"\b{re.escape(error.field)}\b", flag, message)
+            if flag not in message:
+                message = f"{flag}: {message}"
+        return message, []
+    if isinstance(error, AccountNotFound):
+        user = getattr(args, "user", "")
+        if command == "grant":
+            return f"no account for {user!r}", ["pass --create to create it with this grant"]
+        return f"no account for {user!r}", [f"creditwallet ensure {user} creates it"]
+    if isinstance(error, AgentNotFound):
+        agent = getattr(args, "agent", "")
+        return f"no price for agent {agent!r}", [f"creditwallet prices set {agent} PRICE sets one"]
+    if isinstance(error, Unauthenticated):
+        return "the token was refused", [f"set {TOKEN_ENV_VAR} to the server's admin token"]
+    if error.code in _NO_ANSWER_CODES:
+        first = (error.message.splitlines() or [error.code.name])[0]
+        return f"no answer from the ledger at {_target(args)}: {first}", []
+    return error.message, []
 
 
-def _client(args: argparse.Namespace, token: str) -> CreditWalletClient:
-    target = args.target or next(
-        (os.environ[name] for name in TARGET_ENV_VARS if os.environ.get(name)), TARGET_DEFAULT
+def _target(args: argparse.Namespace) -> str:
+    return str(
+        args.target
+        or next(
+            (os.environ[name] for name in TARGET_ENV_VARS if os.environ.get(name)), TARGET_DEFAULT
+        )
     )
-    return CreditWalletClient(
-        target,
-        token,
-        timeout_seconds=args.timeout,
-        tls=args.tls,
-        root_certificates=_read(args.tls_ca),
-        private_key=_read(args.tls_key),
-        certificate_chain=_read(args.tls_cert),
-    )
 
 
-def _read(path: Path | None) -> bytes | None:
-    return path.read_bytes() if path is not None else None
+def _client(args: argparse.Namespace, token: str, timeout: float) -> CreditWalletClient:
+    try:
+        return CreditWalletClient(
+            _target(args),
+            token,
+            timeout_seconds=timeout,
+            tls=args.tls,
+            root_certificates=_read(args.tls_ca, "--tls-ca"),
+            private_key=_read(args.tls_key, "--tls-key"),
+            certificate_chain=_read(args.tls_cert, "--tls-cert"),
+        )
+    except ValueError as error:  # settings refused; the messages never include the token
+        raise UsageError(str(error)) from None
+
+
+def _read(path: Path | None, flag: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UsageError(f"{flag} {path}: {error.strerror}") from None
 
 
 # Commands: each calls the client once (or once per page) and says how to show the result.
 
 
-def _balance(client: CreditWalletClient, args: argparse.Namespace) -> Output:
-    balance = client.get_balance(args.user)
-    return Output(balance, render.balance_text(balance))
+def _balance(s: Session) -> Output:
+    reply = s.client.get_balance(s.args.user)
+    return Output(reply, render.balance(reply, s.amounts))
 
 
-def _ensure(client: CreditWalletClient, args: argparse.Namespace) -> Output:
-    response = client.ensure_account(args.user, referral_code=args.referral_code)
-    created = "created" if response.created else "already existed"
-    available = render.credits(response.balance.available_micros)
-    text = render.pairs([("account", f"{args.user} ({created})"), ("available", available)])
-    return Output(response, text)
+def _ensure(s: Session) -> Output:
+    reply = s.client.ensure_account(s.args.user, referral_code=s.args.referral_code)
+    created = "created" if reply.created else "already existed"
+    items = [
+        ("account", f"{s.args.user} ({created})"),
+        ("available", s.amounts.text(reply.balance.available_micros)),
+    ]
+    return Output(reply, render.pairs(items))
 
 
-def _debit(client: CreditWalletClient, args: argparse.Namespace) -> Output:
-    response = client.debit(
-        args.user,
-        agent_id=args.agent,
-        quantity=args.quantity,
-        amount_micros=args.amount,
-        request_id=args.request_id,
+def _debit(s: Session) -> Output:
+    reply = s.client.debit(
+        s.args.user,
+        agent_id=s.args.agent,
+        quantity=s.args.quantity,
+        amount_micros=s.args.amount,
+        request_id=s.args.request_id,
     )
     items = [
-        ("charged", render.credits(response.charged_micros)),
-        ("available", render.credits(response.available_micros)),
-        ("transaction", response.transaction_id),
-        ("request_id", args.request_id),
-        ("replayed", render.yes_no(response.replayed)),
+        ("charged", s.amounts.text(reply.charged_micros)),
+        ("available", s.amounts.text(reply.available_micros)),
+        ("transaction", reply.transaction_id),
+        ("request_id", s.args.request_id),
+        ("replayed", render.yes_no(reply.replayed)),
     ]
-    if response.HasField("streak_reward"):
-        items += render.reward_items(response.streak_reward)
-    return Output(response, render.pairs(items))
+    if reply.HasField("streak_reward"):
+        items += render.reward_items(reply.streak_reward, s.amounts)
+    return Output(reply, render.pairs(items))
 
 
-def _grant(client: CreditWalletClient, args: argparse.Namespace) -> Output:
-    response = client.grant(
-        args.user,
-        args.amount,
-        LOT_SOURCES[args.source],
-        expires_at=args.expires_at,
-        request_id=args.request_id,
-        metadata=_reason(args),
+def _grant(s: Session) -> Output:
+    reply = s.client.grant(
+        s.args.user,
+        s.args.grant_amount,
+        LOT_SOURCES[s.args.source],
+        expires_at=s.args.expires_at,
+        request_id=s.args.request_id,
+        metadata=_reason(s.args),
+        create_account=s.args.create,
     )
     items = [
-        ("granted", render.credits(response.lot.amount_micros)),
-        ("source", args.source),
-        ("expires_at", render.timestamp_text(response.lot.expires_at, unset="never")),
-        ("available", render.credits(response.available_micros)),
-        ("transaction", response.transaction_id),
-        ("request_id", args.request_id),
-        ("replayed", render.yes_no(response.replayed)),
+        ("granted", s.amounts.text(reply.lot.amount_micros)),
+        ("source", s.args.source),
+        ("expires_at", render.timestamp_text(reply.lot.expires_at, unset="never")),
+        ("available", s.amounts.text(reply.available_micros)),
+        ("transaction", reply.transaction_id),
+        ("request_id", s.args.request_id),
+        ("replayed", render.yes_no(reply.replayed)),
     ]
-    return Output(response, render.pairs(items))
+    return Output(reply, render.pairs(items))
 
 
-def _reverse(client: CreditWalletClient, args: argparse.Namespace) -> Output:
-    response = client.reverse_debit(
-        args.user,
-        args.transaction_id,
-        amount_micros=args.amount,
-        request_id=args.request_id,
-        metadata=_reason(args),
+def _reverse(s: Session) -> Output:
+    reply = s.client.reverse_debit(
+        s.args.user,
+        s.args.transaction_id,
+        amount_micros=s.args.amount,
+        request_id=s.args.request_id,
+        metadata=_reason(s.args),
     )
     items = [
-        ("reversed", render.credits(response.reversed_micros)),
-        ("available", render.credits(response.available_micros)),
-        ("transaction", response.transaction_id),
-        ("request_id", args.request_id),
-        ("replayed", render.yes_no(response.replayed)),
+        ("reversed", s.amounts.text(reply.reversed_micros)),
+        ("available", s.amounts.text(reply.available_micros)),
+        ("transaction", reply.transaction_id),
+        ("request_id", s.args.request_id),
+        ("replayed", render.yes_no(reply.replayed)),
     ]
-    return Output(response, render.pairs(items))
+    return Output(reply, render.pairs(items))
 
 
 def _reason(args: argparse.Namespace) -> dict[str, str] | None:
     return {"reason": args.reason} if args.reason else None
 
 
-def _history(client: CreditWalletClient, args: argparse.Namespace) -> Output:
+def _history(s: Session) -> Output:
+    args = s.args
     kind = TRANSACTION_TYPES[args.type] if args.type else common_pb2.TRANSACTION_TYPE_UNSPECIFIED
     if not args.all:
-        page = client.list_transactions(args.user, page_size=args.limit, type=kind)
-        more = "\n(more rows: --all)" if page.next_page_token else ""
-        return Output(page, render.transactions_text(page.transactions) + more)
+        page = s.client.list_transactions(args.user, page_size=args.limit, type=kind)
+        view = render.transactions(page.transactions, s.amounts)
+        if page.next_page_token:
+            view = render.stack(view, Text("more rows: --all, or a larger --limit"))
+        return Output(page, view)
     merged = wallet_pb2.ListTransactionsResponse()
     for _ in range(PAGES_MAX):
-        page = client.list_transactions(
+        page = s.client.list_transactions(
             args.user, page_size=PAGE_SIZE_MAX, page_token=merged.next_page_token, type=kind
         )
         merged.transactions.extend(page.transactions)
         merged.next_page_token = page.next_page_token
         if not page.next_page_token:
             break
-    return Output(merged, render.transactions_text(merged.transactions))
+    return Output(merged, render.transactions(merged.transactions, s.amounts))
 
 
-def _prices_set(client: CreditWalletClient, args: argparse.Namespace) -> Output:
-    response = client.set_agent_price(
-        args.agent, args.price, unit=args.unit, active=not args.inactive
+def _prices_set(s: Session) -> Output:
+    reply = s.client.set_agent_price(
+        s.args.agent, s.args.price, unit=s.args.unit, active=not s.args.inactive
     )
-    return Output(response, render.prices_text([response.price]))
+    return Output(reply, render.prices([reply.price], s.amounts))
 
 
-def _prices_list(client: CreditWalletClient, args: argparse.Namespace) -> Output:
+def _prices_list(s: Session) -> Output:
     merged = admin_pb2.ListAgentPricesResponse()
     for _ in range(PAGES_MAX):
-        page = client.list_agent_prices(page_size=PAGE_SIZE_MAX, page_token=merged.next_page_token)
+        page = s.client.list_agent_prices(
+            page_size=PAGE_SIZE_MAX, page_token=merged.next_page_token
+        )
         merged.prices.extend(page.prices)
         merged.next_page_token = page.next_page_token
         if not page.next_page_token:
             break
-    return Output(merged, render.prices_text(merged.prices))
+    return Output(merged, render.prices(merged.prices, s.amounts))
 
 
-def _stats(client: CreditWalletClient, args: argparse.Namespace) -> Output:
-    stats = client.get_stats()
-    return Output(stats, render.stats_text(stats))
+def _stats(s: Session) -> Output:
+    reply = s.client.get_stats()
+    return Output(reply, render.stats(reply, s.amounts))
 
 
-def _verify(client: CreditWalletClient, args: argparse.Namespace) -> Output:
-    report = client.verify_ledger()
-    exit_code = EXIT_OK if report.ok else EXIT_VIOLATIONS
-    return Output(report, render.verify_text(report), exit_code)
+def _verify(s: Session) -> Output:
+    report = s.client.verify_ledger()
+    exit_code = EXIT_OK if report.ok else EXIT_REFUSED
+    return Output(report, render.verify(report), exit_code)
 
 
-def _rollover(client: CreditWalletClient, args: argparse.Namespace) -> Output:
-    summary = client.rollover(args.period)
+def _rollover(s: Session) -> Output:
+    enabled = sys.stderr.isatty()
+    with render.rollover_progress(s.args.period, enabled=enabled) as progress:
+        task = progress.add_task("rollover", total=None)
+
+        def show(rolled_over: int, total: int) -> None:
+            progress.update(task, completed=rolled_over, total=max(total, rolled_over))
+
+        with s.short_client() as reader:
+            summary = watch_rollover(s.client, reader, s.args.period, show)
+    return Output(summary, render.rollover(summary, s.amounts))
+
+
+def watch_rollover(
+    client: CreditWalletClient,
+    reader: CreditWalletClient,
+    period: str,
+    report: Callable[[int, int], None],
+    poll_seconds: float = limits.CLI_PROGRESS_POLL_SECONDS,
+) -> billing_pb2.RolloverResponse:
+    """Run the Rollover on ``client`` while ``reader`` reads its progress every
+    ``poll_seconds``; ``report(rolled_over, total)`` gets each reading, and one at the end.
+
+    The progress counts committed accounts of the month, whichever run committed them, so it
+    is true even when another run (a cron) works on the same month at the same time. A failed
+    reading is skipped: the bar is a view, the Rollover's own answer is what counts.
+    """
+    result: concurrent.futures.Future[billing_pb2.RolloverResponse] = concurrent.futures.Future()
+
+    def call() -> None:
+        try:
+            result.set_result(client.rollover(period))
+        except BaseException as error:
+            result.set_exception(error)
+
+    # A daemon thread, so that Ctrl-C ends the command at once (the server then stops the
+    # rollover after the chunk in flight; a rerun goes on from there).
+    threading.Thread(target=call, name="rollover", daemon=True).start()
+    while True:
+        try:
+            summary = result.result(timeout=poll_seconds)
+        except concurrent.futures.TimeoutError:
+            _read_progress(reader, period, report)
+            continue
+        _read_progress(reader, summary.period, report)
+        return summary
+
+
+def _read_progress(
+    reader: CreditWalletClient, period: str, report: Callable[[int, int], None]
+) -> None:
+    try:
+        progress = reader.get_rollover_progress(period)
+    except CreditWalletError:
+        return
+    report(progress.accounts_rolled_over, progress.accounts_total)
+
+
+def _streak(s: Session) -> Output:
+    reply = s.client.get_streak(s.args.user)
+    return Output(reply, render.streak(reply.streak, s.amounts))
+
+
+def _referral_code(s: Session) -> Output:
+    reply = s.client.get_referral_code(s.args.user)
+    items = [("code", reply.code), ("rewards granted", str(reply.rewards_granted))]
+    return Output(reply, render.pairs(items))
+
+
+def _referral_redeem(s: Session) -> Output:
+    reply = s.client.redeem_referral_code(s.args.user, s.args.code, request_id=s.args.request_id)
     items = [
-        ("period", summary.period),
-        ("accounts processed", str(summary.accounts_processed)),
-        ("credits carried", render.credits(summary.credits_carried_micros)),
-        ("credits expired", render.credits(summary.credits_expired_micros)),
-        ("holds released", str(summary.holds_released)),
-        ("chunks", str(summary.chunks)),
+        ("granted", s.amounts.text(reply.granted_micros)),
+        ("available", s.amounts.text(reply.available_micros)),
+        ("transaction", reply.transaction_id),
+        ("request_id", s.args.request_id),
+        ("replayed", render.yes_no(reply.replayed)),
     ]
-    return Output(summary, render.pairs(items))
+    return Output(reply, render.pairs(items))
 
 
-def _streak(client: CreditWalletClient, args: argparse.Namespace) -> Output:
-    response = client.get_streak(args.user)
-    return Output(response, render.streak_text(response.streak))
-
-
-def _referral_code(client: CreditWalletClient, args: argparse.Namespace) -> Output:
-    response = client.get_referral_code(args.user)
-    items = [("code", response.code), ("rewards granted", str(response.rewards_granted))]
-    return Output(response, render.pairs(items))
-
-
-def _referral_redeem(client: CreditWalletClient, args: argparse.Namespace) -> Output:
-    response = client.redeem_referral_code(args.user, args.code, request_id=args.request_id)
-    items = [
-        ("granted", render.credits(response.granted_micros)),
-        ("available", render.credits(response.available_micros)),
-        ("transaction", response.transaction_id),
-        ("request_id", args.request_id),
-        ("replayed", render.yes_no(response.replayed)),
-    ]
-    return Output(response, render.pairs(items))
+def _dev_webhook_top_up(args: argparse.Namespace) -> int:
+    """Sign and send a paid top-up checkout; exit 0 if the gateway applied it, 1 if it
+    refused it (its reason is printed), 3 if it did not answer."""
+    secret = args.secret or os.environ.get(WEBHOOK_SECRET_ENV_VAR, "").split(",")[0].strip()
+    if not secret:
+        raise UsageError(f"no signing secret: set {WEBHOOK_SECRET_ENV_VAR} or pass --secret")
+    url = args.url or (
+        f"http://{os.environ.get(GATEWAY_ENV_VAR) or GATEWAY_DEFAULT}{devhooks.WEBHOOK_PATH}"
+    )
+    event = devhooks.top_up_event(args.user, args.price_id, args.amount_paid)
+    try:
+        delivery = devhooks.send(url, secret, event)
+    except devhooks.GatewayUnreachable as error:
+        print(f"error: UNAVAILABLE: {error}", file=sys.stderr)
+        return EXIT_NO_ANSWER
+    body = {"event": event["id"], "status": delivery.status, **delivery.body}
+    if args.json:
+        print(json.dumps(body, indent=2, ensure_ascii=False))
+    elif 200 <= delivery.status < 300:
+        result = delivery.body.get("result", {})
+        items = [
+            ("event", event["id"]),
+            ("gateway", f"{delivery.status} {delivery.body.get('method', '')}".strip()),
+            ("granted", Amounts(args.micros).text(int(result.get("grantedMicros", "0")))),
+            ("transaction", str(result.get("transactionId", ""))),
+        ]
+        render.show(render.pairs(items))
+    if 200 <= delivery.status < 300:
+        return EXIT_OK
+    reason = delivery.body.get("reason") or delivery.body.get("error") or "refused"
+    print(f"error: gateway answered {delivery.status}: {reason}", file=sys.stderr)
+    return EXIT_REFUSED
 
 
 COMMANDS: Final[dict[str, Command]] = {
@@ -309,10 +521,15 @@ COMMANDS: Final[dict[str, Command]] = {
     "referral code": _referral_code,
     "referral redeem": _referral_redeem,
 }
+# Commands that need no ledger connection (and no token).
+LOCAL_COMMANDS: Final = frozenset({"completion", "dev webhook top-up"})
 
 
 def _events_command(run: events_cli.Command) -> Command:
-    return lambda client, args: Output(*run(client, args))
+    def command(s: Session) -> Output:
+        return Output(*run(s.client, s.args))
+
+    return command
 
 
 COMMANDS.update({name: _events_command(run) for name, run in events_cli.COMMANDS.items()})

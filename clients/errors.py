@@ -13,19 +13,26 @@ absent, as when the transport itself failed):
     │   ├── AgentNotFound            AGENT_NOT_FOUND
     │   ├── HoldNotFound             HOLD_NOT_FOUND
     │   ├── TransactionNotFound      TRANSACTION_NOT_FOUND
-    │   └── ReferralCodeNotFound     REFERRAL_CODE_NOT_FOUND
+    │   ├── ReferralCodeNotFound     REFERRAL_CODE_NOT_FOUND
+    │   ├── EndpointNotFound         ENDPOINT_NOT_FOUND
+    │   └── AutoRechargeAttemptNotFound  AUTO_RECHARGE_ATTEMPT_NOT_FOUND
     ├── FailedPrecondition       FAILED_PRECONDITION
     │   ├── InsufficientCredits      INSUFFICIENT_CREDITS; ints available_micros, required_micros
     │   ├── AgentDisabled            AGENT_DISABLED
     │   ├── HoldExpired              HOLD_EXPIRED
     │   ├── HoldFinalized            HOLD_FINALIZED
     │   ├── ReferralNotAllowed       REFERRAL_NOT_ALLOWED
-    │   └── AccountInDebt            ACCOUNT_IN_DEBT
+    │   ├── AccountInDebt            ACCOUNT_IN_DEBT
+    │   ├── ReversalExceedsDebit     REVERSAL_EXCEEDS_DEBIT; int reversible_micros
+    │   ├── AutoRechargeNotConfigured, NoPaymentCustomer, NoDefaultPaymentMethod,
+    │   └── PaymentProviderRefused   (auto-recharge: AUTO_RECHARGE_NOT_CONFIGURED, ...)
     ├── RequestIdReused          ALREADY_EXISTS / REQUEST_ID_REUSED
     ├── Unauthenticated          UNAUTHENTICATED
     ├── PermissionDenied         PERMISSION_DENIED
     ├── DeadlineExceeded         DEADLINE_EXCEEDED; the outcome is unknown: retry, same request_id
     ├── Unavailable              UNAVAILABLE / DATABASE_UNAVAILABLE; the only code clients retry
+    │   └── PaymentProviderUnavailable  PAYMENT_PROVIDER_UNAVAILABLE
+    ├── TooManyStreams           RESOURCE_EXHAUSTED / TOO_MANY_STREAMS
     └── Internal                 INTERNAL
 
 Why reasons over codes: a code says what kind of failure it is, the reason says which one, and
@@ -41,11 +48,12 @@ from collections.abc import Mapping
 from typing import Final, cast
 
 import grpc
+from creditwallet.core import reasons
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-ERROR_DOMAIN: Final = "creditwallet"
+ERROR_DOMAIN: Final = reasons.DOMAIN
 
 
 class CreditWalletError(Exception):
@@ -153,6 +161,48 @@ class AccountInDebt(FailedPrecondition):
     """A refund left debt; debits are refused until grants pay it off."""
 
 
+class ReversalExceedsDebit(FailedPrecondition):
+    """More than what is left of the debit would be reversed."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(code, reason, message, metadata)
+        self.reversible_micros = int(self.metadata["reversible_micros"])
+
+
+class EndpointNotFound(NotFound):
+    """No configured webhook endpoint with that id."""
+
+
+class AutoRechargeAttemptNotFound(NotFound):
+    """No auto-recharge attempt with that id for that user."""
+
+
+class AutoRechargeNotConfigured(FailedPrecondition):
+    """The server has no payment provider key: auto-recharge cannot be enabled."""
+
+
+class NoPaymentCustomer(FailedPrecondition):
+    """The account has no payment customer yet (no purchase linked one)."""
+
+
+class NoDefaultPaymentMethod(FailedPrecondition):
+    """The account's payment customer has no default payment method."""
+
+
+class PaymentProviderRefused(FailedPrecondition):
+    """The payment provider refused the request."""
+
+
+class TooManyStreams(CreditWalletError):
+    """The server has as many event streams open as it allows; retry later."""
+
+
 class RequestIdReused(CreditWalletError):
     """The request_id was already used with different parameters."""
 
@@ -177,7 +227,12 @@ class Internal(CreditWalletError):
     """A server bug; the server logged it with the request id."""
 
 
-_BY_REASON: Final[Mapping[str, type[CreditWalletError]]] = {
+class PaymentProviderUnavailable(Unavailable):
+    """The payment provider did not answer; retry."""
+
+
+# One class per reason of the catalogue (creditwallet.core.reasons); a test checks both agree.
+BY_REASON: Final[Mapping[str, type[CreditWalletError]]] = {
     "INVALID_ARGUMENT": InvalidArgument,
     "ACCOUNT_NOT_FOUND": AccountNotFound,
     "AGENT_NOT_FOUND": AgentNotFound,
@@ -190,11 +245,20 @@ _BY_REASON: Final[Mapping[str, type[CreditWalletError]]] = {
     "HOLD_FINALIZED": HoldFinalized,
     "REFERRAL_NOT_ALLOWED": ReferralNotAllowed,
     "ACCOUNT_IN_DEBT": AccountInDebt,
+    "REVERSAL_EXCEEDS_DEBIT": ReversalExceedsDebit,
     "REQUEST_ID_REUSED": RequestIdReused,
     "UNAUTHENTICATED": Unauthenticated,
     "PERMISSION_DENIED": PermissionDenied,
     "DATABASE_UNAVAILABLE": Unavailable,
     "INTERNAL": Internal,
+    "ENDPOINT_NOT_FOUND": EndpointNotFound,
+    "AUTO_RECHARGE_ATTEMPT_NOT_FOUND": AutoRechargeAttemptNotFound,
+    "AUTO_RECHARGE_NOT_CONFIGURED": AutoRechargeNotConfigured,
+    "NO_PAYMENT_CUSTOMER": NoPaymentCustomer,
+    "NO_DEFAULT_PAYMENT_METHOD": NoDefaultPaymentMethod,
+    "PAYMENT_PROVIDER_REFUSED": PaymentProviderRefused,
+    "PAYMENT_PROVIDER_UNAVAILABLE": PaymentProviderUnavailable,
+    "TOO_MANY_STREAMS": TooManyStreams,
 }
 
 _BY_CODE: Final[Mapping[grpc.StatusCode, type[CreditWalletError]]] = {
@@ -207,6 +271,7 @@ _BY_CODE: Final[Mapping[grpc.StatusCode, type[CreditWalletError]]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.INTERNAL: Internal,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: TooManyStreams,
 }
 
 
@@ -222,7 +287,7 @@ def from_rpc_error(error: grpc.RpcError) -> CreditWalletError:
     reason = info.reason if info is not None and info.reason else code.name
     metadata = dict(info.metadata) if info is not None else {}
     by_code = _BY_CODE.get(code, CreditWalletError)
-    cls = _BY_REASON.get(reason, by_code)
+    cls = BY_REASON.get(reason, by_code)
     try:
         return cls(code, reason, message, metadata)
     except (KeyError, ValueError):

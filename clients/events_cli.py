@@ -15,8 +15,10 @@ from creditwallet.client import render
 from creditwallet.client.wallet import CreditWalletClient
 from creditwallet.v1 import events_pb2 as epb
 from google.protobuf.message import Message
+from rich.console import Group, RenderableType
+from rich.text import Text
 
-Result = tuple[Message, str, int]
+Result = tuple[Message, RenderableType, int]
 Command = Callable[[CreditWalletClient, argparse.Namespace], Result]
 LIST_LIMIT_DEFAULT: Final = 20
 
@@ -72,8 +74,10 @@ def _list(client: CreditWalletClient, args: argparse.Namespace) -> Result:
             ]
         )
     headers = ["user", "seq", "type", "occurred_at", "cursor", "delivery", "event_id"]
-    more = "\n(more rows: --limit)" if page.next_page_token else ""
-    return page, render.table(headers, rows, frozenset({1})) + more, 0
+    view: RenderableType = render.table(headers, rows, right=frozenset({1}))
+    if page.next_page_token:
+        view = Group(view, Text("(more rows: --limit)"))
+    return page, view, 0
 
 
 def _replay(client: CreditWalletClient, args: argparse.Namespace) -> Result:
@@ -110,7 +114,7 @@ def _endpoints(client: CreditWalletClient, args: argparse.Namespace) -> Result:
         for e in page.endpoints
     ]
     headers = ["endpoint", "state", "failures", "failing_since", "pending", "failed", "last_error"]
-    return page, render.table(headers, rows, frozenset({2, 4, 5})), 0
+    return page, render.table(headers, rows, right=frozenset({2, 4, 5})), 0
 
 
 COMMANDS: Final[dict[str, Command]] = {

@@ -146,8 +146,13 @@ def grant(
     expires_at: datetime | None = None,
     request_id: str | None = None,
     metadata: Mapping[str, str] | None = None,
+    create_account: bool = False,
 ) -> admin_pb2.GrantRequest:
-    """Grants a new lot; ``expires_at`` (timezone-aware) None means the source's default."""
+    """Grants a new lot; ``expires_at`` (timezone-aware) None means the source's default.
+
+    The account must exist (``AccountNotFound`` otherwise) unless ``create_account`` is true,
+    which creates it without a trial lot.
+    """
     return admin_pb2.GrantRequest(
         user_id=user_id,
         request_id=request_id or new_request_id(),
@@ -155,6 +160,7 @@ def grant(
         amount_micros=amount_micros,
         expires_at=timestamp(expires_at) if expires_at is not None else None,
         metadata=metadata,
+        create_account=create_account,
     )
 
 
@@ -198,8 +204,13 @@ def get_stats() -> admin_pb2.GetStatsRequest:
 
 
 def verify_ledger() -> admin_pb2.VerifyLedgerRequest:
-    """Checks the ledger invariants (SPEC §12) over the whole database."""
+    """Checks the ledger's invariants (docs/design.md) over the whole database."""
     return admin_pb2.VerifyLedgerRequest()
+
+
+def get_rollover_progress(period: str = "") -> admin_pb2.GetRolloverProgressRequest:
+    """Accounts rolled over for ``period`` (YYYY-MM; empty: this UTC month) out of all."""
+    return admin_pb2.GetRolloverProgressRequest(period=period)
 
 
 def timestamp(moment: datetime) -> Timestamp:

@@ -1,86 +1,96 @@
-"""How the CLI shows responses: aligned text for people, exact JSON for machines.
+"""How the CLI shows responses: rich tables for people, the protobuf JSON mapping for scripts.
 
-Why not ``json_format.MessageToDict``: proto3 JSON writes int64 as strings, so a script would
-have to parse every amount; ``message_to_dict`` keeps the shape (snake_case field names, enum
-names, RFC 3339 timestamps, unset messages left out) but keeps integers as JSON integers, and
-prints every scalar field, defaults included, so ``"replayed": false`` is never missing.
+Why rich: column widths, alignment, wrapping to the terminal, colour only on a terminal (and
+never with ``NO_COLOR``), and the rollover's progress bar are a library's job; this module only
+says which facts go in which column. Output that is not a terminal is plain text, wide enough
+not to wrap, so it can be piped and grepped.
 
-Text output shows amounts as exact decimal credits (``clients.units.format_credits``: six
-decimals at most, trailing zeros stripped), so nothing is rounded on the way to the screen.
+Amounts are exact: ``Amounts.text`` shows decimal credits (``format_credits``: six decimals at
+most, trailing zeros stripped) or, with ``--micros``, integer micro-credits. ``--json`` goes
+through ``creditwallet.core.protojson``, the same form the gateway answers in.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC
-from typing import Any, cast
+from typing import Final
 
 from creditwallet.core.units import MICROS_PER_CREDIT, format_credits
 from creditwallet.v1 import admin_service_pb2 as admin_pb2
+from creditwallet.v1 import billing_service_pb2 as billing_pb2
 from creditwallet.v1 import common_pb2
 from creditwallet.v1 import wallet_service_pb2 as wallet_pb2
-from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
 
-COLUMN_GAP = "  "
-
-
-def message_to_dict(message: Message) -> dict[str, Any]:
-    """A JSON-ready dict of ``message`` with integers kept as integers."""
-    result: dict[str, Any] = {}
-    fields = cast(Sequence[FieldDescriptor], message.DESCRIPTOR.fields)
-    for field in fields:
-        value = getattr(message, field.name)
-        map_value_field = _map_value_field(field)
-        if map_value_field is not None:
-            result[field.name] = {key: _value(map_value_field, item) for key, item in value.items()}
-        elif field.is_repeated:
-            result[field.name] = [_value(field, item) for item in value]
-        elif field.has_presence and not message.HasField(field.name):
-            continue
-        else:
-            result[field.name] = _value(field, value)
-    return result
+# Width of output that is not a terminal: wide enough that a history row never wraps.
+PLAIN_WIDTH: Final = 200
 
 
-def to_json(message: Message) -> str:
-    return json.dumps(message_to_dict(message), indent=2, ensure_ascii=False)
+def console(*, stderr: bool = False) -> Console:
+    """A console on stdout (or stderr): the terminal's width, else ``PLAIN_WIDTH``, no colour."""
+    stream = sys.stderr if stderr else sys.stdout
+    terminal = stream.isatty()
+    return Console(
+        stderr=stderr,
+        width=None if terminal else PLAIN_WIDTH,
+        highlight=False,
+        emoji=False,
+        soft_wrap=False,
+    )
 
 
-def _map_value_field(field: FieldDescriptor) -> FieldDescriptor | None:
-    """The value field of a map field's entry type; None for any other field."""
-    entry = field.message_type
-    if entry is None or not entry.GetOptions().map_entry:
-        return None
-    return entry.fields_by_name["value"]
+def show(view: RenderableType) -> None:
+    """Print ``view`` on stdout; off a terminal, without the padding at the ends of lines."""
+    out = console()
+    if out.is_terminal:
+        out.print(view)
+        return
+    with out.capture() as captured:
+        out.print(view)
+    text = "\n".join(line.rstrip() for line in captured.get().splitlines())
+    sys.stdout.write(text + "\n")
 
 
-def _value(field: FieldDescriptor, value: Any) -> Any:
-    if isinstance(value, Timestamp):
-        return value.ToJsonString()
-    if isinstance(value, Message):
-        return message_to_dict(value)
-    if field.enum_type is not None:
-        return _enum_name(field.enum_type, value)
-    return value
+@dataclasses.dataclass(frozen=True)
+class Amounts:
+    """Shows amounts in credits, or in micro-credits when ``micros`` (``--micros``)."""
+
+    micros: bool = False
+
+    def text(self, micros: int) -> str:
+        """An amount with its unit: ``2.5 credits``, ``1 credit``, ``2500000 micros``."""
+        if self.micros:
+            return f"{micros} micros"
+        unit = "credit" if abs(micros) == MICROS_PER_CREDIT else "credits"
+        return f"{format_credits(micros)} {unit}"
+
+    def figure(self, micros: int) -> str:
+        """An amount for a table column whose header names the unit."""
+        return str(micros) if self.micros else format_credits(micros)
+
+    @property
+    def unit(self) -> str:
+        return "micros" if self.micros else "credits"
 
 
-def _enum_name(enum: EnumDescriptor, number: int) -> str | int:
-    described = enum.values_by_number.get(number)
-    return described.name if described is not None else number
+def days(count: int) -> str:
+    return f"{count} day" if count == 1 else f"{count} days"
 
 
 def enum_label(enum: EnumDescriptor, number: int) -> str:
     """``TRANSACTION_TYPE_DEBIT`` -> ``debit``: the enum's prefix is implied by the column."""
-    prefix = _enum_prefix(enum)
-    name = _enum_name(enum, number)
-    return name.removeprefix(prefix).lower() if isinstance(name, str) else str(name)
-
-
-def _enum_prefix(enum: EnumDescriptor) -> str:
-    return enum.values_by_number[0].name.removesuffix("UNSPECIFIED")
+    prefix = enum.values_by_number[0].name.removesuffix("UNSPECIFIED")
+    described = enum.values_by_number.get(number)
+    return described.name.removeprefix(prefix).lower() if described else str(number)
 
 
 def timestamp_text(moment: Timestamp, unset: str = "-") -> str:
@@ -89,50 +99,38 @@ def timestamp_text(moment: Timestamp, unset: str = "-") -> str:
     return moment.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: frozenset[int]) -> str:
-    """Columns padded to their widest cell; columns in ``right`` (amounts) right-aligned,
-    with their decimal points lined up."""
-    body = [list(row) for row in rows]
-    for index in right:
-        aligned = _align_decimal_points([row[index] for row in body])
-        for row, cell in zip(body, aligned, strict=True):
-            row[index] = cell
-    cells = [list(headers), *body]
-    widths = [max(len(row[index]) for row in cells) for index in range(len(headers))]
-    lines = []
-    for row in cells:
-        padded = [
-            cell.rjust(width) if index in right else cell.ljust(width)
-            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append(COLUMN_GAP.join(padded).rstrip())
-    return "\n".join(lines)
-
-
-def _align_decimal_points(cells: Sequence[str]) -> list[str]:
-    """Pads on the right so that, right-justified, "1.5", "10" and "0.25" line up on the point."""
-
-    def tail(cell: str) -> int:  # characters from the decimal point to the end
-        return len(cell) - cell.index(".") if "." in cell else 0
-
-    width = max((tail(cell) for cell in cells), default=0)
-    return [cell + " " * (width - tail(cell)) for cell in cells]
-
-
-def credits(micros: int) -> str:
-    """An amount for ``pairs``: exact decimal credits with the unit spelled out."""
-    unit = "credit" if abs(micros) == MICROS_PER_CREDIT else "credits"
-    return f"{format_credits(micros)} {unit}"
-
-
-def pairs(items: Sequence[tuple[str, str]]) -> str:
-    """``name  value`` lines with the values aligned."""
-    width = max(len(name) for name, _ in items)
-    return "\n".join(f"{name.ljust(width)}{COLUMN_GAP}{value}".rstrip() for name, value in items)
-
-
 def yes_no(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+def pairs(items: Sequence[tuple[str, str]]) -> Table:
+    """``name  value`` rows, the values aligned."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for name, value in items:
+        grid.add_row(name, Text(value))
+    return grid
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, right: frozenset[int]) -> Table:
+    """A table whose columns in ``right`` (amounts, counts) are right-aligned."""
+    result = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for index, header in enumerate(headers):
+        result.add_column(header, justify="right" if index in right else "left", no_wrap=True)
+    for row in rows:
+        result.add_row(*(Text(cell) for cell in row))
+    return result
+
+
+def stack(*parts: RenderableType) -> Group:
+    """Parts one under the other, a blank line between them."""
+    spaced: list[RenderableType] = []
+    for part in parts:
+        if spaced:
+            spaced.append(Text(""))
+        spaced.append(part)
+    return Group(*spaced)
 
 
 _LOT_SOURCE = common_pb2.LotSource.DESCRIPTOR
@@ -140,84 +138,87 @@ _TRANSACTION_TYPE = common_pb2.TransactionType.DESCRIPTOR
 _SUBSCRIPTION_STATUS = common_pb2.SubscriptionStatus.DESCRIPTOR
 
 
-def balance_text(balance: wallet_pb2.GetBalanceResponse) -> str:
+def balance(reply: wallet_pb2.GetBalanceResponse, amounts: Amounts) -> Group:
     items = [
-        ("user", balance.user_id),
-        ("available", credits(balance.available_micros)),
-        ("held", credits(balance.held_micros)),
-        ("debt", credits(balance.debt_micros)),
+        ("user", reply.user_id),
+        ("available", amounts.text(reply.available_micros)),
+        ("held", amounts.text(reply.held_micros)),
+        ("debt", amounts.text(reply.debt_micros)),
     ]
-    if balance.HasField("subscription"):
-        subscription = balance.subscription
+    if reply.HasField("subscription"):
+        subscription = reply.subscription
         status = enum_label(_SUBSCRIPTION_STATUS, subscription.status)
         period_end = timestamp_text(subscription.current_period_end)
         items.append(("subscription", f"{status}, period ends {period_end}"))
-    items.append(("streak", streak_summary(balance.streak)))
-    return pairs(items) + "\n\n" + lots_text(balance.lots)
+    items.append(("streak", streak_summary(reply.streak, amounts)))
+    return stack(pairs(items), lots(reply.lots, amounts))
 
 
-def lots_text(groups: Iterable[common_pb2.LotGroup]) -> str:
+def lots(groups: Iterable[common_pb2.LotGroup], amounts: Amounts) -> RenderableType:
     rows = [
         [
             enum_label(_LOT_SOURCE, lot.source),
-            format_credits(lot.remaining_micros),
-            format_credits(lot.amount_micros),
+            amounts.figure(lot.remaining_micros),
+            amounts.figure(lot.amount_micros),
             timestamp_text(lot.granted_at),
             timestamp_text(lot.expires_at, unset="never"),
         ]
         for group in groups
         for lot in group.lots
     ]
-    headers = ["SOURCE", "REMAINING", "AMOUNT", "GRANTED_AT", "EXPIRES_AT"]
-    return table(headers, rows, right=frozenset({1, 2})) if rows else "no live lots"
+    if not rows:
+        return Text("no live lots")
+    unit = amounts.unit.upper()
+    headers = ["SOURCE", f"REMAINING ({unit})", f"AMOUNT ({unit})", "GRANTED_AT", "EXPIRES_AT"]
+    return table(headers, rows, right=frozenset({1, 2}))
 
 
-def streak_summary(streak: common_pb2.Streak) -> str:
-    text = f"{streak.current_days} days (longest {streak.longest_days})"
+def streak_summary(streak: common_pb2.Streak, amounts: Amounts) -> str:
+    text = f"{days(streak.current_days)} (longest {days(streak.longest_days)})"
     if streak.next_milestone_days:
-        reward = format_credits(streak.next_milestone_reward_micros)
-        text += f", next milestone {streak.next_milestone_days} days: +{reward}"
+        reward = amounts.text(streak.next_milestone_reward_micros)
+        text += f", next milestone at {days(streak.next_milestone_days)}: +{reward}"
     if streak.grace_day_used:
         text += ", grace day used"
     return text
 
 
-def streak_text(streak: common_pb2.Streak) -> str:
+def streak(reply: common_pb2.Streak, amounts: Amounts) -> Table:
+    next_milestone = days(reply.next_milestone_days) if reply.next_milestone_days else "none left"
     return pairs(
         [
-            ("current", f"{streak.current_days} days"),
-            ("longest", f"{streak.longest_days} days"),
-            ("next milestone", _days(streak.next_milestone_days) or "none left"),
-            ("next reward", credits(streak.next_milestone_reward_micros)),
-            ("grace day used", yes_no(streak.grace_day_used)),
-            ("last active", streak.last_active_date or "never"),
+            ("current", days(reply.current_days)),
+            ("longest", days(reply.longest_days)),
+            ("next milestone", next_milestone),
+            ("next reward", amounts.text(reply.next_milestone_reward_micros)),
+            ("grace day used", yes_no(reply.grace_day_used)),
+            ("last active", reply.last_active_date or "never"),
         ]
     )
 
 
-def _days(days: int) -> str:
-    return f"{days} days" if days else ""
+def reward_items(reward: common_pb2.StreakReward, amounts: Amounts) -> list[tuple[str, str]]:
+    amount = amounts.text(reward.amount_micros)
+    return [("streak reward", f"+{amount} ({days(reward.milestone_days)} milestone)")]
 
 
-def reward_items(reward: common_pb2.StreakReward) -> list[tuple[str, str]]:
-    amount = credits(reward.amount_micros)
-    return [("streak reward", f"+{amount} ({reward.milestone_days}-day milestone)")]
-
-
-def transactions_text(transactions: Sequence[common_pb2.Transaction]) -> str:
-    rows = [
+def transactions(rows: Sequence[common_pb2.Transaction], amounts: Amounts) -> RenderableType:
+    if not rows:
+        return Text("no transactions")
+    cells = [
         [
             timestamp_text(row.created_at),
             enum_label(_TRANSACTION_TYPE, row.type),
-            format_credits(row.amount_micros),
-            format_credits(row.balance_after_micros),
+            amounts.figure(row.amount_micros),
+            amounts.figure(row.balance_after_micros),
             _transaction_detail(row),
             row.transaction_id,
         ]
-        for row in transactions
+        for row in rows
     ]
-    headers = ["CREATED_AT", "TYPE", "AMOUNT", "BALANCE", "DETAIL", "TRANSACTION_ID"]
-    return table(headers, rows, right=frozenset({2, 3})) if rows else "no transactions"
+    unit = amounts.unit.upper()
+    headers = ["CREATED_AT", "TYPE", f"AMOUNT ({unit})", "BALANCE", "DETAIL", "TRANSACTION_ID"]
+    return table(headers, cells, right=frozenset({2, 3}))
 
 
 def _transaction_detail(row: common_pb2.Transaction) -> str:
@@ -230,42 +231,48 @@ def _transaction_detail(row: common_pb2.Transaction) -> str:
     return row.hold_id
 
 
-def prices_text(prices: Sequence[common_pb2.AgentPrice]) -> str:
-    rows = [
+def prices(rows: Sequence[common_pb2.AgentPrice], amounts: Amounts) -> RenderableType:
+    if not rows:
+        return Text("no agent prices")
+    cells = [
         [
             price.agent_id,
-            format_credits(price.price_micros),
+            amounts.figure(price.price_micros),
             price.unit,
             yes_no(price.active),
             timestamp_text(price.updated_at),
         ]
-        for price in prices
+        for price in rows
     ]
-    headers = ["AGENT", "PRICE", "UNIT", "ACTIVE", "UPDATED_AT"]
-    return table(headers, rows, right=frozenset({1})) if rows else "no agent prices"
+    headers = ["AGENT", f"PRICE ({amounts.unit.upper()})", "UNIT", "ACTIVE", "UPDATED_AT"]
+    return table(headers, cells, right=frozenset({1}))
 
 
-def stats_text(stats: admin_pb2.GetStatsResponse) -> str:
+def stats(reply: admin_pb2.GetStatsResponse, amounts: Amounts) -> Group:
     summary = pairs(
         [
-            ("total users", str(stats.total_users)),
-            ("total credits", credits(stats.total_credits_micros)),
-            ("average balance", credits(stats.avg_balance_micros)),
+            ("total users", str(reply.total_users)),
+            ("total credits", amounts.text(reply.total_credits_micros)),
+            ("average balance", amounts.text(reply.avg_balance_micros)),
         ]
     )
     rows = [
         [
             enum_label(_TRANSACTION_TYPE, total.type),
             str(total.count),
-            format_credits(total.total_amount_micros),
+            amounts.figure(total.total_amount_micros),
         ]
-        for total in stats.last_day
+        for total in reply.last_day
     ]
-    last_day = table(["TYPE", "COUNT", "TOTAL"], rows, right=frozenset({1, 2}))
-    return f"{summary}\n\nlast 24 hours\n{last_day}"
+    last_day = table(
+        ["TYPE (LAST 24 HOURS)", "COUNT", f"TOTAL ({amounts.unit.upper()})"],
+        rows,
+        right=frozenset({1, 2}),
+    )
+    return stack(summary, last_day)
 
 
-def verify_text(report: admin_pb2.VerifyLedgerResponse) -> str:
+def verify(report: admin_pb2.VerifyLedgerResponse) -> RenderableType:
     verdict = "ok" if report.ok else f"{len(report.violations)} violation(s)"
     head = pairs([("ledger", verdict), ("accounts checked", str(report.accounts_checked))])
     if not report.violations:
@@ -274,4 +281,31 @@ def verify_text(report: admin_pb2.VerifyLedgerResponse) -> str:
         [str(violation.invariant), violation.user_id or "-", violation.detail]
         for violation in report.violations
     ]
-    return head + "\n\n" + table(["INVARIANT", "USER", "DETAIL"], rows, right=frozenset({0}))
+    return stack(head, table(["INVARIANT", "USER", "DETAIL"], rows, right=frozenset({0})))
+
+
+def rollover(summary: billing_pb2.RolloverResponse, amounts: Amounts) -> Table:
+    return pairs(
+        [
+            ("period", summary.period),
+            ("accounts processed", str(summary.accounts_processed)),
+            ("credits carried", amounts.text(summary.credits_carried_micros)),
+            ("credits expired", amounts.text(summary.credits_expired_micros)),
+            ("holds released", str(summary.holds_released)),
+            ("chunks", str(summary.chunks)),
+        ]
+    )
+
+
+def rollover_progress(period: str, *, enabled: bool) -> Progress:
+    """The rollover's bar on stderr: accounts rolled over for the month out of all accounts."""
+    return Progress(
+        TextColumn(f"rollover {period or 'this month'}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("accounts"),
+        TimeElapsedColumn(),
+        console=console(stderr=True),
+        disable=not enabled,
+        transient=False,
+    )

@@ -1,6 +1,6 @@
 """The table of every RPC the clients call, and the call policy both clients share.
 
-Why a table instead of the generated stubs: the sync and the async client need the same 21
+Why a table instead of the generated stubs: the sync and the async client need the same 22
 methods with the same request and response types. One typed ``Rpc[Request, Response]`` per RPC,
 called through ``channel.unary_unary(rpc.path, ...)``, serves both channels, so each client
 only has to say how it waits (``await`` or block) and sleeps. A unit test checks this table
@@ -155,6 +155,12 @@ VERIFY_LEDGER: Final = Rpc(
     admin_pb2.VerifyLedgerRequest,
     admin_pb2.VerifyLedgerResponse,
 )
+GET_ROLLOVER_PROGRESS: Final = Rpc(
+    ADMIN_SERVICE,
+    "GetRolloverProgress",
+    admin_pb2.GetRolloverProgressRequest,
+    admin_pb2.GetRolloverProgressResponse,
+)
 
 # Events (server-streaming StreamEvents is not in this table: see the async client).
 RECORD_AUTO_RECHARGE_PAYMENT: Final = Rpc(
@@ -216,6 +222,7 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     LIST_EVENTS,
     REPLAY_EVENTS,
     LIST_WEBHOOK_ENDPOINTS,
+    GET_ROLLOVER_PROGRESS,
 )
 
 

@@ -79,6 +79,7 @@ class AsyncAdminRpcs(AsyncServiceRpcs):
     ListEvents = raw_async(rpcs.LIST_EVENTS)
     ReplayEvents = raw_async(rpcs.REPLAY_EVENTS)
     ListWebhookEndpoints = raw_async(rpcs.LIST_WEBHOOK_ENDPOINTS)
+    GetRolloverProgress = raw_async(rpcs.GET_ROLLOVER_PROGRESS)
 
 
 class SyncWalletRpcs(SyncServiceRpcs):
@@ -121,3 +122,4 @@ class SyncAdminRpcs(SyncServiceRpcs):
     ListEvents = raw_sync(rpcs.LIST_EVENTS)
     ReplayEvents = raw_sync(rpcs.REPLAY_EVENTS)
     ListWebhookEndpoints = raw_sync(rpcs.LIST_WEBHOOK_ENDPOINTS)
+    GetRolloverProgress = raw_sync(rpcs.GET_ROLLOVER_PROGRESS)

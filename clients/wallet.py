@@ -5,7 +5,8 @@ Both expose the same API:
 - keyword methods for the common calls — ``ensure_account``, ``get_balance``, ``debit``,
   ``authorize``, ``capture``, ``void``, ``list_transactions``, ``get_streak``,
   ``get_referral_code``, ``redeem_referral_code``, ``rollover``, ``grant``, ``reverse_debit``,
-  ``set_agent_price``, ``list_agent_prices``, ``get_stats``, ``verify_ledger`` (signatures and
+  ``set_agent_price``, ``list_agent_prices``, ``get_stats``, ``verify_ledger``,
+  ``get_rollover_progress`` (signatures and
   docs in ``clients.messages``);
 - every RPC raw, taking its request message: ``client.wallet.Debit(request)``,
   ``client.billing.RecordPurchase(request)``, ``client.admin.Grant(request)``;
@@ -232,6 +233,7 @@ class AsyncCreditWalletClient:
     list_agent_prices = AsyncMethod(rpcs.LIST_AGENT_PRICES, messages.list_agent_prices)
     get_stats = AsyncMethod(rpcs.GET_STATS, messages.get_stats)
     verify_ledger = AsyncMethod(rpcs.VERIFY_LEDGER, messages.verify_ledger)
+    get_rollover_progress = AsyncMethod(rpcs.GET_ROLLOVER_PROGRESS, messages.get_rollover_progress)
 
 
 class CreditWalletClient:
@@ -343,3 +345,4 @@ class CreditWalletClient:
     list_agent_prices = SyncMethod(rpcs.LIST_AGENT_PRICES, messages.list_agent_prices)
     get_stats = SyncMethod(rpcs.GET_STATS, messages.get_stats)
     verify_ledger = SyncMethod(rpcs.VERIFY_LEDGER, messages.verify_ledger)
+    get_rollover_progress = SyncMethod(rpcs.GET_ROLLOVER_PROGRESS, messages.get_rollover_progress)

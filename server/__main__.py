@@ -1,7 +1,10 @@
 """``creditwallet-server`` (or ``python -m creditwallet.server``): the gRPC server.
 
 Configured from the environment (``--help`` lists the variables); with no ``DATABASE_URL`` it
-starts the embedded PostgreSQL (extra ``[embedded]``) with its data under ``DATA_DIR``.
+starts the embedded PostgreSQL (extra ``[embedded]``) with its data under ``DATA_DIR``. It
+waits for the database (bounded, logged), and any reason it cannot start is one line on
+stderr naming the variable to fix: exit 2 for a malformed setting, 1 for one that cannot
+work here (a port in use, a database that never answers).
 """
 
 from __future__ import annotations
@@ -10,52 +13,102 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from creditwallet.core import commands, logs
-from creditwallet.core.settings import ConfigError
-from creditwallet.server.config import ServerConfig
+from creditwallet.core import commands, logs, startup
+from creditwallet.core.logs import LogSettings
+from creditwallet.core.settings import StartupError
+
+if TYPE_CHECKING:
+    from creditwallet.server.config import ServerConfig
 
 log = logging.getLogger("creditwallet.server")
 
-ENVIRONMENT = """environment:
+PROG = "creditwallet-server"
+ENVIRONMENT = """environment (defaults in brackets):
   AGENT_TOKEN, BILLING_TOKEN, ADMIN_TOKEN   bearer token of each scope (required)
-  DATABASE_URL        PostgreSQL DSN (default: the embedded PostgreSQL under DATA_DIR)
-  DATA_DIR            where the embedded PostgreSQL keeps its data (default .data)
-  GRPC_ADDRESS        listen address (default 127.0.0.1:50051)
+  DATABASE_URL        PostgreSQL DSN [the embedded PostgreSQL under DATA_DIR]
+  DATA_DIR            where the embedded PostgreSQL keeps its data [.data]
+  GRPC_ADDRESS        listen address [127.0.0.1:50051]
+  METRICS_ADDRESS     host:port of the Prometheus endpoint [off]
   TLS_CERT_PATH, TLS_KEY_PATH, TLS_CLIENT_CA_PATH   TLS, and mutual TLS with a client CA
-  METRICS_ADDRESS     host:port of the Prometheus endpoint (default: off)
-  LOG_FORMAT, LOG_LEVEL   json|text, DEBUG|INFO|WARNING|ERROR
-  see README.md for the rest"""
+  TRIAL_CREDITS_MICROS  trial lot of a new account [5000000]
+  DEBIT_BATCHING      group commit of concurrent debits, on|off [on]
+  DB_STATEMENT_CACHE_SIZE   asyncpg's prepared statements, 0 behind old PgBouncer [100]
+  LOG_FORMAT, LOG_LEVEL   json|text [json], DEBUG|INFO|WARNING|ERROR [INFO]
+The README's Configuration section describes each."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    commands.parser(
-        "creditwallet-server", "The credit-wallet gRPC server.", ENVIRONMENT
-    ).parse_args(argv)
+    commands.parser(PROG, "The credit-wallet gRPC server.", ENVIRONMENT).parse_args(argv)
+    return startup.run_command(PROG, _main)
+
+
+def _main() -> int:
     try:
         import uvloop
         from creditwallet.server import app  # noqa: F401 - fails early without [server]
+        from creditwallet.server.config import ServerConfig
     except ImportError as exc:  # a plain install is the client and the CLI only
-        print(
-            f"creditwallet-server: {exc.name} is missing: install creditwallet[server]",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        config = ServerConfig.from_env()
-    except ConfigError as exc:
-        print(f"creditwallet-server: {exc}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: {exc.name} is missing: install creditwallet[server]", file=sys.stderr)
+        return startup.EXIT_CONFIG
+    config = ServerConfig.from_env()
+    logs.configure(LogSettings("json" if config.log_json else "text", config.log_level))
+    logs.log_config(log, "server", config)
+    startup.check_can_listen("GRPC_ADDRESS", config.grpc_address)
+    if config.metrics_address:
+        startup.check_can_listen("METRICS_ADDRESS", config.metrics_address)
+    for variable, path in (
+        ("TLS_CERT_PATH", config.tls_cert_path),
+        ("TLS_KEY_PATH", config.tls_key_path),
+        ("TLS_CLIENT_CA_PATH", config.tls_client_ca_path),
+    ):
+        _check_readable(variable, path)
     uvloop.install()
     return asyncio.run(_serve(config))
 
 
-async def _serve(config: ServerConfig) -> int:
-    from creditwallet.server import app, db
+def _check_readable(variable: str, path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        path.read_bytes()
+    except OSError as error:
+        raise StartupError(
+            f"{variable}={path}: cannot be read ({error.strerror}): point it at a PEM file"
+        ) from None
 
-    logs.configure(config.log_json, logging.getLevelNamesMapping()[config.log_level])
-    dsn = config.database_url or db.start_embedded(config.data_dir)
-    running = await app.start(config, dsn=dsn)
+
+async def _serve(config: ServerConfig) -> int:
+    from creditwallet.server import app, migrate
+    from creditwallet.server.startup import start_embedded, wait_for_database
+
+    dsn = config.database_url or start_embedded(config.data_dir)
+    await wait_for_database(dsn)
+    try:
+        running = await app.start(config, dsn=dsn)
+    except migrate.MigrationError as error:
+        raise StartupError(
+            f"the database's schema does not match this version ({error}): restore the "
+            "migration files of the version that created it"
+        ) from None
+    except RuntimeError as error:  # grpc's "Failed to bind to address ..."
+        if "bind" not in str(error):
+            raise
+        raise StartupError(
+            f"GRPC_ADDRESS={config.grpc_address}: cannot listen there (the port was taken "
+            "meanwhile, or the host is not this machine's): set GRPC_ADDRESS to a free host:port"
+        ) from None
+    except OSError as error:
+        if config.metrics_address and error.errno in startup.BIND_ERRNOS:
+            failure = startup.listen_failure("METRICS_ADDRESS", config.metrics_address, error)
+            raise StartupError(failure) from None
+        log.debug("start-up failed", exc_info=True)
+        raise StartupError(f"start-up failed: {startup.one_line(error)}") from None
+    except Exception as error:  # one line; LOG_LEVEL=DEBUG logs the traceback
+        log.debug("start-up failed", exc_info=True)
+        raise StartupError(f"start-up failed: {startup.one_line(error)}") from None
     log.info("gRPC server listening", extra={"address": config.grpc_address, "port": running.port})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -57,8 +57,7 @@ class RunningServer:
         if self.events is not None:
             await self.events.stop()
         await self.server.stop(grace_seconds)
-        if self.runtime.debit_batcher is not None:
-            await self.runtime.debit_batcher.drain()
+        await self.runtime.debits.drain()
         await db.drain_detached()
         await self.runtime.pool.close()
         if self.metrics_endpoint is not None:
@@ -72,9 +71,11 @@ async def start(
     async with pool.acquire() as conn:
         await migrate.migrate(db.unwrap(conn))
     clock = clock or SystemClock()
-    batcher = DebitBatcher(pool, clock) if config.debit_batching else None
+    debits = (
+        DebitBatcher(pool, clock) if config.debit_batching else DebitBatcher.one_by_one(pool, clock)
+    )
     events = await EventWorkers.create(config.events, pool, dsn, clock, config.statement_cache_size)
-    runtime = Runtime(pool, clock, config.trial_credits_micros, batcher, events)
+    runtime = Runtime(pool, clock, debits, config.trial_credits_micros, events)
     options = [
         ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
         ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),

@@ -11,10 +11,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from creditwallet.core.logs import LogSettings
 from creditwallet.core.settings import ConfigError, Secret
 from creditwallet.server.events.settings import EventsConfig
-
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _is_host_port(value: str) -> bool:
@@ -51,13 +50,17 @@ class ServerConfig:
         def required(name: str) -> Secret:
             value = env.get(name, "")
             if not value:
-                raise ConfigError(f"{name} is required (a bearer token for its scope)")
+                raise ConfigError(
+                    f"{name} is not set: give it a long random bearer token "
+                    "(make run generates one per scope)"
+                )
             return Secret(value)
 
         def optional_path(name: str) -> Path | None:
             value = env.get(name, "")
             return Path(value) if value else None
 
+        log = LogSettings.from_env(env)
         trial = env.get("TRIAL_CREDITS_MICROS", "5000000")
         if not trial.isdigit():
             raise ConfigError("TRIAL_CREDITS_MICROS must be a non-negative integer")
@@ -72,15 +75,17 @@ class ServerConfig:
             tls_key_path=optional_path("TLS_KEY_PATH"),
             tls_client_ca_path=optional_path("TLS_CLIENT_CA_PATH"),
             trial_credits_micros=int(trial),
-            log_json=env.get("LOG_FORMAT", "json") == "json",
+            log_json=log.format == "json",
             metrics_address=env.get("METRICS_ADDRESS") or None,
-            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            log_level=log.level,
             debit_batching=env.get("DEBIT_BATCHING", "on") != "off",
             statement_cache_size=_non_negative(env, "DB_STATEMENT_CACHE_SIZE", 100),
             events=EventsConfig.from_env(env),
         )
-        if cfg.log_level not in _LOG_LEVELS:
-            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")
+        if not _is_host_port(cfg.grpc_address):
+            raise ConfigError(
+                f"GRPC_ADDRESS must be host:port (e.g. 127.0.0.1:50051), not {cfg.grpc_address!r}"
+            )
         if cfg.metrics_address is not None and not _is_host_port(cfg.metrics_address):
             raise ConfigError("METRICS_ADDRESS must be host:port")
         if (cfg.tls_cert_path is None) != (cfg.tls_key_path is None):

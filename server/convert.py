@@ -1,37 +1,43 @@
-"""Ledger rows and results to protobuf messages, and protobuf enums to ledger names."""
+"""The ledger's typed results to protobuf replies, and protobuf enums to ledger names.
+
+Enum names are not tabled twice: a ledger name ``top_up`` is the proto value
+``LOT_SOURCE_TOP_UP`` (the enum's prefix, upper-cased), and a test checks that every proto
+value has its ledger name and back.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-from collections.abc import Iterable
 
-import asyncpg
 from creditwallet.server import errors
-from creditwallet.server.ledger import streaks
-from creditwallet.v1 import admin_service_pb2 as admin_pb
+from creditwallet.server.ledger import balances, stats, streaks
+from creditwallet.server.ledger.types import (
+    LOT_SOURCES,
+    SUBSCRIPTION_STATUSES,
+    TRANSACTION_TYPES,
+    AgentPrice,
+    Lot,
+    Subscription,
+    Transaction,
+)
+from creditwallet.v1 import admin_service_pb2 as apb
 from creditwallet.v1 import common_pb2 as pb
+from creditwallet.v1 import wallet_service_pb2 as wpb
 from google.protobuf import timestamp_pb2
 
-SOURCE_TO_PB = {
-    "trial": pb.LOT_SOURCE_TRIAL,
-    "subscription": pb.LOT_SOURCE_SUBSCRIPTION,
-    "top_up": pb.LOT_SOURCE_TOP_UP,
-    "referral": pb.LOT_SOURCE_REFERRAL,
-    "streak": pb.LOT_SOURCE_STREAK,
-    "promo": pb.LOT_SOURCE_PROMO,
-    "adjustment": pb.LOT_SOURCE_ADJUSTMENT,
+SOURCE_TO_PB: dict[str, pb.LotSource.ValueType] = {
+    name: pb.LotSource.Value("LOT_SOURCE_" + name.upper()) for name in LOT_SOURCES
+}
+TYPE_TO_PB: dict[str, pb.TransactionType.ValueType] = {
+    name: pb.TransactionType.Value("TRANSACTION_TYPE_" + name.upper()) for name in TRANSACTION_TYPES
+}
+STATUS_TO_PB: dict[str, pb.SubscriptionStatus.ValueType] = {
+    name: pb.SubscriptionStatus.Value("SUBSCRIPTION_STATUS_" + name.upper())
+    for name in SUBSCRIPTION_STATUSES
 }
 PB_TO_SOURCE: dict[int, str] = {v: k for k, v in SOURCE_TO_PB.items()}
-
-TYPE_TO_PB = {
-    "grant": pb.TRANSACTION_TYPE_GRANT,
-    "debit": pb.TRANSACTION_TYPE_DEBIT,
-    "expire": pb.TRANSACTION_TYPE_EXPIRE,
-    "reversal": pb.TRANSACTION_TYPE_REVERSAL,
-    "clawback": pb.TRANSACTION_TYPE_CLAWBACK,
-}
 PB_TO_TYPE: dict[int, str] = {v: k for k, v in TYPE_TO_PB.items()}
+PB_TO_STATUS: dict[int, str] = {v: k for k, v in STATUS_TO_PB.items()}
 
 
 def source_name(value: int) -> str:
@@ -48,6 +54,12 @@ def type_name(value: int) -> str | None:
     return PB_TO_TYPE[value]
 
 
+def status_name(value: int) -> str:
+    if value == pb.SUBSCRIPTION_STATUS_UNSPECIFIED or value not in PB_TO_STATUS:
+        raise errors.invalid("status", "status must be a known SubscriptionStatus")
+    return PB_TO_STATUS[value]
+
+
 def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
@@ -56,82 +68,69 @@ def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def lot(row: asyncpg.Record) -> pb.Lot:
+def lot(value: Lot) -> pb.Lot:
     return pb.Lot(
-        lot_id=str(row["lot_id"]),
-        source=SOURCE_TO_PB[row["source"]],
-        amount_micros=row["amount_micros"],
-        remaining_micros=row["remaining_micros"],
-        granted_at=timestamp(row["granted_at"]),
-        expires_at=timestamp(row["expires_at"]),
+        lot_id=str(value.lot_id),
+        source=SOURCE_TO_PB[value.source],
+        amount_micros=value.amount_micros,
+        remaining_micros=value.remaining_micros,
+        granted_at=timestamp(value.granted_at),
+        expires_at=timestamp(value.expires_at),
     )
 
 
-def lot_groups(rows: Iterable[asyncpg.Record]) -> list[pb.LotGroup]:
+def lot_groups(lots: list[Lot]) -> list[pb.LotGroup]:
     """Live lots (already in burn-down order) grouped by source, groups in first-use order."""
     groups: dict[str, pb.LotGroup] = {}
-    for row in rows:
-        group = groups.get(row["source"])
+    for value in lots:
+        group = groups.get(value.source)
         if group is None:
-            group = groups[row["source"]] = pb.LotGroup(source=SOURCE_TO_PB[row["source"]])
-        group.remaining_micros += row["remaining_micros"]
-        group.lots.append(lot(row))
+            group = groups[value.source] = pb.LotGroup(source=SOURCE_TO_PB[value.source])
+        group.remaining_micros += value.remaining_micros
+        group.lots.append(lot(value))
     return list(groups.values())
 
 
-def transaction(row: asyncpg.Record) -> pb.Transaction:
+def transaction(value: Transaction) -> pb.Transaction:
     return pb.Transaction(
-        transaction_id=str(row["transaction_id"]),
-        user_id=row["user_id"],
-        type=TYPE_TO_PB[row["type"]],
-        source=SOURCE_TO_PB.get(row["source"] or "", pb.LOT_SOURCE_UNSPECIFIED),
-        amount_micros=row["amount_micros"],
-        balance_after_micros=row["balance_after_micros"],
-        request_id=row["request_id"] or "",
-        agent_id=row["agent_id"] or "",
-        quantity=row["quantity"] or 0,
-        session_id=row["session_id"] or "",
-        hold_id=str(row["hold_id"]) if row["hold_id"] else "",
-        related_transaction_id=str(row["related_transaction_id"] or ""),
-        metadata=json.loads(row["metadata"]) if row["metadata"] else {},
-        created_at=timestamp(row["created_at"]),
+        transaction_id=str(value.transaction_id),
+        user_id=value.user_id,
+        type=TYPE_TO_PB[value.type],
+        source=SOURCE_TO_PB.get(value.source or "", pb.LOT_SOURCE_UNSPECIFIED),
+        amount_micros=value.amount_micros,
+        balance_after_micros=value.balance_after_micros,
+        request_id=value.request_id or "",
+        agent_id=value.agent_id or "",
+        quantity=value.quantity or 0,
+        session_id=value.session_id or "",
+        hold_id=str(value.hold_id) if value.hold_id else "",
+        related_transaction_id=str(value.related_transaction_id or ""),
+        metadata=value.metadata,
+        created_at=timestamp(value.created_at),
     )
 
 
-def agent_price(row: asyncpg.Record) -> pb.AgentPrice:
+def agent_price(value: AgentPrice) -> pb.AgentPrice:
     return pb.AgentPrice(
-        agent_id=row["agent_id"],
-        price_micros=row["price_micros"],
-        unit=row["unit"],
-        active=row["active"],
-        updated_at=timestamp(row["updated_at"]),
+        agent_id=value.agent_id,
+        price_micros=value.price_micros,
+        unit=value.unit,
+        active=value.active,
+        updated_at=timestamp(value.updated_at),
     )
 
 
-SUBSCRIPTION_STATUS_TO_PB = {
-    "unspecified": pb.SUBSCRIPTION_STATUS_UNSPECIFIED,
-    "active": pb.SUBSCRIPTION_STATUS_ACTIVE,
-    "trialing": pb.SUBSCRIPTION_STATUS_TRIALING,
-    "past_due": pb.SUBSCRIPTION_STATUS_PAST_DUE,
-    "unpaid": pb.SUBSCRIPTION_STATUS_UNPAID,
-    "incomplete": pb.SUBSCRIPTION_STATUS_INCOMPLETE,
-    "incomplete_expired": pb.SUBSCRIPTION_STATUS_INCOMPLETE_EXPIRED,
-    "canceled": pb.SUBSCRIPTION_STATUS_CANCELED,
-    "paused": pb.SUBSCRIPTION_STATUS_PAUSED,
-}
-
-
-def subscription(row: asyncpg.Record | None) -> pb.Subscription | None:
-    if row is None:
+def subscription(value: Subscription | None) -> pb.Subscription | None:
+    if value is None:
         return None
     return pb.Subscription(
-        subscription_id=row["subscription_id"],
-        status=SUBSCRIPTION_STATUS_TO_PB[row["status"]],
-        price_id=row["price_id"],
-        current_period_start=timestamp(row["current_period_start"]),
-        current_period_end=timestamp(row["current_period_end"]),
-        cancel_at_period_end=row["cancel_at_period_end"],
-        period_credits_micros=row["period_credits_micros"],
+        subscription_id=value.subscription_id,
+        status=STATUS_TO_PB[value.status],
+        price_id=value.price_id,
+        current_period_start=timestamp(value.current_period_start),
+        current_period_end=timestamp(value.current_period_end),
+        cancel_at_period_end=value.cancel_at_period_end,
+        period_credits_micros=value.period_credits_micros,
     )
 
 
@@ -157,7 +156,27 @@ def streak(view: streaks.View) -> pb.Streak:
     )
 
 
-def type_total(row: asyncpg.Record, micros: int) -> admin_pb.TransactionTypeTotal:
-    return admin_pb.TransactionTypeTotal(
-        type=TYPE_TO_PB[row["type"]], count=row["count"], total_amount_micros=micros
+def balance(view: balances.BalanceView) -> wpb.GetBalanceResponse:
+    return wpb.GetBalanceResponse(
+        user_id=view.account.user_id,
+        available_micros=view.account.available_micros,
+        held_micros=view.account.held_micros,
+        debt_micros=view.account.debt_micros,
+        lots=lot_groups(view.lots),
+        subscription=subscription(view.subscription),
+        streak=streak(view.streak),
+    )
+
+
+def stats_reply(value: stats.Stats) -> apb.GetStatsResponse:
+    return apb.GetStatsResponse(
+        total_users=value.total_users,
+        total_credits_micros=value.total_credits_micros,
+        avg_balance_micros=value.avg_balance_micros,
+        last_day=[
+            apb.TransactionTypeTotal(
+                type=TYPE_TO_PB[t.type], count=t.count, total_amount_micros=t.total_micros
+            )
+            for t in value.last_day
+        ],
     )

@@ -2,7 +2,9 @@
 
 Starts PostgreSQL (unless DATABASE_URL is set), then the gRPC server and the webhook
 gateway as two processes, as in production, with development tokens and secrets generated
-for whatever the environment does not set, and printed once so a developer can use them.
+for whatever the environment does not set. What a second terminal needs (the addresses, the
+tokens, the virtualenv on PATH) is written to ``DATA_DIR/dev.env`` (``.data/dev.env``) and
+printed, so ``. .data/dev.env`` there makes ``creditwallet`` and ``grpcurl`` talk to this run.
 Ctrl-C (or SIGTERM) stops both processes, then PostgreSQL.
 """
 
@@ -12,42 +14,112 @@ import contextlib
 import importlib.util
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
-from creditwallet.core import limits
-from creditwallet.server import db
+from creditwallet.core import commands, limits, startup
+from creditwallet.core.settings import StartupError
 
-GENERATED = ("AGENT_TOKEN", "BILLING_TOKEN", "ADMIN_TOKEN", "STRIPE_WEBHOOK_SECRET", "CRON_SECRET")
+PROG = "make run"
+GENERATED: Final = (
+    "AGENT_TOKEN",
+    "BILLING_TOKEN",
+    "ADMIN_TOKEN",
+    "STRIPE_WEBHOOK_SECRET",
+    "CRON_SECRET",
+)
+DEFAULTS: Final = {
+    "GRPC_ADDRESS": "127.0.0.1:50051",
+    "GATEWAY_ADDRESS": "127.0.0.1:8080",
+    "METRICS_ADDRESS": "127.0.0.1:9464",
+    "LOG_FORMAT": "text",
+}
+# What dev.env exports: where things are and the secrets a client needs.
+SHARED: Final = (
+    "GRPC_ADDRESS",
+    "LEDGER_TARGET",
+    "GATEWAY_ADDRESS",
+    "METRICS_ADDRESS",
+    *GENERATED,
+)
+DESCRIPTION = """Run the gRPC server and the gateway on the embedded PostgreSQL (make run).
+
+Every variable of the server and the gateway is honoured; these are generated when unset:
+AGENT_TOKEN, BILLING_TOKEN, ADMIN_TOKEN, STRIPE_WEBHOOK_SECRET, CRON_SECRET. The addresses
+default to GRPC_ADDRESS=127.0.0.1:50051, GATEWAY_ADDRESS=127.0.0.1:8080 and
+METRICS_ADDRESS=127.0.0.1:9464; DATA_DIR (default .data) holds the database and dev.env."""
 
 
-def main() -> int:
-    env = dict(os.environ)
-    made = {}
+def main(argv: list[str] | None = None) -> int:
+    commands.parser("creditwallet.server.devrun", DESCRIPTION).parse_args(argv)
+    return startup.run_command(PROG, lambda: _run(dict(os.environ)))
+
+
+def environment(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The processes' environment (``env`` plus defaults) and the names generated for it."""
+    result = dict(env)
+    made = []
     for name in GENERATED:
-        if not env.get(name):
+        if not result.get(name):
             prefix = "whsec_" if name == "STRIPE_WEBHOOK_SECRET" else ""
-            env[name] = made[name] = prefix + secrets.token_urlsafe(24)
-    env.setdefault("GRPC_ADDRESS", "127.0.0.1:50051")
-    env.setdefault("GATEWAY_ADDRESS", "127.0.0.1:8080")
-    env.setdefault("LEDGER_TARGET", env["GRPC_ADDRESS"])
-    env.setdefault("LOG_FORMAT", "text")
-    env.setdefault("METRICS_ADDRESS", "127.0.0.1:9464")
+            result[name] = prefix + secrets.token_urlsafe(24)
+            made.append(name)
+    for name, value in DEFAULTS.items():
+        result.setdefault(name, value)
+    result.setdefault("LEDGER_TARGET", result["GRPC_ADDRESS"])
+    return result, made
+
+
+def dev_env_text(env: Mapping[str, str], bin_dir: Path) -> str:
+    """The file a second terminal sources: ``export NAME=value`` lines, shell-quoted."""
+    lines = [
+        "# Written by `make run` for this run; `. .data/dev.env` in another terminal.",
+        "# The project's virtualenv comes first on PATH, for creditwallet and grpcurl.",
+        f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"',
+    ]
+    lines += [f"export {name}={shlex.quote(env[name])}" for name in SHARED if env.get(name)]
+    return "\n".join(lines) + "\n"
+
+
+def _run(os_env: Mapping[str, str]) -> int:
+    env, made = environment(os_env)
+    for variable in ("GRPC_ADDRESS", "GATEWAY_ADDRESS", "METRICS_ADDRESS"):
+        startup.check_can_listen(variable, env[variable])
+    data_dir = Path(env.get("DATA_DIR") or ".data")
     if not env.get("DATABASE_URL"):
-        env["DATABASE_URL"] = db.start_embedded(Path(env.get("DATA_DIR", ".data")))
-        print(f"PostgreSQL (embedded) data in {env.get('DATA_DIR', '.data')}/pg")
+        from creditwallet.server.startup import start_embedded
+
+        env["DATABASE_URL"] = start_embedded(data_dir)
+        print(f"PostgreSQL (embedded) data in {data_dir}/pg")
+    dev_env = data_dir / "dev.env"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        dev_env.write_text(dev_env_text(env, Path(sys.executable).parent), encoding="utf-8")
+        dev_env.chmod(0o600)  # it holds the tokens
+    except OSError as error:
+        raise StartupError(
+            f"DATA_DIR={data_dir}: cannot write dev.env ({error.strerror})"
+        ) from None
     procs = [subprocess.Popen([sys.executable, "-m", "creditwallet.server"], env=env)]
     if importlib.util.find_spec("creditwallet.gateway.__main__") is not None:
         procs.append(subprocess.Popen([sys.executable, "-m", "creditwallet.gateway"], env=env))
     print(f"gRPC server   {env['GRPC_ADDRESS']}")
     print(f"metrics       http://{env['METRICS_ADDRESS']}/metrics")
     print(f"gateway       http://{env['GATEWAY_ADDRESS']}  (POST /stripe/webhook, POST /rollover)")
-    for name, value in made.items():
-        print(f"{name}={value}   (generated for this run)")
-    print("Ctrl-C stops everything.")
+    print(f"generated     {', '.join(made) if made else 'nothing (all set in the environment)'}")
+    print(f"wrote {dev_env}; in another terminal: . {dev_env}")
+    print(dev_env_text(env, Path(sys.executable).parent), end="", flush=True)
+    print("Ctrl-C stops everything.", flush=True)
+    return _supervise(procs)
+
+
+def _supervise(procs: list[subprocess.Popen[bytes]]) -> int:
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -67,7 +139,7 @@ def main() -> int:
             p.wait(max(0.1, deadline - time.monotonic()))
         if p.poll() is None:
             p.kill()
-    print("stopped.")
+    print("stopped.", flush=True)
     return 0 if stopping else 1
 
 

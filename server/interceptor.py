@@ -1,4 +1,4 @@
-"""The one gate every RPC passes: bearer-token scopes (SPEC §13) and error mapping (SPEC §6).
+"""The one gate every RPC passes: bearer-token scopes and the mapping of errors to statuses.
 
 Scopes: WalletService needs ``agent``, BillingService ``billing``, AdminService ``admin``;
 an admin token may call everything. Health and reflection are open, for load balancers
@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from creditwallet.core import limits
+from creditwallet.core import limits, logs
 from creditwallet.core.settings import Secret
-from creditwallet.server import errors, metrics
+from creditwallet.server import errors, metrics, status
 from grpc_status import rpc_status
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,11 @@ def _guarded(
     name = method.rsplit("/", 1)[-1]
 
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        request_id = str(getattr(request, "request_id", ""))[: limits.REQUEST_ID_LENGTH_MAX]
+        with logs.request_context(request_id):
+            return await _handle(request, context)
+
+    async def _handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
         failure = refusal
         response = None
@@ -110,7 +115,7 @@ def _guarded(
                     extra={"method": name, "request_id": getattr(request, "request_id", "")},
                 )
                 failure = errors.internal()
-        code = failure.code if failure else grpc.StatusCode.OK
+        code = status.code_of(failure) if failure else grpc.StatusCode.OK
         seconds = time.perf_counter() - started
         metrics.observe_rpc(name, code.name, seconds)
         # The access log: never the metadata (it holds the bearer token), only what is safe.
@@ -129,7 +134,7 @@ def _guarded(
             if failure.reason == "INSUFFICIENT_CREDITS":
                 metrics.INSUFFICIENT.inc()
             await context.abort_with_status(  # type: ignore[attr-defined]
-                rpc_status.to_status(failure.to_status())
+                rpc_status.to_status(status.to_status(failure))
             )
         return response
 
@@ -157,10 +162,10 @@ def _guarded_stream(
             except Exception:
                 log.exception("unexpected error", extra={"method": name})
                 failure = errors.internal()
-        metrics.RPCS.labels(name, failure.code.name if failure else "OK").inc()
+        metrics.RPCS.labels(name, failure.code if failure else "OK").inc()
         if failure is not None:
             await context.abort_with_status(  # type: ignore[attr-defined]
-                rpc_status.to_status(failure.to_status())
+                rpc_status.to_status(status.to_status(failure))
             )
 
     return handle

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import asyncpg
 from creditwallet.core import commands
+from creditwallet.core.settings import StartupError
+from creditwallet.core.startup import run_command
 
 log = logging.getLogger(__name__)
 
@@ -109,19 +111,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("action", choices=("up", "status"), help="apply pending, or list all")
     args = parser.parse_args(argv)
-    return asyncio.run(_main(args.action))
+    return run_command("creditwallet-migrate", lambda: asyncio.run(_main(args.action)))
 
 
 async def _main(action: str) -> int:
-    dsn = os.environ.get("DATABASE_URL")
-    if not dsn:
-        from creditwallet.server import db
+    from creditwallet.server.startup import start_embedded, wait_for_database
 
-        dsn = db.start_embedded(Path(os.environ.get("DATA_DIR", ".data")))
+    dsn = os.environ.get("DATABASE_URL") or start_embedded(
+        Path(os.environ.get("DATA_DIR") or ".data")
+    )
+    await wait_for_database(dsn)
     conn = await asyncpg.connect(dsn)
     try:
         if action == "up":
-            for name in await migrate(conn):
+            try:
+                applied = await migrate(conn)
+            except MigrationError as error:
+                raise StartupError(
+                    f"the database's schema does not match this version: {error}"
+                ) from None
+            for name in applied:
                 print(f"applied {name}")
             print("up to date")
             return 0

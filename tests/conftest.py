@@ -64,7 +64,7 @@ async def agent(ledger: harness.Ledger) -> AsyncCreditWalletClient:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def verified(ledger: harness.Ledger, admin: AsyncCreditWalletClient) -> AsyncIterator[None]:
-    """Every scenario ends with VerifyLedger clean (SPEC §12)."""
+    """Every scenario ends with VerifyLedger clean (the invariants of docs/design.md)."""
     yield
     report = await admin.verify_ledger()
     assert report.ok, [f"{v.invariant} {v.user_id}: {v.detail}" for v in report.violations]

@@ -1,6 +1,6 @@
 """Stripe as the tests see it: fixture objects, signed events, a local Stripe API, a gateway.
 
-Objects are copied from ../shared/stripe-fixtures/objects.json (Stripe's published shapes)
+Objects are copies of Stripe's published fixture objects (stripe_objects.json)
 and only the fields a scenario needs are set. Events are signed exactly as Stripe signs them:
 ``Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">``.
 """
@@ -24,7 +24,7 @@ from creditwallet.core.settings import Secret
 from creditwallet.gateway.app import create_app
 from creditwallet.gateway.config import GatewayConfig
 
-# A copy of ../shared/stripe-fixtures/objects.json (Stripe's openapi fixtures, 2026-08-21).
+# Stripe's published OpenAPI fixture objects, as of 2026-08-21.
 OBJECTS: dict[str, Any] = json.loads(Path(__file__).with_name("stripe_objects.json").read_text())
 SECRETS = ("whsec_test_current_" + "x" * 16, "whsec_test_next_" + "y" * 16)
 CRON_SECRET = "cron-secret-" + "z" * 20
@@ -177,14 +177,14 @@ class FakeStripe:
         )
         if customer in self.declining:
             intent["status"] = "requires_payment_method"
-            error = {
+            declined: dict[str, Any] = {
                 "type": "card_error",
                 "code": "card_declined",
                 "decline_code": "insufficient_funds",
                 "message": "Your card has insufficient funds.",
                 "payment_intent": intent,
             }
-            status, body = 402, {"error": error}
+            status, body = 402, {"error": declined}
         else:
             intent.update(status="succeeded", amount_received=intent["amount"])
             self.charges.append(intent)

@@ -1,4 +1,4 @@
-"""The buf/AIP rules of STYLE.md, checked over the compiled descriptors (buf is not on PyPI)."""
+"""The API's buf and AIP style rules, checked over the compiled descriptors (no buf on PyPI)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ READS = {
     "StreamEvents",
     "ListEvents",
     "ListWebhookEndpoints",
+    "GetRolloverProgress",
 }
 
 

@@ -1,4 +1,5 @@
-"""Callers that go away mid-debit (SPEC §6 Cancellation): all or nothing, no stuck connection."""
+"""Callers that go away mid-debit: the call commits or rolls back on its own, all or nothing,
+and no connection is left stuck in a transaction."""
 
 from __future__ import annotations
 

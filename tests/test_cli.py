@@ -1,17 +1,28 @@
-"""The operators' CLI against the real server: tables by default, --json for scripts."""
+"""The operators' CLI against the real server: exit codes, units, messages, --json.
+
+Exit codes: 0 done, 1 refused by the ledger, 2 usage, 3 no answer. Amounts in credits unless
+--micros. Messages name the flags typed, not the request fields. --json is the protobuf JSON
+mapping (camelCase, int64 as strings), the gateway's form.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
+import subprocess
 
 import pytest
 from creditwallet.client.cli import main
+from creditwallet.client.errors import AccountNotFound
 from creditwallet.client.wallet import AsyncCreditWalletClient
 
-from tests.harness import Ledger, cli, new_user
+from tests.harness import TOKENS, Ledger, cli, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")
+
+CREDIT = 1_000_000
 
 
 async def test_grant_debit_balance_history_in_credits(
@@ -22,21 +33,145 @@ async def test_grant_debit_balance_history_in_credits(
     assert await cli(ledger, "grant", user, "2.5", "--source", "promo") == 0
     assert await cli(ledger, "prices", "set", "writer", "0.25", "--unit", "page") == 0
     assert await cli(ledger, "debit", user, "--agent", "writer", "--quantity", "4") == 0
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert re.search(r"granted\s+2\.5 credits", out)
+    assert re.search(r"charged\s+1 credit\b", out)
     assert await cli(ledger, "--json", "balance", user) == 0
     balance = json.loads(capsys.readouterr().out)
-    assert int(balance["available_micros"]) == 6_500_000
+    assert balance["availableMicros"] == "6500000"  # 5 trial + 2.5 - 1, int64 as a string
     assert await cli(ledger, "balance", user) == 0
-    assert "6.5 credits" in capsys.readouterr().out
+    assert re.search(r"available\s+6\.5 credits", capsys.readouterr().out)
     assert await cli(ledger, "--json", "history", user) == 0
     history = json.loads(capsys.readouterr().out)
-    rows = history["transactions"] if isinstance(history, dict) else history
-    assert len(rows) == 3
-    assert await cli(ledger, "debit", user, "--amount", "100") == 2
-    assert "INSUFFICIENT_CREDITS" in capsys.readouterr().err
+    assert [row["type"] for row in history["transactions"]] == [
+        "TRANSACTION_TYPE_DEBIT",
+        "TRANSACTION_TYPE_GRANT",
+        "TRANSACTION_TYPE_GRANT",
+    ]
+    # A refusal answers in credits too, and exits 1.
+    assert await cli(ledger, "debit", user, "--amount", "1000") == 1
+    assert "INSUFFICIENT_CREDITS: 6.5 credits available, 1000 credits required" in (
+        capsys.readouterr().err
+    )
 
 
-async def test_prices_stats_and_verify(ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_micros_only_with_the_flag(
+    ledger: Ledger, admin: AsyncCreditWalletClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user = new_user()
+    await admin.ensure_account(user)
+    assert await cli(ledger, "--micros", "debit", user, "--amount", "1500000") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"charged\s+1500000 micros", out)
+    assert re.search(r"available\s+3500000 micros", out)
+    # Without the flag the same figure is credits: refused, and said in credits.
+    assert await cli(ledger, "debit", user, "--amount", "1500000") == 1
+    assert "3.5 credits available, 1500000 credits required" in capsys.readouterr().err
+    # The flag may follow the command; refusals are then in micros too.
+    assert await cli(ledger, "debit", user, "--amount", "4000000", "--micros") == 1
+    assert "3500000 micros available, 4000000 micros required" in capsys.readouterr().err
+    # A decimal is not a number of micros: a usage error naming the flag, nothing sent.
+    assert await cli(ledger, "--micros", "debit", user, "--amount", "1.5") == 2
+    assert "--amount" in capsys.readouterr().err
+    assert (await admin.get_balance(user)).available_micros == 3_500_000
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["debit", "USER", "--amount", "0"], "--amount"),
+        (["debit", "USER", "--amount", "1.0000001"], "--amount"),
+        (["debit", "USER", "--amount", "-1"], "--amount"),
+        (["grant", "USER", "2000000000", "--source", "promo"], "AMOUNT"),
+        (["prices", "set", "a", "abc"], "PRICE"),
+        (["debit", "USER", "--quantity", "2"], "--agent"),
+        (["history", "USER", "--limit", "501"], "--limit"),
+        (["frobnicate"], "COMMAND"),
+    ],
+)
+async def test_usage_errors_exit_2_and_name_the_flag(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str], argv: list[str], names: str
+) -> None:
+    argv = [new_user() if word == "USER" else word for word in argv]
+    assert await cli(ledger, *argv) == 2
+    err = capsys.readouterr().err
+    assert names in err or "invalid choice" in err
+    assert "Traceback" not in err
+
+
+async def test_server_refusals_name_flags_not_fields(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await cli(ledger, "debit", new_user(), "--agent", "no spaces allowed") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: INVALID_ARGUMENT: --agent must be 1-128 chars")
+    assert "agent_id" not in err
+    assert await cli(ledger, "prices", "set", "bad agent", "1") == 1
+    err = capsys.readouterr().err
+    assert "AGENT must be" in err
+    assert "agent_id" not in err
+
+
+async def test_grant_refuses_an_unknown_account_unless_create(
+    ledger: Ledger, admin: AsyncCreditWalletClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nobody = new_user()
+    assert await cli(ledger, "grant", nobody, "5", "--source", "promo") == 1
+    err = capsys.readouterr().err
+    assert f"ACCOUNT_NOT_FOUND: no account for '{nobody}'" in err
+    assert "--create" in err
+    with pytest.raises(AccountNotFound):  # nothing was created
+        await admin.get_balance(nobody)
+    assert await cli(ledger, "grant", nobody, "5", "--source", "promo", "--create") == 0
+    balance = await admin.get_balance(nobody)
+    assert balance.available_micros == 5 * CREDIT  # the grant, and no trial lot
+
+
+async def test_no_answer_exits_3_with_the_request_id_to_retry(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{sock.getsockname()[1]}"
+    argv = ["--target", closed, "--token", TOKENS["admin"], "--timeout", "1"]
+    argv += ["debit", "someone", "--amount", "1", "--request-id", "retry-me"]
+    assert await asyncio.to_thread(main, argv) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: UNAVAILABLE: no answer from the ledger at {closed}")
+    assert "re-run with --request-id retry-me" in err
+
+
+async def test_missing_and_wrong_tokens(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ADMIN_TOKEN", raising=False)
+    assert await asyncio.to_thread(main, ["--target", ledger.target, "stats"]) == 2
+    assert "no token: set ADMIN_TOKEN or pass --token" in capsys.readouterr().err
+    code = await asyncio.to_thread(
+        main, ["--target", ledger.target, "--token", "not-the-token", "stats"]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "UNAUTHENTICATED" in err
+    assert "not-the-token" not in err
+
+
+async def test_json_refusals_are_json_on_stderr(
+    ledger: Ledger, admin: AsyncCreditWalletClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user = new_user()
+    await admin.ensure_account(user)
+    assert await cli(ledger, "--json", "debit", user, "--amount", "9") == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    error = json.loads(captured.err)["error"]
+    assert (error["code"], error["reason"]) == ("FAILED_PRECONDITION", "INSUFFICIENT_CREDITS")
+    assert error["metadata"] == {"available_micros": "5000000", "required_micros": "9000000"}
+
+
+async def test_prices_stats_verify_and_rollover_json(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert await cli(ledger, "prices", "set", "reader", "1") == 0
     assert await cli(ledger, "prices", "list") == 0
     assert "reader" in capsys.readouterr().out
@@ -45,18 +180,41 @@ async def test_prices_stats_and_verify(ledger: Ledger, capsys: pytest.CaptureFix
     capsys.readouterr()
     assert await cli(ledger, "--json", "verify") == 0
     assert json.loads(capsys.readouterr().out)["ok"] is True
+    # The same form as the gateway's POST /rollover answer.
+    assert await cli(ledger, "--json", "rollover") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary) == {
+        "period",
+        "accountsProcessed",
+        "creditsCarriedMicros",
+        "creditsExpiredMicros",
+        "holdsReleased",
+        "chunks",
+    }
+    assert all(isinstance(value, str) for value in summary.values())
 
 
-async def test_wrong_token_is_refused_without_echoing_it(
+async def test_ensure_is_safe_to_repeat_and_documented(
     ledger: Ledger, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = await asyncio.to_thread(
-        main, ["--target", ledger.target, "--token", "not-the-token", "stats"]
-    )
-    assert code == 2
-    err = capsys.readouterr().err
-    assert "UNAUTHENTICATED" in err
-    assert "not-the-token" not in err
+    user = new_user()
+    assert await cli(ledger, "ensure", user) == 0
+    assert f"{user} (created)" in capsys.readouterr().out
+    assert await cli(ledger, "ensure", user) == 0
+    assert f"{user} (already existed)" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["ensure", "--help"]) == 0
+    assert "Safe to repeat" in capsys.readouterr().out
+
+
+def test_shell_completion_scripts(capsys: pytest.CaptureFixture[str]) -> None:
+    for shell in ("bash", "zsh"):
+        assert main(["completion", shell]) == 0
+        script = capsys.readouterr().out
+        for word in ("creditwallet", "rollover", "--micros", "top-up"):
+            assert word in script
+        if shell == "bash":
+            checked = subprocess.run(["bash", "-n"], input=script, text=True, check=False)
+            assert checked.returncode == 0
 
 
 async def test_balance_shows_the_subscription(
@@ -86,5 +244,4 @@ async def test_balance_shows_the_subscription(
     )
     assert await cli(ledger, "balance", user) == 0
     out = capsys.readouterr().out
-    assert "subscription" in out
-    assert "PAST_DUE" in out.upper().replace(" ", "_")
+    assert re.search(r"subscription\s+past_due, period ends", out)

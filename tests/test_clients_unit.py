@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -20,9 +21,8 @@ import pytest
 from creditwallet.client import errors, messages, rpcs
 from creditwallet.client.arguments import build_parser
 from creditwallet.client.cli import COMMANDS, main
-from creditwallet.client.render import message_to_dict
 from creditwallet.client.wallet import AsyncCreditWalletClient, CreditWalletClient
-from creditwallet.core import limits
+from creditwallet.core import limits, protojson
 from creditwallet.core.units import INT64_MAX, format_credits, parse_credits
 from creditwallet.v1 import admin_service_pb2, billing_service_pb2, common_pb2
 from creditwallet.v1 import wallet_service_pb2 as wallet_pb2
@@ -260,21 +260,21 @@ def test_backoff_grows_jittered_and_capped() -> None:
         assert ceiling / 2 <= pause <= ceiling <= limits.CLIENT_RETRY_BACKOFF_MAX_SECONDS
 
 
-def test_message_to_dict_keeps_int64_as_int() -> None:
+def test_json_is_the_protobuf_mapping_camel_case_and_int64_strings() -> None:
     response = wallet_pb2.DebitResponse(transaction_id="t", charged_micros=2**62)
-    assert message_to_dict(response) == {
-        "transaction_id": "t",
-        "charged_micros": 2**62,
-        "available_micros": 0,
+    assert protojson.to_dict(response) == {
+        "transactionId": "t",
+        "chargedMicros": str(2**62),
+        "availableMicros": "0",
         "replayed": False,
     }
     granted_at = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
     lot = common_pb2.Lot(source=common_pb2.LOT_SOURCE_TOP_UP, amount_micros=5)
     lot.granted_at.FromDatetime(granted_at)
-    as_dict = message_to_dict(lot)
+    as_dict = protojson.to_dict(lot)
     assert as_dict["source"] == "LOT_SOURCE_TOP_UP"
-    assert as_dict["granted_at"] == "2025-01-02T03:04:05Z"
-    assert "expires_at" not in as_dict
+    assert as_dict["grantedAt"] == "2025-01-02T03:04:05Z"
+    assert "expiresAt" not in as_dict
 
 
 def test_builders_generate_one_request_id_and_respect_timezones() -> None:
@@ -318,8 +318,8 @@ def test_every_cli_command_has_a_function() -> None:
 
 
 def test_global_options_work_after_the_command() -> None:
-    args = build_parser().parse_args(["--timeout", "2", "balance", "u", "--json"])
-    assert (args.json, args.timeout) == (True, 2.0)
+    args = build_parser().parse_args(["--timeout", "2", "balance", "u", "--json", "--micros"])
+    assert (args.json, args.timeout, args.micros) == (True, 2.0, True)
 
 
 # --- retries against a real grpc.aio server -------------------------------------------------
@@ -467,7 +467,7 @@ async def test_cli_debits_exact_micros_and_prints_json(
     exit_code = await asyncio.to_thread(main, argv)
     captured = capsys.readouterr()
     assert exit_code == 0
-    assert json.loads(captured.out)["charged_micros"] == 1_500_000
+    assert json.loads(captured.out)["chargedMicros"] == "1500000"
     assert fake_server.wallet.requests[0].amount_micros == 1_500_000
     assert fake_server.wallet.requests[0].request_id == "cli-1"
     assert TOKEN not in captured.out + captured.err
@@ -479,10 +479,10 @@ async def test_cli_prints_credits_and_reports_errors(
     argv = ["--target", fake_server.target, "--token", TOKEN, "debit", "alice", "--amount", "1.5"]
     assert await asyncio.to_thread(main, argv) == 0
     out = capsys.readouterr().out
-    assert "charged      1.5" in out
-    assert "available    3.5" in out
+    assert re.search(r"charged\s+1\.5 credits", out)
+    assert re.search(r"available\s+3\.5 credits", out)
     fake_server.wallet.failures = [INSUFFICIENT]
-    assert await asyncio.to_thread(main, argv) == 2
+    assert await asyncio.to_thread(main, argv) == 1
     captured = capsys.readouterr()
-    assert captured.err.startswith("error: INSUFFICIENT_CREDITS: scripted INSUFFICIENT_CREDITS")
+    assert captured.err.startswith("error: INSUFFICIENT_CREDITS: ")
     assert TOKEN not in captured.out + captured.err

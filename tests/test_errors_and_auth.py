@@ -1,4 +1,4 @@
-"""Every error of SPEC §6 for a bad input, with nothing changed; scopes on every RPC (§13)."""
+"""Every documented error for a bad input, with nothing changed; token scopes on every RPC."""
 
 from __future__ import annotations
 

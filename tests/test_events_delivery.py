@@ -9,6 +9,7 @@ one event at once; a stream resumed from its last cursor sees every event once.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -75,7 +76,10 @@ async def test_signed_deliveries_survive_a_receiver_outage_in_order(
 
         async def failing() -> bool:
             page = await admin.admin.ListWebhookEndpoints(epb.ListWebhookEndpointsRequest())
-            return page.endpoints[0].consecutive_failures >= len(users)
+            [state] = page.endpoints
+            return state.consecutive_failures >= len(users) and state.pending_deliveries == sum(
+                len(v) for v in expected.values()
+            )
 
         await events_kit.wait_for(failing, "the endpoint records its failures")
         page = await admin.admin.ListWebhookEndpoints(epb.ListWebhookEndpointsRequest())
@@ -132,7 +136,7 @@ async def test_given_up_after_three_days_then_replayed(
                 break
             attempts = len(receiver.deliveries)
             ledger.clock.advance(hours=6)
-            await events_kit.wait_for(lambda n=attempts: tried(n + 1), "a retry when due")
+            await events_kit.wait_for(functools.partial(tried, attempts + 1), "a retry when due")
 
         async def given_up() -> bool:
             return len((await admin.admin.ListEvents(failed)).events) == 2

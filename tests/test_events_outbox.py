@@ -96,7 +96,7 @@ async def test_every_committed_change_has_its_events_in_commit_order(
     rows = await ledger_rows(ledger.dsn, user)
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
 
-    by_type: dict[str, list[dict[str, object]]] = {}
+    by_type: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         by_type.setdefault(event["type"], []).append(event)
     # One event per history row, with the row's figures and its own timestamp.
@@ -148,9 +148,8 @@ async def test_a_rolled_back_change_has_no_event(
     rolled_back = new_user()
 
     async def grant_then_fail(conn: db.Connection) -> None:
-        now = ledger.clock.now()
-        account, _ = await accounts.ensure(conn, rolled_back, now, 5 * CREDIT)
-        await lots.grant(conn, account, source="promo", amount_micros=CREDIT, now=now)
+        locked, _ = await accounts.ensure(conn, rolled_back, ledger.clock, 5 * CREDIT)
+        await lots.grant(conn, locked.account, source="promo", amount_micros=CREDIT, now=locked.now)
         raise RuntimeError("rolled back")
 
     with pytest.raises(RuntimeError):

@@ -1,4 +1,4 @@
-"""Lot expiry (SPEC §5): exact at read and debit time, recorded once as ``expire``."""
+"""Lot expiry (docs/rewards.md): exact at read and debit time, recorded once as ``expire``."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""Hostile input on every RPC (issue 6): only the SPEC's codes, and nothing changes.
+"""Hostile input on every RPC: only the documented codes, and nothing changes.
 
 For every RPC of WalletService, BillingService and AdminService, hypothesis builds requests
 from the message descriptor (tests/hostile.py) and sends them with the admin token (which may
-call everything). Each answer must be a code the SPEC lists (§6) — never UNKNOWN or
+call everything). Each answer must be a documented code (docs/api.md) — never UNKNOWN or
 INTERNAL (nor UNIMPLEMENTED: every RPC is built). A refused request changes no money
 (accounts, lots, transactions, holds, prices); a malformed one (INVALID_ARGUMENT) also
 stores no idempotency record. Requests that happen to be valid may succeed: the ledger

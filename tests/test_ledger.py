@@ -257,7 +257,7 @@ async def test_rollover_purges_idempotency_records_past_retention(
     async with ledger.pool.acquire() as conn:
         await conn.execute(
             "INSERT INTO idempotency_records (user_id, request_id, method, request_hash, "
-            "response, created_at) VALUES ($1, 'ancient', 'Debit', '\\x00', '', $2)",
+            "result, created_at) VALUES ($1, 'ancient', 'Debit', '\\x00', '{}', $2)",
             user,
             old,
         )

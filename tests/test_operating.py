@@ -1,4 +1,4 @@
-"""The operator's view (issue 6): metrics, the access log, health that follows the database,
+"""The operator's view: metrics, the access log, health that follows the database,
 and secrets that never reach a log.
 """
 

@@ -1,4 +1,4 @@
-"""Referral codes on the real server: codes, both rewards, every refusal, the cap (SPEC §10).
+"""Referral codes on the real server: codes, both rewards, every refusal, the cap (docs/rewards.md).
 
 The billing path (built elsewhere) calls ``referrals.on_first_payment`` inside its
 transaction; ``pay`` stands in for it here, the same way, on the server's pool.
@@ -36,9 +36,8 @@ async def pay(ledger: Ledger, user: str) -> int | None:
     """What the billing path does when it records a paid purchase for ``user``."""
 
     async def work(conn: Connection) -> int | None:
-        now = ledger.clock.now()
-        await accounts.lock(conn, user, now)
-        return await referrals.on_first_payment(conn, user, now)
+        await accounts.lock(conn, user, ledger.clock)
+        return await referrals.on_first_payment(conn, user, ledger.clock)
 
     return await db.run_transaction(ledger.pool, work)
 

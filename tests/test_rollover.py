@@ -142,7 +142,9 @@ async def _accounts_with_due_promos(
     users = [new_user() for _ in range(count)]
     soon = ledger.clock.now() + dt.timedelta(days=1)
     for user in users:
-        await admin.grant(user, 3 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=soon)
+        await admin.grant(
+            user, 3 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=soon, create_account=True
+        )
         await admin.grant(user, 2 * CREDIT, pb.LOT_SOURCE_TOP_UP)
     ledger.clock.advance(days=2)
     return users
@@ -167,7 +169,7 @@ async def test_crash_after_first_chunk_then_rerun_processes_each_account_once(
 
     with pytest.raises(RuntimeError):
         await rollover.run(
-            ledger.pool, "2027-01", ledger.clock.now(), chunk_accounts=7, after_chunk=crash
+            ledger.pool, "2027-01", ledger.clock, chunk_accounts=7, after_chunk=crash
         )
     assert len(await _markers(ledger, "2027-01")) == 7
     summary = await admin.rollover("2027-01")
@@ -185,9 +187,8 @@ async def test_sequential_and_concurrent_runs_give_one_result(
 ) -> None:
     users = await _accounts_with_due_promos(ledger, admin, 24)
     total = len(await ledger.pool.fetch("SELECT user_id FROM credits"))
-    now = ledger.clock.now()
     runs = await asyncio.gather(
-        *(rollover.run(ledger.pool, "2027-02", now, chunk_accounts=5) for _ in range(4))
+        *(rollover.run(ledger.pool, "2027-02", ledger.clock, chunk_accounts=5) for _ in range(4))
     )
     assert sum(r.accounts_processed for r in runs) == total
     assert sum(r.credits_expired_micros for r in runs) == 24 * 3 * CREDIT
@@ -208,11 +209,11 @@ async def test_rollover_releases_expired_holds_and_records_expiry(
 ) -> None:
     user = new_user()
     soon = ledger.clock.now() + dt.timedelta(hours=1)
-    await admin.grant(user, 4 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=soon)
+    await admin.grant(user, 4 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=soon, create_account=True)
     await admin.grant(user, 6 * CREDIT, pb.LOT_SOURCE_TOP_UP)
     await admin.authorize(user, amount_micros=5 * CREDIT, ttl_seconds=600)
     ledger.clock.advance(hours=2)
-    summary = await rollover.run(ledger.pool, "2026-11", ledger.clock.now(), chunk_accounts=3)
+    summary = await rollover.run(ledger.pool, "2026-11", ledger.clock, chunk_accounts=3)
     assert summary.holds_released == 1
     # The hold gave 4 back to the (expired) promo lot and 1 to the top-up: 4 expire.
     assert summary.credits_expired_micros == 4 * CREDIT

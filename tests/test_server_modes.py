@@ -39,7 +39,7 @@ async def plain_ledger(base_dsn: str, data_dir: Path) -> AsyncIterator[harness.L
 async def test_per_transaction_debits_never_overdraw_and_apply_once(
     plain_ledger: harness.Ledger,
 ) -> None:
-    assert plain_ledger.running.runtime.debit_batcher is None
+    assert plain_ledger.running.runtime.debits.batch_max == 1
     admin = plain_ledger.client("admin", round_robin=True)
     user = new_user()
     await admin.ensure_account(user)

@@ -1,4 +1,4 @@
-"""Smart Streaks on the real server: milestones, the grace day, once per streak (SPEC §9)."""
+"""Smart Streaks on the real server: milestones, the grace day, once per streak."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TLS and mutual TLS from certificate paths (SPEC §13), with certificates made by the test.
+"""TLS and mutual TLS from certificate paths, with certificates made by the test.
 
 The server reads TLS_CERT_PATH / TLS_KEY_PATH (and TLS_CLIENT_CA_PATH for mutual TLS) into
 its config; ``app._credentials`` turns them into gRPC server credentials. A client that

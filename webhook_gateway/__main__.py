@@ -1,38 +1,74 @@
-"""``creditwallet-gateway`` (or ``python -m creditwallet.gateway``): the Stripe/cron gateway."""
+"""``creditwallet-gateway`` (or ``python -m creditwallet.gateway``): the Stripe/cron gateway.
+
+Configured from the environment (``--help`` lists the variables). Any reason it cannot start
+(a missing secret, a catalog that is not there, a port in use) is one line on stderr naming
+the variable to fix: exit 2 for a malformed setting, 1 for one that cannot work here.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
-from aiohttp import web
-from creditwallet.core import commands
-from creditwallet.core.settings import ConfigError
-from creditwallet.gateway.app import create_app
-from creditwallet.gateway.config import GatewayConfig
+from creditwallet.core import commands, logs, startup
+from creditwallet.core.settings import ConfigError, StartupError
 
-ENVIRONMENT = """environment:
+log = logging.getLogger("creditwallet.gateway")
+
+PROG = "creditwallet-gateway"
+ENVIRONMENT = """environment (defaults in brackets):
   BILLING_TOKEN           the ledger's billing-scope token (required)
   STRIPE_WEBHOOK_SECRET   signing secret(s), comma-separated during a rotation (required)
   CRON_SECRET             bearer secret of POST /rollover (required)
-  LEDGER_TARGET           where the gRPC server is (default GRPC_ADDRESS, 127.0.0.1:50051)
-  GATEWAY_ADDRESS         listen address (default 127.0.0.1:8080)
-  STRIPE_SECRET_KEY, STRIPE_API_BASE, CATALOG_PATH
-  see README.md for the rest"""
+  LEDGER_TARGET           where the gRPC server is [GRPC_ADDRESS, else 127.0.0.1:50051]
+  GATEWAY_ADDRESS         listen address [127.0.0.1:8080]
+  STRIPE_SECRET_KEY       restricted key to read prices and line items [unset: catalog only]
+  STRIPE_API_BASE         Stripe's API base URL [Stripe's]
+  CATALOG_PATH            price catalog (price id -> kind, credits) [the built-in one]
+  LOG_FORMAT, LOG_LEVEL   json|text [json], DEBUG|INFO|WARNING|ERROR [INFO]
+The README's Configuration section describes each."""
 
 
 def main(argv: list[str] | None = None) -> int:
     commands.parser(
-        "creditwallet-gateway", "The credit-wallet Stripe webhook and cron gateway.", ENVIRONMENT
+        PROG, "The credit-wallet Stripe webhook and cron gateway.", ENVIRONMENT
     ).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return startup.run_command(PROG, _main)
+
+
+def _main() -> int:
     try:
-        config = GatewayConfig.from_env()
-    except ConfigError as exc:
-        print(f"creditwallet-gateway: {exc}", file=sys.stderr)
-        return 2
-    logging.getLogger("creditwallet.gateway").info("gateway config: %r", config)
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+        from aiohttp import web
+        from creditwallet.gateway import catalog
+        from creditwallet.gateway.app import create_app
+        from creditwallet.gateway.config import GatewayConfig
+    except ImportError as exc:  # a plain install is the client and the CLI only
+        print(f"{PROG}: {exc.name} is missing: install creditwallet[gateway]", file=sys.stderr)
+        return startup.EXIT_CONFIG
+    config = GatewayConfig.from_env()
+    logs.configure(config.log)
+    try:
+        prices = catalog.load(config.catalog_path)
+    except OSError as error:
+        raise StartupError(
+            f"CATALOG_PATH={config.catalog_path}: cannot be read ({error.strerror}): point it "
+            "at a price catalog, or unset it for the built-in one"
+        ) from None
+    except (ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
+        raise ConfigError(
+            f"CATALOG_PATH={config.catalog_path} is not a price catalog "
+            f'({startup.one_line(error)}): it needs {{"prices": {{PRICE_ID: {{"kind": '
+            '"top_up"|"subscription", "credits": "100"}}}}'
+        ) from None
+    logs.log_config(log, "gateway", config)
+    log.info("price catalog loaded", extra={"prices": len(prices)})
+    address = f"{config.host}:{config.port}"
+    startup.check_can_listen("GATEWAY_ADDRESS", address)
+    try:
+        web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+    except OSError as error:  # the port was taken between the check and the bind
+        raise StartupError(startup.listen_failure("GATEWAY_ADDRESS", address, error)) from None
     return 0
 
 

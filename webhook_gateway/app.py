@@ -23,13 +23,12 @@ from typing import Any
 import grpc
 import stripe
 from aiohttp import web
-from creditwallet.core import limits
+from creditwallet.core import limits, logs, protojson
 from creditwallet.gateway import catalog, events
 from creditwallet.gateway.config import GatewayConfig
 from creditwallet.gateway.stripe_api import StripeApi
 from creditwallet.v1 import billing_service_pb2 as bpb
 from creditwallet.v1 import billing_service_pb2_grpc as bgrpc
-from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
@@ -120,32 +119,67 @@ def _parse(payload: str) -> dict[str, Any] | None:
 
 async def stripe_webhook(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
-    body = await request.read()  # raises 413 over client_max_size
+    try:
+        body = await request.read()  # raises 413 over client_max_size
+    except ConnectionResetError:  # the sender hung up mid-body: nothing to answer, no error
+        log.info("client hung up before its request body arrived")
+        return web.Response(status=400)
     payload = _verify(config, body, request.headers.get("Stripe-Signature", ""))
     if payload is None:
         WEBHOOKS.labels("unknown", "bad_signature").inc()
-        return web.json_response({"error": "bad signature or stale timestamp"}, status=400)
+        return web.json_response(
+            {
+                "error": "bad signature or stale timestamp",
+                "reason": "the Stripe-Signature header must sign this body with one of the "
+                "STRIPE_WEBHOOK_SECRET secrets, with a timestamp within 300 s of now",
+            },
+            status=400,
+        )
     event = _parse(payload)
     if event is None:
         WEBHOOKS.labels("unknown", "malformed").inc()
-        return web.json_response({"error": "malformed event"}, status=400)
+        return web.json_response(
+            {
+                "error": "malformed event",
+                "reason": "a Stripe event is a JSON object with a string id and type, an "
+                "integer created and an object data.object",
+            },
+            status=400,
+        )
+    with logs.request_context(event["id"]):
+        return await _handle(request.app, event)
+
+
+async def _handle(app: web.Application, event: dict[str, Any]) -> web.Response:
+    """One verified event; every refusal says why in its body (``error``, ``reason``)."""
     kind = event["type"]
     label = kind if kind in events.HANDLED else "other"
     try:
-        mapped = await request.app[MAPPER].map(event)
+        mapped = await app[MAPPER].map(event)
     except catalog.PriceError as exc:
         WEBHOOKS.labels(label, "price_unknown").inc()
-        log.error("event %s refused: %s", event["id"], exc)
-        return web.json_response({"error": "price credits unknown or disputed"}, status=500)
+        log.error("event refused: %s", exc, extra={"event_type": kind})
+        return web.json_response(
+            {"error": "price credits unknown or disputed", "reason": str(exc)}, status=500
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         WEBHOOKS.labels(label, "malformed").inc()
-        log.warning("event %s malformed: %s", event["id"], type(exc).__name__)
-        return web.json_response({"error": "malformed event object"}, status=400)
+        log.warning("event malformed: %s", type(exc).__name__, extra={"event_type": kind})
+        return web.json_response(
+            {"error": "malformed event object", "reason": _malformed_reason(exc)}, status=400
+        )
     if isinstance(mapped, events.Ignored):
         WEBHOOKS.labels(label, "ignored").inc()
-        log.info("event %s (%s) ignored: %s", event["id"], kind, mapped.reason)
+        log.info("event ignored: %s", mapped.reason, extra={"event_type": kind})
         return web.json_response({"ignored": mapped.reason})
-    return await _forward(request.app, label, event["id"], mapped)
+    return await _forward(app, label, event["id"], mapped)
+
+
+def _malformed_reason(exc: Exception) -> str:
+    """Which part of the event object was missing or of the wrong type, without its value."""
+    if isinstance(exc, KeyError):
+        return f"field {exc.args[0]!r} is missing" if exc.args else "a field is missing"
+    return f"a field has the wrong type or value ({type(exc).__name__})"
 
 
 async def _forward(
@@ -160,18 +194,19 @@ async def _forward(
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
         WEBHOOKS.labels(label, "ledger_" + code.name.lower()).inc()
+        body = {"error": f"ledger: {code.name}", "reason": exc.details() or code.name}
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             # The event's content can never be applied as sent: a malformed event, as
             # any other (400), for an operator to look at; retrying would change nothing.
-            log.error("event %s refused by the ledger as malformed", event_id)
-            return web.json_response({"error": "ledger: INVALID_ARGUMENT"}, status=400)
-        log.warning("event %s: ledger answered %s", event_id, code.name)
+            log.error("event refused by the ledger as malformed: %s", exc.details())
+            return web.json_response(body, status=400)
+        log.warning("ledger answered %s", code.name, extra={"method": call.method})
         status = (
             503 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else 500
         )
-        return web.json_response({"error": f"ledger: {code.name}"}, status=status)
+        return web.json_response(body, status=status)
     WEBHOOKS.labels(label, "replayed" if getattr(response, "replayed", False) else "applied").inc()
-    return web.json_response({"method": call.method, "result": json_format.MessageToDict(response)})
+    return web.json_response({"method": call.method, "result": protojson.to_dict(response)})
 
 
 async def rollover(request: web.Request) -> web.Response:
@@ -179,7 +214,10 @@ async def rollover(request: web.Request) -> web.Response:
     header = request.headers.get("Authorization", "")
     expected = b"Bearer " + config.cron_secret.bytes()
     if not hmac.compare_digest(header.encode("utf-8", "replace"), expected):
-        return web.json_response({"error": "unauthorized"}, status=401)
+        return web.json_response(
+            {"error": "unauthorized", "reason": "send Authorization: Bearer $CRON_SECRET"},
+            status=401,
+        )
     period = request.query.get("period", "")
     stub = bgrpc.BillingServiceStub(request.app[CHANNEL])
     try:
@@ -192,11 +230,10 @@ async def rollover(request: web.Request) -> web.Response:
         code = exc.code()
         status = 400 if code == grpc.StatusCode.INVALID_ARGUMENT else 503
         return web.json_response(
-            {"error": f"ledger: {code.name}", "detail": exc.details()}, status=status
+            {"error": f"ledger: {code.name}", "reason": exc.details() or code.name},
+            status=status,
         )
-    return web.json_response(
-        json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
-    )
+    return web.json_response(protojson.to_dict(response))
 
 
 async def healthz(request: web.Request) -> web.Response:

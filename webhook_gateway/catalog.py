@@ -80,5 +80,8 @@ def decide(
     chosen = from_api or local
     if chosen is None:
         log.error("price has no credits in Stripe nor in the catalog", extra={"price_id": price_id})
-        raise PriceError(f"unknown price {price_id}")
+        raise PriceError(
+            f"price {price_id!r} has no credits metadata in Stripe and is not in the catalog "
+            "(CATALOG_PATH)"
+        )
     return chosen

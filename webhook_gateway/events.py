@@ -1,4 +1,4 @@
-"""Stripe events -> typed BillingService requests (SPEC §7), one function per event family.
+"""Stripe events -> typed BillingService requests (docs/billing.md), one function per event family.
 
 Both API shapes are accepted: in the current one a subscription's period lives on its items
 and an invoice names its subscription under ``parent.subscription_details``; older versions
@@ -104,7 +104,11 @@ class Mapper:
         if items is None:
             hint = (obj.get("metadata") or {}).get("price_id")
             if not hint:
-                raise catalog.PriceError("line items unavailable and no price_id metadata")
+                raise catalog.PriceError(
+                    "the session's line items are unknown (STRIPE_SECRET_KEY is unset, or "
+                    "Stripe did not answer) and its metadata names no price_id: a locally "
+                    "sent checkout must set metadata.price_id to a price of the catalog"
+                )
             items = [{"price": hint, "quantity": 1}]
         total, price_id = 0, ""
         for item in items:

@@ -24,6 +24,7 @@ import asyncpg
 from creditwallet.server import db, migrate
 from creditwallet.server.bench.workload import Figures, closed_loop
 from creditwallet.server.clock import SystemClock
+from creditwallet.server.ledger.batching import DebitBatcher
 from creditwallet.server.services import Runtime
 from creditwallet.server.services.wallet import WalletService
 from creditwallet.v1 import wallet_service_pb2 as wpb
@@ -69,8 +70,10 @@ async def prepare(base: str, name: str, up_to: int | None, async_commit: bool) -
         # The load is the same rows in both; no events for it.
         await conn.execute("SET session_replication_role = replica")
         for statement in _LOAD:
-            args = (BALANCE_MICROS, ACCOUNTS) if "generate_series" in statement else ()
-            if "$1" in statement and not args:
+            args: tuple[int, ...] = ()
+            if "generate_series" in statement:
+                args = (BALANCE_MICROS, ACCOUNTS)
+            elif "$1" in statement:
                 args = (BALANCE_MICROS,)
             await conn.execute(statement, *args)
         await conn.execute("RESET session_replication_role")
@@ -87,7 +90,9 @@ async def prepare(base: str, name: str, up_to: int | None, async_commit: bool) -
 async def handler(dsn: str) -> AsyncIterator[WalletService]:
     pool = await db.create_pool(dsn, min_size=16, max_size=20)
     try:
-        yield WalletService(Runtime(pool, SystemClock()))
+        clock = SystemClock()
+        # Group commit off: one transaction per debit, as the figures describe.
+        yield WalletService(Runtime(pool, clock, DebitBatcher.one_by_one(pool, clock)))
     finally:
         await pool.close()
 

@@ -1,4 +1,4 @@
-"""``make bench``: the figures of SPEC §11 in one run, printed as a table and written as JSON.
+"""``make bench``: the figures of docs/performance.md in one run, as a table and as JSON.
 
 What runs: its own embedded PostgreSQL (``.data/bench``), a database loaded with 100,000
 accounts in bulk SQL, and the real server as a subprocess
@@ -51,6 +51,7 @@ from creditwallet.server.bench.workload import (
     user_for,
 )
 from creditwallet.server.clock import SystemClock
+from creditwallet.server.ledger.batching import DebitBatcher
 from creditwallet.server.services import Runtime
 from creditwallet.server.services.wallet import WalletService
 from creditwallet.v1 import wallet_service_pb2 as wpb
@@ -145,7 +146,8 @@ async def wait_ready(client: AsyncCreditWalletClient) -> None:
 async def in_process_handler(dsn: str) -> AsyncIterator[WalletService]:
     pool = await db.create_pool(dsn, min_size=64, max_size=64)
     try:
-        yield WalletService(Runtime(pool, SystemClock()))
+        clock = SystemClock()
+        yield WalletService(Runtime(pool, clock, DebitBatcher.one_by_one(pool, clock)))
     finally:
         await pool.close()
 

@@ -31,6 +31,7 @@ import stripe
 from creditwallet.core import limits
 from creditwallet.core.settings import Secret
 from creditwallet.server import errors
+from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.events import metrics
 from creditwallet.server.ledger import accounts, purchases
@@ -208,7 +209,9 @@ class StripePayments:
             ) from None
         except (stripe.StripeError, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("stripe unavailable: %s", type(exc).__name__)
-            raise errors.unavailable("the payment provider did not answer; retry") from None
+            raise errors.LedgerError(
+                "PAYMENT_PROVIDER_UNAVAILABLE", "the payment provider did not answer; retry"
+            ) from None
 
 
 def _credits(price: dict[str, Any]) -> int | None:
@@ -234,9 +237,9 @@ async def set_rule(
     customer_id: str,
     payment_method_id: str,
     monthly_limit_minor: int,
-    now: dt.datetime,
+    clock: Clock,
 ) -> asyncpg.Record:
-    await accounts.lock(conn, user_id, now)
+    now = (await accounts.lock(conn, user_id, clock)).now
     row = await conn.fetchrow(
         _UPSERT_RULE,
         user_id,
@@ -254,9 +257,9 @@ async def set_rule(
     return row
 
 
-async def disable_rule(conn: Connection, user_id: str, now: dt.datetime) -> asyncpg.Record | None:
-    await accounts.lock(conn, user_id, now)
-    return await conn.fetchrow(_DISABLE_RULE, user_id, now)
+async def disable_rule(conn: Connection, user_id: str, clock: Clock) -> asyncpg.Record | None:
+    locked = await accounts.lock(conn, user_id, clock)
+    return await conn.fetchrow(_DISABLE_RULE, user_id, locked.now)
 
 
 async def pay_one(
@@ -353,10 +356,11 @@ async def record_payment(
     amount_received_minor: int,
     failure_code: str,
     failure_message: str,
-    now: dt.datetime,
+    clock: Clock,
     failures_max: int,
 ) -> PaymentOutcome:
     """A payment_intent.succeeded (or .payment_failed) of an attempt, exactly once per intent."""
+    now = clock.now()
     attempt = await conn.fetchrow(_ATTEMPT, attempt_id)
     if attempt is None or attempt["user_id"] != user_id:
         raise errors.not_found(
@@ -393,7 +397,7 @@ async def record_payment(
             amount_paid_minor=amount_received_minor or attempt["amount_minor"],
             currency=attempt["currency"],
         ),
-        now,
+        clock,
     )
     await conn.execute(_SUCCEEDED, attempt_id, intent_id, result.transaction_id, now)
     await conn.execute(_RULE_SUCCEEDED, user_id, now)

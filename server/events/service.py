@@ -6,7 +6,7 @@ ReplayEvents, ListWebhookEndpoints; BillingService.RecordAutoRechargePayment.
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -15,9 +15,11 @@ import asyncpg
 import grpc
 from creditwallet.core import limits
 from creditwallet.server import convert, errors, validate
+from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.events import recharge, store
 from creditwallet.server.ledger import accounts, idempotency
+from creditwallet.server.services import guard
 from creditwallet.v1 import events_pb2 as epb
 
 if TYPE_CHECKING:
@@ -93,6 +95,13 @@ FROM webhook_endpoints p WHERE p.endpoint_id > $1 ORDER BY p.endpoint_id LIMIT $
 """
 
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
+# The idempotency scope of operators' replays (they belong to an endpoint, not an account).
+EVENTS_SCOPE = "~events"
+
+
+@dataclasses.dataclass(frozen=True)
+class Replayed:
+    queued: int
 
 
 def _events(runtime: Runtime) -> EventWorkers:
@@ -123,9 +132,9 @@ class AdminEvents:
                 "threshold_micros", f"threshold_micros must be 0 to {limits.AMOUNT_MICROS_MAX}"
             )
 
-        async def work(conn: Connection, now: dt.datetime) -> None:
-            await accounts.lock(conn, user_id, now)
-            await conn.execute(_SET_ALERT, user_id, threshold, now)
+        async def work(conn: Connection, clock: Clock) -> None:
+            locked = await accounts.lock(conn, user_id, clock)
+            await conn.execute(_SET_ALERT, user_id, threshold, locked.now)
 
         await self.rt.write(work)
         return epb.SetBalanceAlertResponse(user_id=user_id, threshold_micros=threshold)
@@ -133,7 +142,9 @@ class AdminEvents:
     async def SetAutoRecharge(self, request: Any, context: Context) -> Any:
         user_id = validate.user_id(request.user_id)
         if not request.enabled:
-            row = await self.rt.write(lambda conn, now: recharge.disable_rule(conn, user_id, now))
+            row = await self.rt.write(
+                lambda conn, clock: recharge.disable_rule(conn, user_id, clock)
+            )
             rule = _rule(row) if row is not None else epb.AutoRechargeRule(user_id=user_id)
             return epb.SetAutoRechargeResponse(rule=rule)
         threshold = validate.amount(request.threshold_micros, "threshold_micros")
@@ -150,7 +161,7 @@ class AdminEvents:
                 "AUTO_RECHARGE_NOT_CONFIGURED", "the server has no payment provider key"
             )
 
-        async def customer(conn: Connection, now: dt.datetime) -> str | None:
+        async def customer(conn: Connection, clock: Clock) -> str | None:
             await accounts.read(conn, user_id)
             return await recharge.customer_of(conn, user_id)
 
@@ -172,8 +183,8 @@ class AdminEvents:
                 f"monthly_limit_cents is below the price's amount of {terms.amount_minor}",
             )
         row = await self.rt.write(
-            lambda conn, now: recharge.set_rule(
-                conn, user_id, threshold, terms, customer_id, method, limit, now
+            lambda conn, clock: recharge.set_rule(
+                conn, user_id, threshold, terms, customer_id, method, limit, clock
             )
         )
         return epb.SetAutoRechargeResponse(rule=_rule(row))
@@ -201,7 +212,7 @@ class AdminEvents:
         )
         sql = _LIST_FOR_USER if user_id is not None else _LIST_ALL
         rows = await self.rt.read(
-            lambda conn, now: conn.fetch(sql, user_id, before, types, endpoint, status, size + 1)
+            lambda conn, clock: conn.fetch(sql, user_id, before, types, endpoint, status, size + 1)
         )
         token = ""
         if len(rows) > size:
@@ -231,32 +242,34 @@ class AdminEvents:
                 "event_ids", "give event_ids, failed_only, or user_id with from_sequence"
             )
 
-        async def work(conn: Connection, now: dt.datetime) -> epb.ReplayEventsResponse:
+        async def work(conn: Connection, clock: Clock) -> Replayed:
             active = await conn.fetchval(_ENDPOINT_ACTIVE, endpoint)
             if not active:
                 raise errors.not_found(
                     "ENDPOINT_NOT_FOUND", "no configured webhook endpoint", endpoint_id=endpoint
                 )
             queued = await conn.fetchval(
-                _REPLAY, endpoint, event_ids, request.failed_only, user_id, from_sequence, now
+                _REPLAY,
+                endpoint,
+                event_ids,
+                request.failed_only,
+                user_id,
+                from_sequence,
+                clock.now(),
             )
-            return epb.ReplayEventsResponse(queued=int(queued or 0))
+            return Replayed(int(queued or 0))
 
-        return await self.rt.execute(
-            scope="~events",
-            request_id=request_id,
-            method="ReplayEvents",
-            request=request,
-            response_type=epb.ReplayEventsResponse,
-            work=work,
+        outcome = await self.rt.execute(
+            guard(EVENTS_SCOPE, request_id, "ReplayEvents", request), Replayed, work
         )
+        return epb.ReplayEventsResponse(queued=outcome.result.queued, replayed=outcome.replayed)
 
     async def ListWebhookEndpoints(self, request: Any, context: Context) -> Any:
         size = validate.page_size(request.page_size, limits.PRICES_PAGE_SIZE_DEFAULT)
         after = (
             validate.identifier(request.page_token, "page_token", 64) if request.page_token else ""
         )
-        rows = await self.rt.read(lambda conn, now: conn.fetch(_ENDPOINTS, after, size + 1))
+        rows = await self.rt.read(lambda conn, clock: conn.fetch(_ENDPOINTS, after, size + 1))
         token = rows[size - 1]["endpoint_id"] if len(rows) > size else ""
         return epb.ListWebhookEndpointsResponse(
             endpoints=[_endpoint(r) for r in rows[:size]], next_page_token=token
@@ -283,8 +296,8 @@ class BillingEvents:
         message = validate.text(request.failure_message, "failure_message", 500)
         failures_max = _events(self.rt).config.auto_recharge_failures_max
 
-        async def work(conn: Connection, now: dt.datetime) -> epb.RecordAutoRechargePaymentResponse:
-            outcome = await recharge.record_payment(
+        async def work(conn: Connection, clock: Clock) -> recharge.PaymentOutcome:
+            return await recharge.record_payment(
                 conn,
                 request_id=request_id,
                 attempt_id=attempt_id,
@@ -294,22 +307,21 @@ class BillingEvents:
                 amount_received_minor=received,
                 failure_code=code,
                 failure_message=message,
-                now=now,
+                clock=clock,
                 failures_max=failures_max,
             )
-            return epb.RecordAutoRechargePaymentResponse(
-                transaction_id=str(outcome.transaction_id) if outcome.transaction_id else "",
-                granted_micros=outcome.granted_micros,
-                already_recorded=outcome.already_recorded,
-            )
 
-        return await self.rt.execute(
-            scope=idempotency.BILLING_SCOPE,
-            request_id=request_id,
-            method="RecordAutoRechargePayment",
-            request=request,
-            response_type=epb.RecordAutoRechargePaymentResponse,
-            work=work,
+        outcome = await self.rt.execute(
+            guard(idempotency.BILLING_SCOPE, request_id, "RecordAutoRechargePayment", request),
+            recharge.PaymentOutcome,
+            work,
+        )
+        result = outcome.result
+        return epb.RecordAutoRechargePaymentResponse(
+            transaction_id=str(result.transaction_id) if result.transaction_id else "",
+            granted_micros=result.granted_micros,
+            already_recorded=result.already_recorded,
+            replayed=outcome.replayed,
         )
 
 

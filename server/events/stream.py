@@ -16,7 +16,6 @@ import functools
 from collections.abc import AsyncIterator
 
 import asyncpg
-import grpc
 from creditwallet.core import limits
 from creditwallet.server import db, errors
 from creditwallet.server.db import Connection, Pool
@@ -79,7 +78,6 @@ class Streams:
     ) -> AsyncIterator[asyncpg.Record]:
         if self._open >= limits.EVENT_STREAMS_MAX:
             raise errors.LedgerError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "TOO_MANY_STREAMS",
                 f"at most {limits.EVENT_STREAMS_MAX} event streams at once; retry later",
             )

@@ -1,14 +1,18 @@
-"""The debit path (Debit RPC): all or nothing, never overdrawing, burn-down order of SPEC §5.
+"""The debit itself: all or nothing, never overdrawing, lots burnt down in order.
 
-Every refusal is decided before the first write of the debit itself (the only earlier
-writes are due expiries, which are true whether the debit goes on or not), so the
-idempotency guard needs no savepoint around it (``refuses_before_writing``).
+Every refusal is decided before the first write of the debit itself (the only earlier writes
+are due expiries, which are true whether the debit goes on or not), so no savepoint is needed
+around it: a refused debit of a batch leaves its batch-mates alone.
 
-One transaction: lock the account (which also records due expiries), price the use,
-refuse if in debt or short, then one statement burns the lots down, writes the history
-row and its lot consumptions, moves the balance, counts the day's activity and reads the
-streak state. The streak bookkeeping follows in the same transaction, on the day's first
-debit only, in one more statement (two when it grants a milestone).
+The route of a Debit RPC: ``services/wallet.py: Debit`` (validate) → ``ledger/batching.py``
+(one transaction for the batch: claim the request_ids, lock the accounts and take the time,
+then this module for each debit, then store the results) → ``convert`` (the reply). A lone
+debit is a batch of one.
+
+Once the account is locked, a debit is one statement: it burns the lots down, writes the
+history row and its lot consumptions, moves the balance, counts the day's activity and reads
+the streak state. The streak bookkeeping follows on the day's first debit only, in one more
+statement (two when it grants a milestone).
 """
 
 from __future__ import annotations
@@ -20,15 +24,15 @@ from collections.abc import Mapping
 
 from creditwallet.server import errors
 from creditwallet.server.db import Connection
-from creditwallet.server.ledger import accounts, lots, pricing, streaks
-from creditwallet.server.ledger.types import Account
+from creditwallet.server.ledger import lots, pricing, streaks
+from creditwallet.server.ledger.types import Account, Balances
 
 # The burn-down of lots.consume, fused with the history row, the consumption records, the
 # balance and the day's activity, so a debit is one round trip once the account is locked.
 _DEBIT = (
     "WITH"
     + lots.BURN_DOWN_CTES
-    + """, burnt AS (
+    + f""", burnt AS (
     UPDATE credit_lots l SET remaining_micros = l.remaining_micros - take.amount
     FROM take WHERE l.user_id = $1 AND l.lot_id = take.lot_id
     RETURNING l.lot_id, take.amount
@@ -42,8 +46,10 @@ _DEBIT = (
     SELECT $1, tx.transaction_id, burnt.lot_id, burnt.amount FROM tx, burnt
     RETURNING amount_micros
 ), account AS (
-    UPDATE credits SET balance_micros = $4, updated_at = $3 WHERE user_id = $1
-    RETURNING user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
+    UPDATE credits SET balance_micros = $4, updated_at = $3,
+        last_transaction_id = (SELECT transaction_id FROM tx)
+    WHERE user_id = $1
+    RETURNING {Account.COLUMNS}
 ), activity AS (
     INSERT INTO user_activity (user_id, day, debit_count) VALUES ($1, $11, 1)
     ON CONFLICT (user_id, day) DO UPDATE SET debit_count = user_activity.debit_count + 1
@@ -76,19 +82,15 @@ class DebitCommand:
 class DebitResult:
     transaction_id: int
     charged_micros: int
-    available_micros: int
+    balances: Balances
     reward: streaks.Reward | None
-    account: Account
-
-
-async def debit(conn: Connection, cmd: DebitCommand, now: dt.datetime) -> DebitResult:
-    return await debit_locked(conn, cmd, await accounts.lock(conn, cmd.user_id, now), now)
 
 
 async def debit_locked(
     conn: Connection, cmd: DebitCommand, account: Account, now: dt.datetime
-) -> DebitResult:
-    """The debit of an account the caller has locked and touched (``accounts.lock``)."""
+) -> tuple[DebitResult, Account]:
+    """The debit of an account the caller has locked and touched at ``now``
+    (``accounts.lock`` / ``lock_many``); returns the result and the account after it."""
     amount = await cost_of(conn, cmd.amount_micros, cmd.agent_id, cmd.quantity)
     check_spendable(account, amount)
     row = await conn.fetchrow(
@@ -108,13 +110,10 @@ async def debit_locked(
     assert row is not None
     if row["burnt_micros"] != amount:
         raise AssertionError(f"debit of {amount} burnt {row['burnt_micros']} from the lots")
-    account = Account.from_row(row)
-    reward = await streaks.record_debit(
-        conn, account, now, row["first_today"], streaks.state_from(row, "streak_")
+    reward, account = await streaks.record_debit(
+        conn, Account.from_row(row), now, row["first_today"], streaks.state_from(row, "streak_")
     )
-    if reward is not None:
-        account = reward.account
-    return DebitResult(row["transaction_id"], amount, account.available_micros, reward, account)
+    return DebitResult(row["transaction_id"], amount, Balances.of(account), reward), account
 
 
 async def cost_of(

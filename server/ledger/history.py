@@ -15,10 +15,10 @@ import json
 import uuid
 from collections.abc import Mapping
 
-import asyncpg
 from creditwallet.core import limits
 from creditwallet.server import errors
 from creditwallet.server.db import Connection
+from creditwallet.server.ledger.types import Transaction
 
 _APPEND = """
 INSERT INTO credit_transactions (user_id, type, source, amount_micros, balance_after_micros,
@@ -28,12 +28,8 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13)
 RETURNING transaction_id
 """
 
-_COLUMNS = """transaction_id, user_id, type, source, amount_micros, balance_after_micros,
-    request_id, agent_id, quantity, session_id, hold_id, related_transaction_id, metadata,
-    created_at"""
-
 _PAGE = f"""
-SELECT {_COLUMNS} FROM credit_transactions
+SELECT {Transaction.COLUMNS} FROM credit_transactions
 WHERE user_id = $1 AND transaction_id < $2 AND ($3::text IS NULL OR type = $3)
 ORDER BY transaction_id DESC LIMIT $4
 """
@@ -80,13 +76,16 @@ async def append(
 
 async def page(
     conn: Connection, user_id: str, type_: str | None, page_size: int, page_token: str
-) -> tuple[list[asyncpg.Record], str]:
+) -> tuple[list[Transaction], str]:
     before = decode_token(page_token, user_id, type_) if page_token else limits.INT64_MAX
-    rows = await conn.fetch(_PAGE, user_id, before, type_, page_size + 1)
+    rows = [
+        Transaction.from_row(r)
+        for r in await conn.fetch(_PAGE, user_id, before, type_, page_size + 1)
+    ]
     if len(rows) <= page_size:
-        return list(rows), ""
+        return rows, ""
     rows = rows[:page_size]
-    return list(rows), encode_token(user_id, type_, rows[-1]["transaction_id"])
+    return rows, encode_token(user_id, type_, rows[-1].transaction_id)
 
 
 def encode_token(user_id: str, type_: str | None, before: int) -> str:

@@ -6,6 +6,12 @@ being available. Capture spends up to the held amount from those same portions a
 the rest back; Void or expiry gives everything back. A hold is finalized once.
 An expired hold is released by the account's expiry sweep, which every touch of the
 account runs when due, so an expired hold never stays held whether or not a sweeper ran.
+
+**A lot that expires while a hold reserves part of it.** The hold took its credits out of the
+lot while the lot was live, so they are the hold's: a Capture before the hold's own expiry
+spends them, even after the lot's expiry (as a card authorization is honoured after the card
+is renewed). What the capture does not spend, and everything a Void or the hold's expiry gives
+back, returns to the lot and expires at once if the lot has (``lots.give_back``).
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ from collections.abc import Sequence
 
 import asyncpg
 from creditwallet.server import errors
+from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger import accounts, history, lots, streaks
 from creditwallet.server.ledger.debit import DebitCommand, check_spendable, cost_of
-from creditwallet.server.ledger.types import Account
+from creditwallet.server.ledger.types import Account, Balances
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +43,7 @@ class AuthorizeResult:
     hold_id: uuid.UUID
     expires_at: dt.datetime
     held_micros: int
-    available_micros: int
+    balances: Balances
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +51,14 @@ class CaptureResult:
     transaction_id: int
     charged_micros: int
     released_micros: int
-    available_micros: int
+    balances: Balances
     reward: streaks.Reward | None
 
 
 @dataclasses.dataclass(frozen=True)
 class VoidResult:
     released_micros: int
-    available_micros: int
+    balances: Balances
 
 
 _INSERT_HOLD = """
@@ -65,11 +72,11 @@ INSERT INTO hold_lots (user_id, hold_id, lot_id, amount_micros)
 SELECT $1, $2, p.lot_id, p.amount FROM unnest($3::bigint[], $4::bigint[]) AS p(lot_id, amount)
 """
 
-_HOLD_ACCOUNT = """
+_HOLD_ACCOUNT = f"""
 UPDATE credits SET held_micros = held_micros + $2,
     next_expiry_at = LEAST(next_expiry_at, $3), updated_at = $4
 WHERE user_id = $1
-RETURNING user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
+RETURNING {Account.COLUMNS}
 """
 
 _FIND_USER = "SELECT user_id FROM holds WHERE hold_id = $1"
@@ -99,16 +106,17 @@ INSERT INTO lot_consumptions (user_id, transaction_id, lot_id, amount_micros)
 SELECT $1, $2, p.lot_id, p.amount FROM unnest($3::bigint[], $4::bigint[]) AS p(lot_id, amount)
 """
 
-_RELEASE_ACCOUNT = """
+_RELEASE_ACCOUNT = f"""
 UPDATE credits SET balance_micros = balance_micros - $2, held_micros = held_micros - $3,
-    updated_at = $4
+    updated_at = $4, last_transaction_id = coalesce($5, last_transaction_id)
 WHERE user_id = $1
-RETURNING user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
+RETURNING {Account.COLUMNS}
 """
 
 
-async def authorize(conn: Connection, cmd: AuthorizeCommand, now: dt.datetime) -> AuthorizeResult:
-    account = await accounts.lock(conn, cmd.user_id, now)
+async def authorize(conn: Connection, cmd: AuthorizeCommand, clock: Clock) -> AuthorizeResult:
+    locked = await accounts.lock(conn, cmd.user_id, clock)
+    account, now = locked.account, locked.now
     amount = await cost_of(conn, cmd.amount_micros, cmd.agent_id, cmd.quantity)
     check_spendable(account, amount)
     hold_id = uuid.uuid4()
@@ -132,7 +140,7 @@ async def authorize(conn: Connection, cmd: AuthorizeCommand, now: dt.datetime) -
     )
     row = await conn.fetchrow(_HOLD_ACCOUNT, cmd.user_id, amount, expires_at, now)
     assert row is not None
-    return AuthorizeResult(hold_id, expires_at, amount, Account.from_row(row).available_micros)
+    return AuthorizeResult(hold_id, expires_at, amount, Balances.of(Account.from_row(row)))
 
 
 async def hold_owner(conn: Connection, hold_id: uuid.UUID) -> str:
@@ -150,16 +158,16 @@ async def capture(
     hold_id: uuid.UUID,
     amount_micros: int | None,
     request_id: str,
-    now: dt.datetime,
+    clock: Clock,
 ) -> CaptureResult:
-    account = await accounts.lock(conn, user_id, now)
+    locked = await accounts.lock(conn, user_id, clock)
+    account, now = locked.account, locked.now
     hold = await _pending_hold(conn, user_id, hold_id)
     held = hold["amount_micros"]
     charge = held if amount_micros is None else amount_micros
     if charge > held:
         raise errors.invalid("amount_micros", f"amount_micros exceeds the held {held}")
     spent, given_back = _split(await conn.fetch(_PORTIONS, user_id, hold_id), charge)
-    await lots.restore(conn, user_id, given_back, now)
     tx_id = await history.append(
         conn,
         user_id,
@@ -176,31 +184,32 @@ async def capture(
     )
     await conn.execute(_CONSUMPTIONS, user_id, tx_id, [p[0] for p in spent], [p[1] for p in spent])
     await conn.execute(_FINALIZE, user_id, hold_id, "captured", charge, now, tx_id)
-    row = await conn.fetchrow(_RELEASE_ACCOUNT, user_id, charge, held, now)
+    row = await conn.fetchrow(_RELEASE_ACCOUNT, user_id, charge, held, now, tx_id)
     assert row is not None
-    account = await lots.settle_debt(conn, Account.from_row(row), now)
-    reward = await streaks.record_debit(conn, account, now)
-    if reward is not None:
-        account = reward.account
-    return CaptureResult(tx_id, charge, held - charge, account.available_micros, reward)
+    account = await lots.give_back(conn, Account.from_row(row), given_back, now)
+    reward, account = await streaks.record_debit(conn, account, now)
+    return CaptureResult(tx_id, charge, held - charge, Balances.of(account), reward)
 
 
-async def void(conn: Connection, user_id: str, hold_id: uuid.UUID, now: dt.datetime) -> VoidResult:
-    await accounts.lock(conn, user_id, now)
+async def void(conn: Connection, user_id: str, hold_id: uuid.UUID, clock: Clock) -> VoidResult:
+    locked = await accounts.lock(conn, user_id, clock)
+    now = locked.now
     hold = await _pending_hold(conn, user_id, hold_id)
     held = hold["amount_micros"]
-    portions = await conn.fetch(_PORTIONS, user_id, hold_id)
-    await lots.restore(conn, user_id, [(p["lot_id"], p["amount_micros"]) for p in portions], now)
+    portions = [
+        (p["lot_id"], p["amount_micros"]) for p in await conn.fetch(_PORTIONS, user_id, hold_id)
+    ]
     await conn.execute(_FINALIZE, user_id, hold_id, "voided", 0, now, None)
-    row = await conn.fetchrow(_RELEASE_ACCOUNT, user_id, 0, held, now)
+    row = await conn.fetchrow(_RELEASE_ACCOUNT, user_id, 0, held, now, None)
     assert row is not None
-    account = await lots.settle_debt(conn, Account.from_row(row), now)
-    return VoidResult(held, account.available_micros)
+    account = await lots.give_back(conn, Account.from_row(row), portions, now)
+    return VoidResult(held, Balances.of(account))
 
 
 async def _pending_hold(conn: Connection, user_id: str, hold_id: uuid.UUID) -> asyncpg.Record:
     hold = await conn.fetchrow(_GET_HOLD, user_id, hold_id)
-    assert hold is not None, "hold_owner found it under the same account"
+    if hold is None:
+        raise errors.not_found("HOLD_NOT_FOUND", "no such hold", hold_id=str(hold_id))
     if hold["status"] == "expired":
         raise errors.precondition(
             "HOLD_EXPIRED", "the hold expired and was released", hold_id=str(hold_id)

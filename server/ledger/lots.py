@@ -1,9 +1,15 @@
 """Lots: the one primitive that holds credits. Grant, consume, give back, expire.
 
-Balance bookkeeping, always true after each function here (SPEC §12.1):
+Balance bookkeeping, always true after each function here:
     credits.balance_micros = sum(lot.remaining) + held_micros - debt_micros
                            = sum of the account's credit_transactions amounts.
-Callers hold the account lock (``accounts.lock``) before calling anything here.
+Callers hold the account lock (``accounts.lock``) and pass the write's ``now`` from it.
+
+Expiry is exact: a lot is spendable strictly before its ``expires_at``. Every write records the
+account's due expiries first (``sweep``), and credits that come back to a lot that has expired
+meanwhile (a void, an expired hold, the unspent part of a capture, a reversal) are expired in
+the same write (``give_back``): they are never left spendable, and the reply's figures are
+what the next read shows.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from creditwallet.server.db import Connection
 from creditwallet.server.ledger import history
 from creditwallet.server.ledger.types import Account
 
-# Burn-down order (SPEC §5): soonest expiry first, never-expiring last, then oldest grant.
+# Burn-down order: soonest expiry first, never-expiring last, then oldest grant.
 # $1 user_id, $2 amount, $3 now; ``take`` is (lot_id, amount) of each lot to draw on. The
 # account lock serializes writers, so the live lots need no row locks here. Shared by
 # ``consume`` and the debit's fused statement (ledger/debit.py).
@@ -42,24 +48,31 @@ RETURNING l.lot_id, take.amount
 """
 )
 
-# Given-back credits may land in a lot that has expired meanwhile: the account's
-# next_expiry_at moves down so the next touch records that expiry.
+# Credits back into the lots they came from; a lot that will expire moves next_expiry_at
+# down. Returns the new next_expiry_at, and whether any of the lots has expired by now (then
+# ``give_back`` expires what came back to it).
 _RESTORE = """
 WITH restored AS (
     UPDATE credit_lots l SET remaining_micros = l.remaining_micros + g.amount
     FROM unnest($2::bigint[], $3::bigint[]) AS g(lot_id, amount)
     WHERE l.user_id = $1 AND l.lot_id = g.lot_id
     RETURNING l.expires_at
+), moved AS (
+    UPDATE credits SET next_expiry_at = LEAST(next_expiry_at,
+                                              (SELECT min(expires_at) FROM restored))
+    WHERE user_id = $1
+    RETURNING next_expiry_at
 )
-UPDATE credits SET next_expiry_at = LEAST(next_expiry_at, (SELECT min(expires_at) FROM restored))
-WHERE user_id = $1
+SELECT (SELECT next_expiry_at FROM moved) AS next_expiry_at,
+       coalesce(bool_or(expires_at <= $4), false) AS expired
+FROM restored
 """
 
 # Debt is paid from live credits as soon as there are any: lots shrink, debt shrinks by the
 # same amount, the balance does not move.
-_SETTLE_DEBT = """
+_SETTLE_DEBT = f"""
 UPDATE credits SET debt_micros = debt_micros - $2, updated_at = $3 WHERE user_id = $1
-RETURNING user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
+RETURNING {Account.COLUMNS}
 """
 
 _LIVE_TOTAL = """
@@ -67,7 +80,7 @@ SELECT coalesce(sum(remaining_micros), 0)::bigint FROM credit_lots
 WHERE user_id = $1 AND remaining_micros > 0 AND (expires_at IS NULL OR expires_at > $2)
 """
 
-_GRANT = """
+_GRANT = f"""
 WITH lot AS (
     INSERT INTO credit_lots (user_id, source, amount_micros, remaining_micros, granted_at,
                              expires_at, transaction_id, grant_key)
@@ -78,10 +91,9 @@ UPDATE credits SET balance_micros = balance_micros + $3::bigint,
     debt_micros = debt_micros - $4::bigint,
     next_expiry_at = CASE WHEN $6::timestamptz IS NULL OR $3::bigint = $4::bigint
                           THEN next_expiry_at ELSE LEAST(next_expiry_at, $6::timestamptz) END,
-    updated_at = $5
+    updated_at = $5, last_transaction_id = $7
 WHERE user_id = $1
-RETURNING (SELECT lot_id FROM lot), user_id, balance_micros, held_micros, debt_micros,
-          next_expiry_at, created_at
+RETURNING (SELECT lot_id FROM lot), {Account.COLUMNS}
 """
 
 _EXPIRED_HOLDS = """
@@ -93,6 +105,11 @@ RETURNING hold_id, amount_micros
 _HOLD_PORTIONS = """
 SELECT lot_id, sum(amount_micros)::bigint AS amount FROM hold_lots
 WHERE user_id = $1 AND hold_id = ANY($2::uuid[]) GROUP BY lot_id
+"""
+
+_RELEASE_HELD = f"""
+UPDATE credits SET held_micros = held_micros - $2, updated_at = $3 WHERE user_id = $1
+RETURNING {Account.COLUMNS}
 """
 
 _EXPIRE_LOTS = """
@@ -112,11 +129,14 @@ SELECT LEAST(
     (SELECT min(expires_at) FROM holds WHERE user_id = $1 AND status = 'pending'))
 """
 
-_UPDATE_AFTER_SWEEP = """
-UPDATE credits SET balance_micros = balance_micros - $2, held_micros = held_micros - $3,
-    next_expiry_at = $4, updated_at = $5
+# The account's time moves only when something was recorded ($5, the newest expire row): a
+# sweep that found nothing due only corrects next_expiry_at, a lower bound.
+_AFTER_EXPIRY = f"""
+UPDATE credits SET balance_micros = balance_micros - $2, next_expiry_at = $3,
+    updated_at = CASE WHEN $5::bigint IS NULL THEN updated_at ELSE $4 END,
+    last_transaction_id = coalesce($5, last_transaction_id)
 WHERE user_id = $1
-RETURNING user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
+RETURNING {Account.COLUMNS}
 """
 
 
@@ -142,24 +162,29 @@ async def consume(
     return taken
 
 
-async def restore(
-    conn: Connection, user_id: str, portions: Sequence[tuple[int, int]], now: dt.datetime
-) -> None:
-    """Give amounts back to the lots they came from (void, expiry of a hold, reversal).
+async def give_back(
+    conn: Connection, account: Account, portions: Sequence[tuple[int, int]], now: dt.datetime
+) -> Account:
+    """Give amounts back to the lots they came from (a void, an expired hold, the unspent part
+    of a capture, a reversal), after the caller's own bookkeeping of ``account``.
 
-    Callers finish their own bookkeeping (held, balance) and then call ``settle_debt``.
+    What lands in a lot that has expired by ``now`` expires in this same write, and recorded
+    debt is paid from what came back: otherwise a refund could be owed twice, once as debt
+    and once as the later expiry of the very credits that came back.
     """
     if portions:
-        await conn.execute(_RESTORE, user_id, [p[0] for p in portions], [p[1] for p in portions])
+        restored = await conn.fetchrow(
+            _RESTORE, account.user_id, [p[0] for p in portions], [p[1] for p in portions], now
+        )
+        assert restored is not None
+        account = dataclasses.replace(account, next_expiry_at=restored["next_expiry_at"])
+        if restored["expired"]:
+            account = await _expire_due(conn, account, now)
+    return await settle_debt(conn, account, now)
 
 
 async def settle_debt(conn: Connection, account: Account, now: dt.datetime) -> Account:
-    """Pay recorded debt from live credits, as a new grant would.
-
-    Credits that come back (a void, an expired hold, a reversal) while the account owes
-    debt must pay it: otherwise a refund could be owed twice, once as debt and once as
-    the later expiry of the very credits that came back.
-    """
+    """Pay recorded debt from live credits, as a new grant would."""
     if account.debt_micros == 0:
         return account
     live = await conn.fetchval(_LIVE_TOTAL, account.user_id, now)
@@ -184,7 +209,8 @@ async def grant(
     metadata: Mapping[str, str] | None = None,
     grant_key: str | None = None,
 ) -> Granted:
-    """Add a lot; it pays off recorded debt first (SPEC §7 refunds)."""
+    """Add a lot; it pays off recorded debt first. A lot granted already expired (a paid
+    period recorded late, say) is granted and expired in the same write, both in the history."""
     paid_debt = min(account.debt_micros, amount_micros)
     tx_id = await history.append(
         conn,
@@ -209,23 +235,38 @@ async def grant(
         grant_key,
     )
     assert row is not None
-    return Granted(tx_id, row["lot_id"], Account.from_row(row))
+    granted = Account.from_row(row)
+    if expires_at is not None and expires_at <= now and amount_micros > paid_debt:
+        granted = await _expire_due(conn, granted, now)
+    return Granted(tx_id, row["lot_id"], granted)
 
 
 async def sweep(conn: Connection, account: Account, now: dt.datetime) -> Account:
     """Release expired holds and record the expiry of lots past their expires_at."""
     user_id = account.user_id
-    released = 0
     holds = await conn.fetch(_EXPIRED_HOLDS, user_id, now)
     if holds:
         released = sum(h["amount_micros"] for h in holds)
         portions = await conn.fetch(_HOLD_PORTIONS, user_id, [h["hold_id"] for h in holds])
-        await restore(conn, user_id, [(p["lot_id"], p["amount"]) for p in portions], now)
+        row = await conn.fetchrow(_RELEASE_HELD, user_id, released, now)
+        assert row is not None
+        await conn.execute(
+            _RESTORE, user_id, [p["lot_id"] for p in portions], [p["amount"] for p in portions], now
+        )
+        account = Account.from_row(row)
+    account = await _expire_due(conn, account, now)
+    return await settle_debt(conn, account, now) if holds else account
+
+
+async def _expire_due(conn: Connection, account: Account, now: dt.datetime) -> Account:
+    """Record one ``expire`` row per lot past its expires_at that still holds credits."""
+    user_id = account.user_id
     expired = await conn.fetch(_EXPIRE_LOTS, user_id, now)
     balance = account.balance_micros
+    last_tx: int | None = None
     for lot in sorted(expired, key=lambda r: (r["expires_at"], r["lot_id"])):
         balance -= lot["remaining_micros"]
-        await history.append(
+        last_tx = await history.append(
             conn,
             user_id,
             "expire",
@@ -237,15 +278,13 @@ async def sweep(conn: Connection, account: Account, now: dt.datetime) -> Account
         )
     next_expiry = await conn.fetchval(_NEXT_EXPIRY, user_id)
     row = await conn.fetchrow(
-        _UPDATE_AFTER_SWEEP,
-        user_id,
-        account.balance_micros - balance,
-        released,
-        next_expiry,
-        now,
+        _AFTER_EXPIRY, user_id, account.balance_micros - balance, next_expiry, now, last_tx
     )
     assert row is not None
-    return await settle_debt(conn, Account.from_row(row), now) if holds else Account.from_row(row)
+    after = Account.from_row(row)
+    if after.balance_micros != balance:
+        raise AssertionError(f"{user_id}: expiry from a stale account ({after} vs {balance})")
+    return after
 
 
 async def expire_portion(
@@ -257,7 +296,7 @@ async def expire_portion(
     now: dt.datetime,
     reason: str,
 ) -> Account:
-    """Expire part of a live lot now (the subscription carry-over cap of SPEC §8)."""
+    """Expire part of a live lot now (the subscription carry-over cap)."""
     await conn.execute(
         "UPDATE credit_lots SET remaining_micros = remaining_micros - $3 "
         "WHERE user_id = $1 AND lot_id = $2",
@@ -266,7 +305,7 @@ async def expire_portion(
         amount_micros,
     )
     balance = account.balance_micros - amount_micros
-    await history.append(
+    tx_id = await history.append(
         conn,
         account.user_id,
         "expire",
@@ -277,7 +316,7 @@ async def expire_portion(
         metadata={"lot_id": str(lot_id), "reason": reason},
     )
     row = await conn.fetchrow(
-        _UPDATE_AFTER_SWEEP, account.user_id, amount_micros, 0, account.next_expiry_at, now
+        _AFTER_EXPIRY, account.user_id, amount_micros, account.next_expiry_at, now, tx_id
     )
     assert row is not None
     return Account.from_row(row)

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 
-import asyncpg
 from creditwallet.core import limits
 from creditwallet.server import errors
 from creditwallet.server.db import Connection
+from creditwallet.server.ledger.types import AgentPrice
 
 _GET = "SELECT price_micros, active FROM agent_pricing WHERE agent_id = $1"
 
-_SET = """
+_SET = f"""
 INSERT INTO agent_pricing (agent_id, price_micros, unit, active, updated_at)
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (agent_id) DO UPDATE
 SET price_micros = EXCLUDED.price_micros, unit = EXCLUDED.unit, active = EXCLUDED.active,
     updated_at = EXCLUDED.updated_at
-RETURNING agent_id, price_micros, unit, active, updated_at
+RETURNING {AgentPrice.COLUMNS}
 """
 
-_PAGE = """
-SELECT agent_id, price_micros, unit, active, updated_at FROM agent_pricing
+_PAGE = f"""
+SELECT {AgentPrice.COLUMNS} FROM agent_pricing
 WHERE agent_id > $1 ORDER BY agent_id LIMIT $2
 """
 
@@ -45,11 +45,11 @@ def checked_cost(price_micros: int, quantity: int) -> int:
 
 async def set_price(
     conn: Connection, agent_id: str, price_micros: int, unit: str, active: bool, now: dt.datetime
-) -> asyncpg.Record:
+) -> AgentPrice:
     row = await conn.fetchrow(_SET, agent_id, price_micros, unit, active, now)
     assert row is not None
-    return row
+    return AgentPrice.from_row(row)
 
 
-async def page(conn: Connection, after: str, page_size: int) -> list[asyncpg.Record]:
-    return list(await conn.fetch(_PAGE, after, page_size))
+async def page(conn: Connection, after: str, page_size: int) -> list[AgentPrice]:
+    return [AgentPrice.from_row(r) for r in await conn.fetch(_PAGE, after, page_size)]

@@ -9,8 +9,8 @@ the purchase row and changes nothing.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 
+from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger import accounts, customers, lots, referrals, refunds, subscriptions
 
@@ -44,15 +44,16 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 """
 
 
-async def record(conn: Connection, cmd: PurchaseCommand, now: dt.datetime) -> PurchaseResult:
+async def record(conn: Connection, cmd: PurchaseCommand, clock: Clock) -> PurchaseResult:
     """Grant a never-expiring top_up lot once per purchase_id, then apply any early refund."""
     if cmd.customer_id:
         await customers.lock(conn, cmd.customer_id)
-        await customers.link(conn, cmd.customer_id, cmd.user_id, now)
+        await customers.link(conn, cmd.customer_id, cmd.user_id, clock.now())
         # Subscriptions of this customer that waited for their user get it now
         # (subscription rows are locked before accounts, as SyncSubscription does).
-        await subscriptions.adopt_customer(conn, cmd.customer_id, now)
-    account = await accounts.create_without_trial(conn, cmd.user_id, now)
+        await subscriptions.adopt_customer(conn, cmd.customer_id, clock)
+    locked = await accounts.create_without_trial(conn, cmd.user_id, clock)
+    account, now = locked.account, locked.now
     existing = await conn.fetchval(_FIND, cmd.purchase_id)
     if existing is not None:
         return PurchaseResult(existing, 0, already_recorded=True)
@@ -80,6 +81,6 @@ async def record(conn: Connection, cmd: PurchaseCommand, now: dt.datetime) -> Pu
         granted.transaction_id,
         now,
     )
-    await refunds.apply(conn, cmd.payment_id, now)
-    await referrals.on_first_payment(conn, cmd.user_id, now)
+    await refunds.apply(conn, cmd.payment_id, clock)
+    await referrals.on_first_payment(conn, cmd.user_id, clock)
     return PurchaseResult(granted.transaction_id, cmd.credits_micros, already_recorded=False)

@@ -29,9 +29,10 @@ import secrets
 from typing import Final
 
 from creditwallet.server import errors
+from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger import accounts, lots
-from creditwallet.server.ledger.types import Account, default_expiry
+from creditwallet.server.ledger.types import Balances, default_expiry
 
 CODE_ALPHABET: Final = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
 CODE_LENGTH: Final = 8
@@ -89,7 +90,7 @@ WHERE user_id = $1 AND referrer_outcome IS NULL
 class Redeemed:
     transaction_id: int
     granted_micros: int
-    account: Account
+    balances: Balances
 
 
 def parse_code(value: str, field: str = "code") -> str:
@@ -104,7 +105,7 @@ def new_code() -> str:
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
 
 
-async def code_of(conn: Connection, user_id: str, now: dt.datetime) -> tuple[str, int]:
+async def code_of(conn: Connection, user_id: str, clock: Clock) -> tuple[str, int]:
     """The account's (code, rewards granted), creating the code on the first call."""
     for _ in range(CODE_ATTEMPTS_MAX):
         row = await conn.fetchrow(_CODE_OF, user_id)
@@ -113,17 +114,18 @@ async def code_of(conn: Connection, user_id: str, now: dt.datetime) -> tuple[str
         await accounts.read(conn, user_id)  # ACCOUNT_NOT_FOUND before anything is written
         # Nothing returned: a concurrent first call made this user's code (read it on
         # the next pass), or the random code is taken (draw another).
-        row = await conn.fetchrow(_NEW_CODE, user_id, new_code(), now)
+        row = await conn.fetchrow(_NEW_CODE, user_id, new_code(), clock.now())
         if row is not None:
             return row["code"], row["rewards_granted"]
     raise AssertionError(f"no free referral code for {user_id} in {CODE_ATTEMPTS_MAX} draws")
 
 
 async def redeem(
-    conn: Connection, user_id: str, code: str, now: dt.datetime, request_id: str | None
+    conn: Connection, user_id: str, code: str, clock: Clock, request_id: str | None
 ) -> Redeemed:
     """Grant the referee's reward for ``code`` after checking every rule of SPEC §10."""
-    account = await accounts.lock(conn, user_id, now)
+    locked = await accounts.lock(conn, user_id, clock)
+    account, now = locked.account, locked.now
     owner = await conn.fetchrow(_OWNER_OF, code)
     if owner is None:
         raise errors.not_found("REFERRAL_CODE_NOT_FOUND", "no such referral code", code=code)
@@ -150,10 +152,10 @@ async def redeem(
         grant_key="referral:referee",
     )
     await conn.execute(_RECORD_REFERRAL, user_id, referrer, code, now, granted.transaction_id)
-    return Redeemed(granted.transaction_id, REFEREE_REWARD_MICROS, granted.account)
+    return Redeemed(granted.transaction_id, REFEREE_REWARD_MICROS, Balances.of(granted.account))
 
 
-async def on_first_payment(conn: Connection, user_id: str, now: dt.datetime) -> int | None:
+async def on_first_payment(conn: Connection, user_id: str, clock: Clock) -> int | None:
     """Reward the user's referrer, once, when the user's first payment is recorded.
 
     Safe to call on every payment: after the first, the referral is closed and this only
@@ -161,11 +163,12 @@ async def on_first_payment(conn: Connection, user_id: str, now: dt.datetime) -> 
     The caller usually holds the referee's account lock; the referrer's is taken second,
     out of user_id order, and a rare deadlock is retried by ``db.run_transaction``.
     """
-    await conn.execute(_RECORD_PAYMENT, user_id, now)
+    await conn.execute(_RECORD_PAYMENT, user_id, clock.now())
     referrer = await conn.fetchval(_OPEN_REFERRAL, user_id)
     if referrer is None:
         return None
-    account = await accounts.lock(conn, referrer, now)
+    locked = await accounts.lock(conn, referrer, clock)
+    account, now = locked.account, locked.now
     if await conn.fetchval(_COUNT_REWARD, referrer, REFERRER_REWARDS_MAX) is None:
         await conn.execute(_CLOSE_REFERRAL, user_id, "capped", now, None)
         return None

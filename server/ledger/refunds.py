@@ -18,9 +18,10 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 
+from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger import accounts, history, lots
-from creditwallet.server.ledger.types import Account
+from creditwallet.server.ledger.types import Account, Balances
 
 _REMEMBER = """
 INSERT INTO payment_refunds (payment_id, amount_refunded_minor, refund_ids, updated_at)
@@ -66,11 +67,11 @@ _TAKE_FROM_LOT = """
 UPDATE credit_lots SET remaining_micros = remaining_micros - $3 WHERE user_id = $1 AND lot_id = $2
 """
 
-_SETTLE = """
+_SETTLE = f"""
 UPDATE credits SET balance_micros = balance_micros - $2, debt_micros = debt_micros + $3,
-    updated_at = $4
+    updated_at = $4, last_transaction_id = $5
 WHERE user_id = $1
-RETURNING user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
+RETURNING {Account.COLUMNS}
 """
 
 
@@ -78,7 +79,7 @@ RETURNING user_id, balance_micros, held_micros, debt_micros, next_expiry_at, cre
 class RefundResult:
     user_id: str
     clawed_back_micros: int
-    account: Account | None
+    balances: Balances | None
 
 
 async def record(
@@ -86,15 +87,15 @@ async def record(
     payment_id: str,
     amount_refunded_minor: int,
     refund_ids: Sequence[str],
-    now: dt.datetime,
+    clock: Clock,
 ) -> RefundResult:
     """Remember the cumulative refunded amount, then claw back what it now requires."""
     await conn.execute(_PAYMENT_LOCK, payment_id)
-    await conn.execute(_REMEMBER, payment_id, amount_refunded_minor, list(refund_ids), now)
-    return await apply(conn, payment_id, now)
+    await conn.execute(_REMEMBER, payment_id, amount_refunded_minor, list(refund_ids), clock.now())
+    return await apply(conn, payment_id, clock)
 
 
-async def apply(conn: Connection, payment_id: str, now: dt.datetime) -> RefundResult:
+async def apply(conn: Connection, payment_id: str, clock: Clock) -> RefundResult:
     """Bring the clawback of one payment up to its remembered refunded amount."""
     if not payment_id:
         return RefundResult("", 0, None)
@@ -104,14 +105,15 @@ async def apply(conn: Connection, payment_id: str, now: dt.datetime) -> RefundRe
     if not rows:
         return RefundResult("", 0, None)
     first = rows[0]
-    account = await accounts.lock(conn, first["user_id"], now)
+    locked = await accounts.lock(conn, first["user_id"], clock)
+    account, now = locked.account, locked.now
     # Re-read under the account lock: a concurrent refund of the same payment has finished.
     row = (await conn.fetch(_PAYMENT, payment_id))[0]
     paid = row["amount_paid_minor"]
     target = row["credits_micros"] * min(refunded or 0, paid) // paid if paid > 0 else 0
     delta = target - row["clawed_back_micros"]
     if delta <= 0:
-        return RefundResult(row["user_id"], 0, account)
+        return RefundResult(row["user_id"], 0, Balances.of(account))
     account = await claw_back(
         conn, account, row["lot_id"], row["source"], delta, now, payment_id=payment_id
     )
@@ -119,7 +121,7 @@ async def apply(conn: Connection, payment_id: str, now: dt.datetime) -> RefundRe
         await conn.execute(_SET_PURCHASE, row["key"], target)
     else:
         await conn.execute(_SET_PERIOD, row["key"], row["period_start"], target)
-    return RefundResult(row["user_id"], delta, account)
+    return RefundResult(row["user_id"], delta, Balances.of(account))
 
 
 async def claw_back(
@@ -139,7 +141,7 @@ async def claw_back(
     from_lot = min(in_lot, amount_micros)
     if from_lot:
         await conn.execute(_TAKE_FROM_LOT, user_id, lot_id, from_lot)
-    await history.append(
+    tx_id = await history.append(
         conn,
         user_id,
         "clawback",
@@ -153,6 +155,6 @@ async def claw_back(
             "from_lot_micros": str(from_lot),
         },
     )
-    row = await conn.fetchrow(_SETTLE, user_id, amount_micros, amount_micros - from_lot, now)
+    row = await conn.fetchrow(_SETTLE, user_id, amount_micros, amount_micros - from_lot, now, tx_id)
     assert row is not None
     return await lots.settle_debt(conn, Account.from_row(row), now)

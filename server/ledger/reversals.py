@@ -2,19 +2,21 @@
 
 A partial reversal gives back to the longest-lived lots first (the reverse of burn-down),
 so the user keeps the credits least likely to expire. Each consumption records how much of
-it was reversed, so reversals never exceed the debit, however many there are.
+it was reversed, so reversals never exceed the debit, however many there are. Credits given
+back to a lot that has expired since the debit expire in the same write (``lots.give_back``):
+the reversal row says what came back, the expire row after it what expired.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from collections.abc import Mapping
 
 from creditwallet.server import errors
+from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger import accounts, history, lots
-from creditwallet.server.ledger.types import Account
+from creditwallet.server.ledger.types import Account, Balances
 
 _DEBIT = "SELECT type FROM credit_transactions WHERE user_id = $1 AND transaction_id = $2"
 
@@ -32,9 +34,11 @@ FROM unnest($3::bigint[], $4::bigint[]) AS g(lot_id, amount)
 WHERE c.user_id = $1 AND c.transaction_id = $2 AND c.lot_id = g.lot_id
 """
 
-_ACCOUNT = """
-UPDATE credits SET balance_micros = balance_micros + $2, updated_at = $3 WHERE user_id = $1
-RETURNING user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
+_ACCOUNT = f"""
+UPDATE credits SET balance_micros = balance_micros + $2, updated_at = $3,
+    last_transaction_id = $4
+WHERE user_id = $1
+RETURNING {Account.COLUMNS}
 """
 
 
@@ -42,7 +46,7 @@ RETURNING user_id, balance_micros, held_micros, debt_micros, next_expiry_at, cre
 class ReversalResult:
     transaction_id: int
     reversed_micros: int
-    available_micros: int
+    balances: Balances
 
 
 async def reverse_debit(
@@ -52,9 +56,10 @@ async def reverse_debit(
     amount_micros: int | None,
     request_id: str,
     metadata: Mapping[str, str],
-    now: dt.datetime,
+    clock: Clock,
 ) -> ReversalResult:
-    account = await accounts.lock(conn, user_id, now)
+    locked = await accounts.lock(conn, user_id, clock)
+    account, now = locked.account, locked.now
     if await conn.fetchval(_DEBIT, user_id, debit_id) != "debit":
         raise errors.not_found(
             "TRANSACTION_NOT_FOUND",
@@ -77,7 +82,6 @@ async def reverse_debit(
         if take:
             portions.append((c["lot_id"], take))
             left -= take
-    await lots.restore(conn, user_id, portions, now)
     await conn.execute(_MARK, user_id, debit_id, [p[0] for p in portions], [p[1] for p in portions])
     tx_id = await history.append(
         conn,
@@ -90,7 +94,7 @@ async def reverse_debit(
         related_transaction_id=debit_id,
         metadata=metadata,
     )
-    row = await conn.fetchrow(_ACCOUNT, user_id, amount, now)
+    row = await conn.fetchrow(_ACCOUNT, user_id, amount, now, tx_id)
     assert row is not None
-    account = await lots.settle_debt(conn, Account.from_row(row), now)
-    return ReversalResult(tx_id, amount, account.available_micros)
+    account = await lots.give_back(conn, Account.from_row(row), portions, now)
+    return ReversalResult(tx_id, amount, Balances.of(account))

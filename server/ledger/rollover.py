@@ -22,7 +22,6 @@ How it stays exactly-once and cheap:
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from creditwallet.core import limits
 from creditwallet.server import db
+from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection, Pool
 from creditwallet.server.ledger import accounts, idempotency, lots, subscriptions
 from creditwallet.server.ledger.types import Account
@@ -45,8 +45,8 @@ ON CONFLICT (user_id, period) DO NOTHING
 RETURNING user_id
 """
 
-_LOCK = """
-SELECT user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at
+_LOCK = f"""
+SELECT {Account.COLUMNS}
 FROM credits WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE
 """
 
@@ -56,14 +56,17 @@ WHERE user_id = ANY($1::text[]) AND status = 'pending' AND expires_at <= $2 GROU
 """
 
 # lots.sweep for many accounts at once: balance_after of each history row is the balance
-# before the statement less the running total of the account's expired lots.
+# before the statement less the running total of the account's expired lots. Each account's
+# time is the run's clock (read after the lock) or the account's last write if later.
 _EXPIRE_DUE = """
 WITH old AS (
-    SELECT user_id, lot_id, source, remaining_micros, expires_at,
-           (sum(remaining_micros) OVER (PARTITION BY user_id ORDER BY expires_at, lot_id))::bigint
-               AS upto
-    FROM credit_lots
-    WHERE user_id = ANY($1::text[]) AND remaining_micros > 0 AND expires_at <= $2
+    SELECT l.user_id, l.lot_id, l.source, l.remaining_micros, l.expires_at,
+           GREATEST($2::timestamptz, c.updated_at) AS at,
+           (sum(l.remaining_micros) OVER (
+               PARTITION BY l.user_id ORDER BY l.expires_at, l.lot_id))::bigint AS upto
+    FROM credit_lots l JOIN credits c ON c.user_id = l.user_id
+    WHERE l.user_id = ANY($1::text[]) AND l.remaining_micros > 0
+      AND l.expires_at <= GREATEST($2::timestamptz, c.updated_at)
 ), zeroed AS (
     UPDATE credit_lots l SET remaining_micros = 0 FROM old
     WHERE l.user_id = old.user_id AND l.lot_id = old.lot_id
@@ -71,13 +74,17 @@ WITH old AS (
     INSERT INTO credit_transactions (user_id, type, source, amount_micros, balance_after_micros,
                                      metadata, created_at)
     SELECT old.user_id, 'expire', old.source, -old.remaining_micros, c.balance_micros - old.upto,
-           jsonb_build_object('lot_id', old.lot_id::text, 'reason', 'rollover'), $2
+           jsonb_build_object('lot_id', old.lot_id::text, 'reason', 'rollover'), old.at
     FROM old JOIN credits c ON c.user_id = old.user_id
     ORDER BY old.user_id, old.expires_at, old.lot_id
+    RETURNING user_id, transaction_id
 ), totals AS (
-    SELECT user_id, sum(remaining_micros)::bigint AS expired FROM old GROUP BY user_id
+    SELECT user_id, sum(remaining_micros)::bigint AS expired, max(at) AS at
+    FROM old GROUP BY user_id
 ), moved AS (
-    UPDATE credits c SET balance_micros = c.balance_micros - totals.expired, updated_at = $2
+    UPDATE credits c SET balance_micros = c.balance_micros - totals.expired, updated_at = totals.at,
+        last_transaction_id = (SELECT max(h.transaction_id) FROM history h
+                               WHERE h.user_id = totals.user_id)
     FROM totals WHERE c.user_id = totals.user_id
 )
 SELECT coalesce(sum(expired), 0)::bigint FROM totals
@@ -134,12 +141,13 @@ class Summary:
 async def run(
     pool: Pool,
     period: str,
-    now: dt.datetime,
+    clock: Clock,
     *,
     chunk_accounts: int = limits.ROLLOVER_CHUNK_ACCOUNTS,
     after_chunk: Callable[[Summary], Awaitable[None]] | None = None,
 ) -> Summary:
-    """Roll every account over for ``period`` as of ``now``; resumable and exactly-once."""
+    """Roll every account over for ``period``; resumable and exactly-once."""
+    now = clock.now()
     run_id = await db.run_transaction(pool, lambda c: c.fetchval(_START_RUN, period, now))
     total = Summary(period)
     cursor = ""
@@ -150,7 +158,7 @@ async def run(
         cursor = ids[-1]["user_id"]
         user_ids = [r["user_id"] for r in ids]
         done = await db.run_transaction(
-            pool, functools.partial(_chunk, user_ids=user_ids, period=period, now=now)
+            pool, functools.partial(_chunk, user_ids=user_ids, period=period, clock=clock)
         )
         total.add(done)
         if after_chunk is not None:
@@ -161,7 +169,7 @@ async def run(
         lambda c: c.execute(
             _FINISH_RUN,
             run_id,
-            now,
+            clock.now(),
             total.accounts_processed,
             total.chunks,
             total.credits_carried_micros,
@@ -180,19 +188,18 @@ async def _next_ids(conn: Connection, *, after: str, limit: int) -> list[asyncpg
     return list(await conn.fetch(_NEXT_IDS, after, limit))
 
 
-async def _chunk(
-    conn: Connection, *, user_ids: list[str], period: str, now: dt.datetime
-) -> Summary:
+async def _chunk(conn: Connection, *, user_ids: list[str], period: str, clock: Clock) -> Summary:
     """One transaction: claim the chunk's unprocessed accounts and bring them up to date."""
     done = Summary(period, chunks=1)
-    claimed = [r["user_id"] for r in await conn.fetch(_CLAIM, user_ids, period, now)]
+    claimed = [r["user_id"] for r in await conn.fetch(_CLAIM, user_ids, period, clock.now())]
     if not claimed:
         return done
     done.accounts_processed = len(claimed)
     locked = {r["user_id"]: Account.from_row(r) for r in await conn.fetch(_LOCK, claimed)}
+    now = clock.now()  # after the locks: the chunk's time (each account's own if later)
     for row in await conn.fetch(_DUE_HOLDS, claimed, now):
         before = locked.pop(row["user_id"])
-        after = await lots.sweep(conn, before, now)
+        after = await lots.sweep(conn, before, max(now, before.updated_at))
         done.holds_released += row["n"]
         done.credits_expired_micros += before.balance_micros - after.balance_micros
     rest = list(locked)
@@ -201,8 +208,9 @@ async def _chunk(
     for row in await conn.fetch(_CARRIED, claimed, now):
         carried, allotment = row["carried"], row["allotment"]
         if carried > allotment:
-            account = await accounts.lock(conn, row["user_id"], now)
-            after = await subscriptions.cap_carried(conn, account, allotment, now, now)
+            entry = await accounts.lock(conn, row["user_id"], clock)
+            account = entry.account
+            after = await subscriptions.cap_carried(conn, account, allotment, entry.now, entry.now)
             done.credits_expired_micros += account.balance_micros - after.balance_micros
             carried = allotment
         done.credits_carried_micros += carried

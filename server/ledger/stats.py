@@ -1,13 +1,13 @@
-"""GetStats: the seed's two operator queries, as they are written in SPEC §4, unmodified.
+"""GetStats: the two operator queries of the original design, run unmodified.
 
-They return credits (exact numeric); the RPC converts them to micros for the wire.
+They return credits (exact numeric); they are converted to micros here, exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 
-import asyncpg
 from creditwallet.server.db import Connection
 
 SEED_TOTALS = """
@@ -23,10 +23,33 @@ GROUP BY type;
 """
 
 
-async def stats(conn: Connection) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+@dataclasses.dataclass(frozen=True)
+class TypeTotal:
+    type: str
+    count: int
+    total_micros: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    total_users: int
+    total_credits_micros: int
+    avg_balance_micros: int
+    last_day: list[TypeTotal]
+
+
+async def stats(conn: Connection) -> Stats:
     totals = await conn.fetchrow(SEED_TOTALS)
     assert totals is not None
-    return totals, list(await conn.fetch(SEED_LAST_DAY))
+    return Stats(
+        total_users=totals["total_users"],
+        total_credits_micros=to_micros(totals["total_credits"]),
+        avg_balance_micros=to_micros(totals["avg_balance"]),
+        last_day=[
+            TypeTotal(r["type"], r["count"], to_micros(r["total_amount"]))
+            for r in await conn.fetch(SEED_LAST_DAY)
+        ],
+    )
 
 
 def to_micros(credits: Decimal | None) -> int:

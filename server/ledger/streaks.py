@@ -86,7 +86,6 @@ class Reward:
     milestone_days: int
     amount_micros: int
     transaction_id: int
-    account: Account
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,8 +192,9 @@ async def record_debit(
     now: dt.datetime,
     first_today: bool | None = None,
     loaded: State | None = _NOT_LOADED,
-) -> Reward | None:
-    """Count a successful debit for the UTC day of ``now``; return a milestone reward if reached.
+) -> tuple[Reward | None, Account]:
+    """Count a successful debit for the UTC day of ``now``; return a milestone reward if reached,
+    and the account after it.
 
     Runs in the debit's transaction under its account lock, so the reward and the debit
     commit or roll back together. It must never raise a ``LedgerError``: the debit path
@@ -205,12 +205,12 @@ async def record_debit(
     if first_today is None:  # the debit path counts the activity in its own statement
         first_today = await conn.fetchval(_ACTIVITY, account.user_id, day)
     if not first_today:
-        return None
+        return None, account
     if loaded is _NOT_LOADED:  # the debit path reads the state in its own statement
         loaded = await load(conn, account.user_id)
     state = advance(loaded, day)
     if state is None:
-        return None
+        return None, account
     amount = await conn.fetchval(
         _SAVE_AND_DUE_REWARD,
         account.user_id,
@@ -222,13 +222,13 @@ async def record_debit(
         now,
     )
     if amount is None:
-        return None
+        return None, account
     return await _reward(conn, account, state, amount, now)
 
 
 async def _reward(
     conn: Connection, account: Account, state: State, amount: int, now: dt.datetime
-) -> Reward:
+) -> tuple[Reward, Account]:
     """Grant the milestone ``state.current_days``, due to this streak (``_SAVE_AND_DUE_REWARD``)."""
     milestone = state.current_days
     granted = await lots.grant(
@@ -250,4 +250,4 @@ async def _reward(
         granted.transaction_id,
         now,
     )
-    return Reward(milestone, amount, granted.transaction_id, granted.account)
+    return Reward(milestone, amount, granted.transaction_id), granted.account

@@ -19,9 +19,10 @@ import datetime as dt
 from typing import Final
 
 import asyncpg
+from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger import accounts, customers, lots, periods, referrals, refunds
-from creditwallet.server.ledger.types import Account
+from creditwallet.server.ledger.types import Account, Subscription
 
 PAID_STATUSES: Final = ("active", "trialing")
 
@@ -30,8 +31,7 @@ INSERT INTO subscriptions (subscription_id, customer_id, created_at, updated_at)
 VALUES ($1, $2, $3, $3) ON CONFLICT (subscription_id) DO NOTHING
 """
 
-_COLUMNS = """subscription_id, customer_id, user_id, status, price_id, period_credits_micros,
-    current_period_start, current_period_end, cancel_at_period_end, last_event_at"""
+_COLUMNS = Subscription.COLUMNS
 
 _LOCK = f"SELECT {_COLUMNS} FROM subscriptions WHERE subscription_id = $1 FOR UPDATE"
 _READ = f"SELECT {_COLUMNS} FROM subscriptions WHERE subscription_id = $1"
@@ -113,13 +113,14 @@ class SyncCommand:
 
 @dataclasses.dataclass(frozen=True)
 class SyncResult:
-    subscription: asyncpg.Record
+    subscription: Subscription
     granted_micros: int
     pending_user: bool
 
 
-async def sync(conn: Connection, cmd: SyncCommand, now: dt.datetime) -> SyncResult:
+async def sync(conn: Connection, cmd: SyncCommand, clock: Clock) -> SyncResult:
     """Apply the state if not stale, record a paid period, grant what a known user is owed."""
+    now = clock.now()
     await customers.lock(conn, cmd.customer_id)
     row = await _lock(conn, cmd.subscription_id, cmd.customer_id, now)
     owner = row["user_id"] or cmd.user_id or await customers.owner_of(conn, cmd.customer_id)
@@ -153,7 +154,7 @@ async def sync(conn: Connection, cmd: SyncCommand, now: dt.datetime) -> SyncResu
         )
     granted = 0
     if owner:
-        granted = await _adopt(conn, cmd.subscription_id, owner, cmd.customer_id, now)
+        granted = await _adopt(conn, cmd.subscription_id, owner, cmd.customer_id, clock)
     return SyncResult(await read(conn, cmd.subscription_id), granted, pending_user=not owner)
 
 
@@ -162,9 +163,10 @@ async def payment_failed(
     subscription_id: str,
     customer_id: str,
     event_created_at: dt.datetime,
-    now: dt.datetime,
-) -> asyncpg.Record:
+    clock: Clock,
+) -> Subscription:
     """A failed renewal: past_due, unless a newer event already said otherwise."""
+    now = clock.now()
     row = await _lock(conn, subscription_id, customer_id, now)
     if row["last_event_at"] is None or event_created_at >= row["last_event_at"]:
         await conn.execute(
@@ -176,28 +178,29 @@ async def payment_failed(
         )
     owner = row["user_id"] or await customers.owner_of(conn, customer_id)
     if owner:
-        await _adopt(conn, subscription_id, owner, customer_id, now)
+        await _adopt(conn, subscription_id, owner, customer_id, clock)
     return await read(conn, subscription_id)
 
 
-async def adopt_customer(conn: Connection, customer_id: str, now: dt.datetime) -> None:
+async def adopt_customer(conn: Connection, customer_id: str, clock: Clock) -> None:
     """A customer just got its user: link its waiting subscriptions and grant their periods."""
     owner = await customers.owner_of(conn, customer_id)
     if owner is None:
         return
     for row in await conn.fetch(_UNLINKED_OF_CUSTOMER, customer_id):
-        await _adopt(conn, row["subscription_id"], owner, customer_id, now)
+        await _adopt(conn, row["subscription_id"], owner, customer_id, clock)
 
 
-async def read(conn: Connection, subscription_id: str) -> asyncpg.Record:
+async def read(conn: Connection, subscription_id: str) -> Subscription:
     row = await conn.fetchrow(_READ, subscription_id)
     assert row is not None
-    return row
+    return Subscription.from_row(row)
 
 
-async def for_user(conn: Connection, user_id: str) -> asyncpg.Record | None:
+async def for_user(conn: Connection, user_id: str) -> Subscription | None:
     """The user's most recently updated subscription, for GetBalance."""
-    return await conn.fetchrow(_FOR_USER, user_id)
+    row = await conn.fetchrow(_FOR_USER, user_id)
+    return Subscription.from_row(row) if row is not None else None
 
 
 async def _lock(
@@ -210,21 +213,21 @@ async def _lock(
 
 
 async def _adopt(
-    conn: Connection, subscription_id: str, user_id: str, customer_id: str, now: dt.datetime
+    conn: Connection, subscription_id: str, user_id: str, customer_id: str, clock: Clock
 ) -> int:
-    await conn.execute(_SET_OWNER, subscription_id, user_id, customer_id, now)
-    owner = (await read(conn, subscription_id))["user_id"]
-    return await _grant_pending(conn, subscription_id, owner, now)
+    await conn.execute(_SET_OWNER, subscription_id, user_id, customer_id, clock.now())
+    owner = (await read(conn, subscription_id)).user_id
+    assert owner is not None
+    return await _grant_pending(conn, subscription_id, owner, clock)
 
 
-async def _grant_pending(
-    conn: Connection, subscription_id: str, user_id: str, now: dt.datetime
-) -> int:
+async def _grant_pending(conn: Connection, subscription_id: str, user_id: str, clock: Clock) -> int:
     """Grant every recorded, not yet granted paid period of the subscription, oldest first."""
     pending = await conn.fetch(_PENDING, subscription_id)
     if not pending:
         return 0
-    account = await accounts.create_without_trial(conn, user_id, now)
+    locked = await accounts.create_without_trial(conn, user_id, clock)
+    account, now = locked.account, locked.now
     total = 0
     for period in pending:
         start, end, credits = period["period_start"], period["period_end"], period["credits_micros"]
@@ -248,9 +251,10 @@ async def _grant_pending(
             granted.transaction_id,
             now,
         )
-        await refunds.apply(conn, period["payment_id"], now)
-        await referrals.on_first_payment(conn, user_id, now)
-        account = await accounts.lock(conn, user_id, now)
+        await refunds.apply(conn, period["payment_id"], clock)
+        await referrals.on_first_payment(conn, user_id, clock)
+        locked = await accounts.lock(conn, user_id, clock)
+        account, now = locked.account, locked.now
         total += credits
     return total
 

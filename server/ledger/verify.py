@@ -11,12 +11,14 @@ import dataclasses
 
 from creditwallet.core import limits
 from creditwallet.server.db import Connection
-from creditwallet.server.ledger import verify_rewards
+from creditwallet.server.ledger import verify_rewards, verify_time
 
-# 1. balance = sum(history) = sum(lots.remaining) + held - debt; held = pending holds.
+# 1. balance = sum(history) = sum(lots.remaining) + held - debt; held = pending holds; the
+# account names its newest history row.
 _PER_ACCOUNT = """
 WITH tx AS (
-    SELECT user_id, sum(amount_micros)::bigint AS total FROM credit_transactions GROUP BY user_id
+    SELECT user_id, sum(amount_micros)::bigint AS total, max(transaction_id) AS last
+    FROM credit_transactions GROUP BY user_id
 ), lot AS (
     SELECT user_id, sum(remaining_micros)::bigint AS remaining FROM credit_lots GROUP BY user_id
 ), hold AS (
@@ -28,6 +30,7 @@ WITH tx AS (
     WHERE h.status = 'pending' GROUP BY h.user_id
 )
 SELECT c.user_id, c.balance_micros, c.held_micros, c.debt_micros,
+       c.last_transaction_id, tx.last AS history_last,
        coalesce(tx.total, 0) AS history, coalesce(lot.remaining, 0) AS lots,
        coalesce(hold.held, 0) AS pending, coalesce(reserved.reserved, 0) AS reserved
 FROM credits c
@@ -39,6 +42,7 @@ WHERE c.balance_micros <> coalesce(tx.total, 0)
    OR c.held_micros <> coalesce(reserved.reserved, 0)
    OR (c.balance_micros < 0 AND c.debt_micros = 0)
    OR c.balance_micros - c.held_micros + c.debt_micros < 0
+   OR c.last_transaction_id IS DISTINCT FROM tx.last
 LIMIT $1
 """
 
@@ -90,7 +94,8 @@ async def verify(conn: Connection) -> tuple[int, list[Violation]]:
                 r["user_id"],
                 f"balance={r['balance_micros']} history={r['history']} lots={r['lots']} "
                 f"held={r['held_micros']} pending_holds={r['pending']} "
-                f"reserved={r['reserved']} debt={r['debt_micros']}",
+                f"reserved={r['reserved']} debt={r['debt_micros']} "
+                f"last_transaction={r['last_transaction_id']} history_last={r['history_last']}",
             )
         )
     for r in await conn.fetch(_LOTS, cap):
@@ -118,6 +123,8 @@ async def verify(conn: Connection) -> tuple[int, list[Violation]]:
         )
     for user_id, detail in await verify_rewards.violations(conn, cap):
         found.append(Violation(3, user_id, detail))
+    for user_id, detail in await verify_time.violations(conn, cap):
+        found.append(Violation(verify_time.INVARIANT, user_id, detail))
     totals = await conn.fetchrow(_TOTALS)
     assert totals is not None
     if totals["history"] != totals["balances"]:

@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 from typing import Any
 
 import grpc
 from creditwallet.core import limits
 from creditwallet.server import convert, errors, validate
+from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.events.service import AdminEvents
-from creditwallet.server.ledger import accounts, lots, pricing, reversals, stats, verify
-from creditwallet.server.ledger.types import default_expiry
-from creditwallet.server.services import Runtime
+from creditwallet.server.ledger import accounts, lots, periods, pricing, reversals, stats, verify
+from creditwallet.server.ledger.types import Balances, Lot, default_expiry
+from creditwallet.server.services import Runtime, guard
 from creditwallet.v1 import admin_service_pb2 as apb
 from creditwallet.v1 import admin_service_pb2_grpc as agrpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+_LOT = f"SELECT {Lot.COLUMNS} FROM credit_lots WHERE user_id = $1 AND lot_id = $2"
+
+# Rollover progress counts committed work: accounts claimed for the month by any run.
+_ROLLOVER_PROGRESS = """
+SELECT (SELECT count(*) FROM credits) AS total,
+       (SELECT count(*) FROM rollover_accounts WHERE period = $1) AS rolled_over
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class GrantResult:
+    transaction_id: int
+    lot: Lot
+    balances: Balances
 
 
 class AdminService(AdminEvents, agrpc.AdminServiceServicer):
@@ -35,16 +51,20 @@ class AdminService(AdminEvents, agrpc.AdminServiceServicer):
             else None
         )
 
-        async def work(conn: Connection, now: dt.datetime) -> apb.GrantResponse:
+        async def work(conn: Connection, clock: Clock) -> GrantResult:
+            if request.create_account:
+                locked = await accounts.create_without_trial(conn, user_id, clock)
+            else:
+                locked = await accounts.lock(conn, user_id, clock)
+            now = locked.now
             expires_at = explicit_expiry
             if expires_at is None:
                 expires_at = default_expiry(source, now)
             elif expires_at <= now:
                 raise errors.invalid("expires_at", "expires_at must be in the future")
-            account = await accounts.create_without_trial(conn, user_id, now)
             granted = await lots.grant(
                 conn,
-                account,
+                locked.account,
                 source=source,
                 amount_micros=amount,
                 now=now,
@@ -52,26 +72,21 @@ class AdminService(AdminEvents, agrpc.AdminServiceServicer):
                 request_id=request_id,
                 metadata=metadata,
             )
-            lot = await conn.fetchrow(
-                "SELECT lot_id, source, amount_micros, remaining_micros, granted_at, expires_at "
-                "FROM credit_lots WHERE user_id = $1 AND lot_id = $2",
-                user_id,
-                granted.lot_id,
-            )
-            assert lot is not None
-            return apb.GrantResponse(
-                transaction_id=str(granted.transaction_id),
-                lot=convert.lot(lot),
-                available_micros=granted.account.available_micros,
+            row = await conn.fetchrow(_LOT, user_id, granted.lot_id)
+            assert row is not None
+            return GrantResult(
+                granted.transaction_id, Lot.from_row(row), Balances.of(granted.account)
             )
 
-        return await self.rt.execute(
-            scope=user_id,
-            request_id=request_id,
-            method="Grant",
-            request=request,
-            response_type=apb.GrantResponse,
-            work=work,
+        outcome = await self.rt.execute(
+            guard(user_id, request_id, "Grant", request), GrantResult, work
+        )
+        result = outcome.result
+        return apb.GrantResponse(
+            transaction_id=str(result.transaction_id),
+            lot=convert.lot(result.lot),
+            available_micros=result.balances.available_micros,
+            replayed=outcome.replayed,
         )
 
     async def ReverseDebit(
@@ -84,24 +99,19 @@ class AdminService(AdminEvents, agrpc.AdminServiceServicer):
             validate.amount(request.amount_micros) if request.HasField("amount_micros") else None
         )
         metadata = validate.metadata(request.metadata)
-
-        async def work(conn: Connection, now: dt.datetime) -> apb.ReverseDebitResponse:
-            result = await reversals.reverse_debit(
-                conn, user_id, debit_id, amount, request_id, metadata, now
-            )
-            return apb.ReverseDebitResponse(
-                transaction_id=str(result.transaction_id),
-                reversed_micros=result.reversed_micros,
-                available_micros=result.available_micros,
-            )
-
-        return await self.rt.execute(
-            scope=user_id,
-            request_id=request_id,
-            method="ReverseDebit",
-            request=request,
-            response_type=apb.ReverseDebitResponse,
-            work=work,
+        outcome = await self.rt.execute(
+            guard(user_id, request_id, "ReverseDebit", request),
+            reversals.ReversalResult,
+            lambda conn, clock: reversals.reverse_debit(
+                conn, user_id, debit_id, amount, request_id, metadata, clock
+            ),
+        )
+        result = outcome.result
+        return apb.ReverseDebitResponse(
+            transaction_id=str(result.transaction_id),
+            reversed_micros=result.reversed_micros,
+            available_micros=result.balances.available_micros,
+            replayed=outcome.replayed,
         )
 
     async def SetAgentPrice(
@@ -111,7 +121,9 @@ class AdminService(AdminEvents, agrpc.AdminServiceServicer):
         price = validate.amount(request.price_micros, "price_micros")
         unit = validate.text(request.unit or "run", "unit", limits.UNIT_LENGTH_MAX)
         row = await self.rt.write(
-            lambda conn, now: pricing.set_price(conn, agent_id, price, unit, request.active, now)
+            lambda conn, clock: pricing.set_price(
+                conn, agent_id, price, unit, request.active, clock.now()
+            )
         )
         return apb.SetAgentPriceResponse(price=convert.agent_price(row))
 
@@ -122,8 +134,8 @@ class AdminService(AdminEvents, agrpc.AdminServiceServicer):
         after = ""
         if request.page_token:
             after = validate.agent_id(request.page_token, "page_token")
-        rows = await self.rt.read(lambda conn, now: pricing.page(conn, after, size + 1))
-        token = rows[size - 1]["agent_id"] if len(rows) > size else ""
+        rows = await self.rt.read(lambda conn, clock: pricing.page(conn, after, size + 1))
+        token = rows[size - 1].agent_id if len(rows) > size else ""
         return apb.ListAgentPricesResponse(
             prices=[convert.agent_price(r) for r in rows[:size]], next_page_token=token
         )
@@ -131,18 +143,12 @@ class AdminService(AdminEvents, agrpc.AdminServiceServicer):
     async def GetStats(
         self, request: apb.GetStatsRequest, context: Context
     ) -> apb.GetStatsResponse:
-        totals, last_day = await self.rt.read(lambda conn, now: stats.stats(conn))
-        return apb.GetStatsResponse(
-            total_users=totals["total_users"],
-            total_credits_micros=stats.to_micros(totals["total_credits"]),
-            avg_balance_micros=stats.to_micros(totals["avg_balance"]),
-            last_day=[convert.type_total(r, stats.to_micros(r["total_amount"])) for r in last_day],
-        )
+        return convert.stats_reply(await self.rt.read(lambda conn, clock: stats.stats(conn)))
 
     async def VerifyLedger(
         self, request: apb.VerifyLedgerRequest, context: Context
     ) -> apb.VerifyLedgerResponse:
-        checked, violations = await self.rt.read(lambda conn, now: verify.verify(conn))
+        checked, violations = await self.rt.read(lambda conn, clock: verify.verify(conn))
         return apb.VerifyLedgerResponse(
             ok=not violations,
             accounts_checked=checked,
@@ -151,3 +157,16 @@ class AdminService(AdminEvents, agrpc.AdminServiceServicer):
                 for v in violations
             ],
         )
+
+    async def GetRolloverProgress(
+        self, request: apb.GetRolloverProgressRequest, context: Context
+    ) -> apb.GetRolloverProgressResponse:
+        async def work(conn: Connection, clock: Clock) -> apb.GetRolloverProgressResponse:
+            period = periods.parse_month(request.period, clock.now())
+            row = await conn.fetchrow(_ROLLOVER_PROGRESS, period)
+            assert row is not None
+            return apb.GetRolloverProgressResponse(
+                period=period, accounts_total=row["total"], accounts_rolled_over=row["rolled_over"]
+            )
+
+        return await self.rt.read(work)

@@ -9,12 +9,14 @@ apply once. Rollover has no request_id: it is exactly-once per account and month
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 from creditwallet.core import limits
 from creditwallet.server import convert, errors, metrics, validate
+from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.events import store as event_store
 from creditwallet.server.events.service import BillingEvents
@@ -26,14 +28,15 @@ from creditwallet.server.ledger import (
     rollover,
     subscriptions,
 )
-from creditwallet.server.services import Runtime
+from creditwallet.server.ledger.idempotency import Outcome
+from creditwallet.server.ledger.types import Subscription
+from creditwallet.server.services import Runtime, guard
 from creditwallet.v1 import billing_service_pb2 as bpb
 from creditwallet.v1 import billing_service_pb2_grpc as bgrpc
-from creditwallet.v1 import common_pb2 as pb
 from google.protobuf.message import Message
 
 Context = grpc.aio.ServicerContext[Any, Any]
-R = TypeVar("R", bound=Message)
+R = TypeVar("R")
 
 
 class BillingService(BillingEvents, bgrpc.BillingServiceServicer):
@@ -55,16 +58,19 @@ class BillingService(BillingEvents, bgrpc.BillingServiceServicer):
             currency=validate.text(request.currency, "currency", 8),
         )
 
-        async def work(conn: Connection, now: dt.datetime) -> bpb.RecordPurchaseResponse:
-            result = await purchases.record(conn, cmd, now)
-            return bpb.RecordPurchaseResponse(
-                transaction_id=str(result.transaction_id),
-                granted_micros=result.granted_micros,
-                already_recorded=result.already_recorded,
-            )
-
-        return await self._execute(
-            cmd.request_id, "RecordPurchase", request, bpb.RecordPurchaseResponse, work
+        outcome = await self._execute(
+            cmd.request_id,
+            "RecordPurchase",
+            request,
+            purchases.PurchaseResult,
+            lambda conn, clock: purchases.record(conn, cmd, clock),
+        )
+        result = outcome.result
+        return bpb.RecordPurchaseResponse(
+            transaction_id=str(result.transaction_id),
+            granted_micros=result.granted_micros,
+            already_recorded=result.already_recorded,
+            replayed=outcome.replayed,
         )
 
     async def SyncSubscription(
@@ -72,16 +78,19 @@ class BillingService(BillingEvents, bgrpc.BillingServiceServicer):
     ) -> bpb.SyncSubscriptionResponse:
         cmd = _sync_command(request)
 
-        async def work(conn: Connection, now: dt.datetime) -> bpb.SyncSubscriptionResponse:
-            result = await subscriptions.sync(conn, cmd, now)
-            return bpb.SyncSubscriptionResponse(
-                subscription=convert.subscription(result.subscription),
-                granted_micros=result.granted_micros,
-                pending_user=result.pending_user,
-            )
-
-        return await self._execute(
-            request.request_id, "SyncSubscription", request, bpb.SyncSubscriptionResponse, work
+        outcome = await self._execute(
+            request.request_id,
+            "SyncSubscription",
+            request,
+            subscriptions.SyncResult,
+            lambda conn, clock: subscriptions.sync(conn, cmd, clock),
+        )
+        result = outcome.result
+        return bpb.SyncSubscriptionResponse(
+            subscription=convert.subscription(result.subscription),
+            granted_micros=result.granted_micros,
+            pending_user=result.pending_user,
+            replayed=outcome.replayed,
         )
 
     async def RecordPaymentFailure(
@@ -90,29 +99,19 @@ class BillingService(BillingEvents, bgrpc.BillingServiceServicer):
         request_id = validate.request_id(request.request_id)
         sub_id = _provider_id(request.subscription_id, "subscription_id", required=True)
         customer_id = _provider_id(request.customer_id, "customer_id")
-        _provider_id(request.invoice_id, "invoice_id")
+        invoice_id = _provider_id(request.invoice_id, "invoice_id")
         event_at = _time(request, "event_created_at", required=True)
         assert event_at is not None
 
-        async def work(conn: Connection, now: dt.datetime) -> bpb.RecordPaymentFailureResponse:
-            row = await subscriptions.payment_failed(conn, sub_id, customer_id, event_at, now)
-            if row["user_id"]:
-                await event_store.emit(
-                    conn,
-                    row["user_id"],
-                    "payment.failed",
-                    now,
-                    {
-                        "reason": "subscription_renewal",
-                        "subscription_id": sub_id,
-                        "invoice_id": request.invoice_id,
-                        "customer_id": customer_id,
-                    },
-                )
-            return bpb.RecordPaymentFailureResponse(subscription=convert.subscription(row))
-
-        return await self._execute(
-            request_id, "RecordPaymentFailure", request, bpb.RecordPaymentFailureResponse, work
+        outcome = await self._execute(
+            request_id,
+            "RecordPaymentFailure",
+            request,
+            Subscription,
+            functools.partial(_payment_failed, sub_id, customer_id, event_at, invoice_id),
+        )
+        return bpb.RecordPaymentFailureResponse(
+            subscription=convert.subscription(outcome.result), replayed=outcome.replayed
         )
 
     async def RecordRefund(
@@ -125,27 +124,29 @@ class BillingService(BillingEvents, bgrpc.BillingServiceServicer):
         if len(refund_ids) > limits.METADATA_KEYS_MAX * 4:
             raise errors.invalid("refund_ids", "too many refund_ids")
 
-        async def work(conn: Connection, now: dt.datetime) -> bpb.RecordRefundResponse:
-            result = await refunds.record(conn, payment_id, refunded, refund_ids, now)
-            account = result.account
-            return bpb.RecordRefundResponse(
-                user_id=result.user_id,
-                clawed_back_micros=result.clawed_back_micros,
-                debt_micros=account.debt_micros if account else 0,
-                available_micros=account.available_micros if account else 0,
-            )
-
-        return await self._execute(
-            request_id, "RecordRefund", request, bpb.RecordRefundResponse, work
+        outcome = await self._execute(
+            request_id,
+            "RecordRefund",
+            request,
+            refunds.RefundResult,
+            lambda conn, clock: refunds.record(conn, payment_id, refunded, refund_ids, clock),
+        )
+        result = outcome.result
+        balances = result.balances
+        return bpb.RecordRefundResponse(
+            user_id=result.user_id,
+            clawed_back_micros=result.clawed_back_micros,
+            debt_micros=balances.debt_micros if balances else 0,
+            available_micros=balances.available_micros if balances else 0,
+            replayed=outcome.replayed,
         )
 
     async def Rollover(
         self, request: bpb.RolloverRequest, context: Context
     ) -> bpb.RolloverResponse:
-        now = self.rt.clock.now()
-        period = periods.parse_month(request.period, now)
+        period = periods.parse_month(request.period, self.rt.clock.now())
         try:
-            summary = await rollover.run(self.rt.pool, period, now)
+            summary = await rollover.run(self.rt.pool, period, self.rt.clock)
         except Exception:
             metrics.ROLLOVERS.labels("failed").inc()
             raise
@@ -164,36 +165,17 @@ class BillingService(BillingEvents, bgrpc.BillingServiceServicer):
         request_id: str,
         method: str,
         request: Message,
-        response_type: type[R],
-        work: Callable[[Connection, dt.datetime], Awaitable[R]],
-    ) -> R:
+        result_type: type[R],
+        work: Callable[[Connection, Clock], Awaitable[R]],
+    ) -> Outcome[R]:
         """Run under the event id, in the billing scope (events belong to no account yet)."""
-        return await self.rt.execute(
-            scope=idempotency.BILLING_SCOPE,
-            request_id=validate.request_id(request_id),
-            method=method,
-            request=request,
-            response_type=response_type,
-            work=work,
-        )
-
-
-_STATUS_NAMES = {
-    pb.SUBSCRIPTION_STATUS_ACTIVE: "active",
-    pb.SUBSCRIPTION_STATUS_TRIALING: "trialing",
-    pb.SUBSCRIPTION_STATUS_PAST_DUE: "past_due",
-    pb.SUBSCRIPTION_STATUS_UNPAID: "unpaid",
-    pb.SUBSCRIPTION_STATUS_INCOMPLETE: "incomplete",
-    pb.SUBSCRIPTION_STATUS_INCOMPLETE_EXPIRED: "incomplete_expired",
-    pb.SUBSCRIPTION_STATUS_CANCELED: "canceled",
-    pb.SUBSCRIPTION_STATUS_PAUSED: "paused",
-}
+        key = guard(idempotency.BILLING_SCOPE, validate.request_id(request_id), method, request)
+        return await self.rt.execute(key, result_type, work)
 
 
 def _sync_command(request: bpb.SyncSubscriptionRequest) -> subscriptions.SyncCommand:
     validate.request_id(request.request_id)
-    if request.status not in _STATUS_NAMES:
-        raise errors.invalid("status", "status must be a known SubscriptionStatus")
+    status = convert.status_name(request.status)
     credits = request.period_credits_micros
     if credits < 0 or credits > limits.AMOUNT_MICROS_MAX:
         raise errors.invalid("period_credits_micros", "period_credits_micros out of range")
@@ -211,7 +193,7 @@ def _sync_command(request: bpb.SyncSubscriptionRequest) -> subscriptions.SyncCom
         subscription_id=_provider_id(request.subscription_id, "subscription_id", required=True),
         customer_id=_provider_id(request.customer_id, "customer_id"),
         user_id=validate.user_id(request.user_id) if request.user_id else "",
-        status=_STATUS_NAMES[request.status],
+        status=status,
         price_id=_provider_id(request.price_id, "price_id"),
         period_credits_micros=credits,
         period_start=start,
@@ -256,3 +238,31 @@ def _time(message: Any, field: str, *, required: bool = False) -> dt.datetime | 
             raise errors.invalid(field, f"{field} is required")
         return None
     return validate.timestamp(getattr(message, field), field)
+
+
+async def _payment_failed(
+    subscription_id: str,
+    customer_id: str,
+    event_at: dt.datetime,
+    invoice_id: str,
+    conn: Connection,
+    clock: Clock,
+) -> Subscription:
+    """The failed renewal, and its payment.failed event for the subscription's user."""
+    subscription = await subscriptions.payment_failed(
+        conn, subscription_id, customer_id, event_at, clock
+    )
+    if subscription.user_id:
+        await event_store.emit(
+            conn,
+            subscription.user_id,
+            "payment.failed",
+            clock.now(),
+            {
+                "reason": "subscription_renewal",
+                "subscription_id": subscription_id,
+                "invoice_id": invoice_id,
+                "customer_id": customer_id,
+            },
+        )
+    return subscription

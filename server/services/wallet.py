@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import grpc
 from creditwallet.core import limits
 from creditwallet.server import convert, metrics, validate
+from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.events.service import WalletEvents
 from creditwallet.server.ledger import (
@@ -18,9 +18,8 @@ from creditwallet.server.ledger import (
     holds,
     referrals,
     streaks,
-    subscriptions,
 )
-from creditwallet.server.services import Runtime
+from creditwallet.server.services import Runtime, guard
 from creditwallet.v1 import wallet_service_pb2 as wpb
 from creditwallet.v1 import wallet_service_pb2_grpc as wgrpc
 
@@ -41,54 +40,31 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
             else None
         )
 
-        async def work(conn: Connection, now: dt.datetime) -> bool:
-            _, created = await accounts.ensure(conn, user_id, now, self.rt.trial_credits_micros)
+        async def work(conn: Connection, clock: Clock) -> bool:
+            _, created = await accounts.ensure(conn, user_id, clock, self.rt.trial_credits_micros)
             # Only the creating call redeems: a refusal rolls the creation back, and a
             # later call (a retry after success included) changes nothing.
             if created and code is not None:
-                await referrals.redeem(conn, user_id, code, now, request_id=None)
+                await referrals.redeem(conn, user_id, code, clock, request_id=None)
             return created
 
         created = await self.rt.write(work)
-        balance = await self._balance(user_id)
+        view = convert.balance(await balances.balance(self.rt.pool, self.rt.clock, user_id))
         return wpb.EnsureAccountResponse(
             created=created,
             balance=wpb.Balance(
-                available_micros=balance.available_micros,
-                held_micros=balance.held_micros,
-                debt_micros=balance.debt_micros,
-                lots=balance.lots,
+                available_micros=view.available_micros,
+                held_micros=view.held_micros,
+                debt_micros=view.debt_micros,
+                lots=view.lots,
             ),
         )
 
     async def GetBalance(
         self, request: wpb.GetBalanceRequest, context: Context
     ) -> wpb.GetBalanceResponse:
-        return await self._balance(validate.user_id(request.user_id))
-
-    async def _balance(self, user_id: str) -> wpb.GetBalanceResponse:
-        async def read(conn: Connection, now: dt.datetime) -> wpb.GetBalanceResponse | None:
-            account = await accounts.read(conn, user_id)
-            if account.sweep_due(now):
-                return None
-            lots = await balances.live_lots(conn, user_id, now)
-            return wpb.GetBalanceResponse(
-                user_id=user_id,
-                available_micros=account.available_micros,
-                held_micros=account.held_micros,
-                debt_micros=account.debt_micros,
-                lots=convert.lot_groups(lots),
-                subscription=convert.subscription(await subscriptions.for_user(conn, user_id)),
-                streak=convert.streak(await streaks.read(conn, user_id, now)),
-            )
-
-        # One snapshot, so the lots always add up to the balance beside them.
-        response = await self.rt.read(read, snapshot=True)
-        if response is None:
-            await self.rt.write(lambda conn, now: accounts.lock(conn, user_id, now))  # sweeps
-            response = await self.rt.read(read, snapshot=True)
-        assert response is not None, "a sweep leaves nothing due at the same instant"
-        return response
+        user_id = validate.user_id(request.user_id)
+        return convert.balance(await balances.balance(self.rt.pool, self.rt.clock, user_id))
 
     async def Debit(self, request: wpb.DebitRequest, context: Context) -> wpb.DebitResponse:
         cmd = debit.DebitCommand(
@@ -100,20 +76,18 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
             metadata=validate.metadata(request.metadata),
             **_cost(request),
         )
-
-        def respond(result: debit.DebitResult) -> wpb.DebitResponse:
-            return wpb.DebitResponse(
-                transaction_id=str(result.transaction_id),
-                charged_micros=result.charged_micros,
-                available_micros=result.available_micros,
-                streak_reward=convert.streak_reward(result.reward),
-            )
-
-        response = await self.rt.execute_debit(cmd, request, wpb.DebitResponse, respond)
-        if not response.replayed:
+        outcome = await self.rt.debit(cmd, request)
+        result = outcome.result
+        if not outcome.replayed:
             metrics.DEBITS.inc()
-            metrics.DEBITED_MICROS.inc(response.charged_micros)
-        return response
+            metrics.DEBITED_MICROS.inc(result.charged_micros)
+        return wpb.DebitResponse(
+            transaction_id=str(result.transaction_id),
+            charged_micros=result.charged_micros,
+            available_micros=result.balances.available_micros,
+            replayed=outcome.replayed,
+            streak_reward=convert.streak_reward(result.reward),
+        )
 
     async def Authorize(
         self, request: wpb.AuthorizeRequest, context: Context
@@ -128,23 +102,18 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
             ttl_seconds=validate.ttl_seconds(request.ttl_seconds),
             **_cost(request),
         )
-
-        async def work(conn: Connection, now: dt.datetime) -> wpb.AuthorizeResponse:
-            result = await holds.authorize(conn, cmd, now)
-            return wpb.AuthorizeResponse(
-                hold_id=str(result.hold_id),
-                expires_at=convert.timestamp(result.expires_at),
-                held_micros=result.held_micros,
-                available_micros=result.available_micros,
-            )
-
-        return await self.rt.execute(
-            scope=cmd.user_id,
-            request_id=cmd.request_id,
-            method="Authorize",
-            request=request,
-            response_type=wpb.AuthorizeResponse,
-            work=work,
+        outcome = await self.rt.execute(
+            guard(cmd.user_id, cmd.request_id, "Authorize", request),
+            holds.AuthorizeResult,
+            lambda conn, clock: holds.authorize(conn, cmd, clock),
+        )
+        result = outcome.result
+        return wpb.AuthorizeResponse(
+            hold_id=str(result.hold_id),
+            expires_at=convert.timestamp(result.expires_at),
+            held_micros=result.held_micros,
+            available_micros=result.balances.available_micros,
+            replayed=outcome.replayed,
         )
 
     async def Capture(self, request: wpb.CaptureRequest, context: Context) -> wpb.CaptureResponse:
@@ -153,45 +122,35 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
         amount = (
             validate.amount(request.amount_micros) if request.HasField("amount_micros") else None
         )
-        user_id = await self.rt.read(lambda conn, now: holds.hold_owner(conn, hold_id))
-
-        async def work(conn: Connection, now: dt.datetime) -> wpb.CaptureResponse:
-            result = await holds.capture(conn, user_id, hold_id, amount, request_id, now)
-            return wpb.CaptureResponse(
-                transaction_id=str(result.transaction_id),
-                charged_micros=result.charged_micros,
-                released_micros=result.released_micros,
-                available_micros=result.available_micros,
-                streak_reward=convert.streak_reward(result.reward),
-            )
-
-        return await self.rt.execute(
-            scope=user_id,
-            request_id=request_id,
-            method="Capture",
-            request=request,
-            response_type=wpb.CaptureResponse,
-            work=work,
+        user_id = await self.rt.read(lambda conn, clock: holds.hold_owner(conn, hold_id))
+        outcome = await self.rt.execute(
+            guard(user_id, request_id, "Capture", request),
+            holds.CaptureResult,
+            lambda conn, clock: holds.capture(conn, user_id, hold_id, amount, request_id, clock),
+        )
+        result = outcome.result
+        return wpb.CaptureResponse(
+            transaction_id=str(result.transaction_id),
+            charged_micros=result.charged_micros,
+            released_micros=result.released_micros,
+            available_micros=result.balances.available_micros,
+            replayed=outcome.replayed,
+            streak_reward=convert.streak_reward(result.reward),
         )
 
     async def Void(self, request: wpb.VoidRequest, context: Context) -> wpb.VoidResponse:
         hold_id = validate.hold_id(request.hold_id)
         request_id = validate.request_id(request.request_id)
-        user_id = await self.rt.read(lambda conn, now: holds.hold_owner(conn, hold_id))
-
-        async def work(conn: Connection, now: dt.datetime) -> wpb.VoidResponse:
-            result = await holds.void(conn, user_id, hold_id, now)
-            return wpb.VoidResponse(
-                released_micros=result.released_micros, available_micros=result.available_micros
-            )
-
-        return await self.rt.execute(
-            scope=user_id,
-            request_id=request_id,
-            method="Void",
-            request=request,
-            response_type=wpb.VoidResponse,
-            work=work,
+        user_id = await self.rt.read(lambda conn, clock: holds.hold_owner(conn, hold_id))
+        outcome = await self.rt.execute(
+            guard(user_id, request_id, "Void", request),
+            holds.VoidResult,
+            lambda conn, clock: holds.void(conn, user_id, hold_id, clock),
+        )
+        return wpb.VoidResponse(
+            released_micros=outcome.result.released_micros,
+            available_micros=outcome.result.balances.available_micros,
+            replayed=outcome.replayed,
         )
 
     async def ListTransactions(
@@ -201,7 +160,7 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
         size = validate.page_size(request.page_size, limits.PAGE_SIZE_DEFAULT)
         type_ = convert.type_name(request.type)
 
-        async def read(conn: Connection, now: dt.datetime) -> wpb.ListTransactionsResponse:
+        async def read(conn: Connection, clock: Clock) -> wpb.ListTransactionsResponse:
             await accounts.read(conn, user_id)
             rows, token = await history.page(conn, user_id, type_, size, request.page_token)
             return wpb.ListTransactionsResponse(
@@ -215,11 +174,10 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
     ) -> wpb.GetStreakResponse:
         user_id = validate.user_id(request.user_id)
 
-        async def read(conn: Connection, now: dt.datetime) -> wpb.GetStreakResponse:
-            await accounts.read(conn, user_id)
-            return wpb.GetStreakResponse(
-                streak=convert.streak(await streaks.read(conn, user_id, now))
-            )
+        async def read(conn: Connection, clock: Clock) -> wpb.GetStreakResponse:
+            account = await accounts.read(conn, user_id)
+            view = await streaks.read(conn, user_id, accounts.ledger_time(clock, account))
+            return wpb.GetStreakResponse(streak=convert.streak(view))
 
         return await self.rt.read(read)
 
@@ -227,12 +185,10 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
         self, request: wpb.GetReferralCodeRequest, context: Context
     ) -> wpb.GetReferralCodeResponse:
         user_id = validate.user_id(request.user_id)
-
-        async def work(conn: Connection, now: dt.datetime) -> wpb.GetReferralCodeResponse:
-            code, rewards = await referrals.code_of(conn, user_id, now)
-            return wpb.GetReferralCodeResponse(code=code, rewards_granted=rewards)
-
-        return await self.rt.write(work)
+        code, rewards = await self.rt.write(
+            lambda conn, clock: referrals.code_of(conn, user_id, clock)
+        )
+        return wpb.GetReferralCodeResponse(code=code, rewards_granted=rewards)
 
     async def RedeemReferralCode(
         self, request: wpb.RedeemReferralCodeRequest, context: Context
@@ -240,22 +196,17 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
         user_id = validate.user_id(request.user_id)
         request_id = validate.request_id(request.request_id)
         code = referrals.parse_code(request.code)
-
-        async def work(conn: Connection, now: dt.datetime) -> wpb.RedeemReferralCodeResponse:
-            result = await referrals.redeem(conn, user_id, code, now, request_id)
-            return wpb.RedeemReferralCodeResponse(
-                transaction_id=str(result.transaction_id),
-                granted_micros=result.granted_micros,
-                available_micros=result.account.available_micros,
-            )
-
-        return await self.rt.execute(
-            scope=user_id,
-            request_id=request_id,
-            method="RedeemReferralCode",
-            request=request,
-            response_type=wpb.RedeemReferralCodeResponse,
-            work=work,
+        outcome = await self.rt.execute(
+            guard(user_id, request_id, "RedeemReferralCode", request),
+            referrals.Redeemed,
+            lambda conn, clock: referrals.redeem(conn, user_id, code, clock, request_id),
+        )
+        result = outcome.result
+        return wpb.RedeemReferralCodeResponse(
+            transaction_id=str(result.transaction_id),
+            granted_micros=result.granted_micros,
+            available_micros=result.balances.available_micros,
+            replayed=outcome.replayed,
         )
 
 

@@ -3,10 +3,10 @@
 The load is debits sent by the project's own client, each with a request_id of its own. A
 debit whose answer is lost (UNAVAILABLE while the server or the database is down,
 DEADLINE_EXCEEDED when the caller's deadline passed mid-commit) is sent again, identical, so
-with the same request_id — the contract of SPEC §6 — until it is answered or its time budget
-runs out. The audit then reads the ledger directly: every acknowledged debit is there exactly
-once, no request_id is applied twice, nothing was applied that was never sent, and
-VerifyLedger (SPEC §12) reports no violation.
+with the same request_id (a replay is answered, never applied twice) until it is answered
+or its time budget runs out. The audit then reads the ledger directly: every acknowledged
+debit is there exactly once, no request_id is applied twice, nothing was applied that was
+never sent, and VerifyLedger reports no violation.
 """
 
 from __future__ import annotations
@@ -198,6 +198,6 @@ def client(
 
 
 def assert_no_secrets(text: str, where: str) -> None:
-    """No configured token may appear in a log (SPEC §13)."""
+    """No configured token may appear in a log: secrets are never logged."""
     for scope, token in TOKENS.items():
         assert token not in text, f"the {scope} token appears in {where}"

@@ -1,4 +1,4 @@
-"""Two server processes on one database (SPEC §4, issue 6 "Replicas").
+"""Two server processes on one database (replicas, docs/scaling.md).
 
 They start together on an empty database — the advisory lock makes them apply each migration
 exactly once — then every debit's request_id is sent to both at the same moment, on accounts

@@ -3,16 +3,31 @@
 Each process reads its environment once into one frozen object (``ServerConfig``,
 ``GatewayConfig``); a value that is missing or malformed stops start-up with a ``ConfigError``
 naming the variable. Secrets are ``Secret`` objects whose ``repr`` and ``str`` are masked, so a
-log line or a traceback that prints a config never shows a token.
+log line or a traceback that prints a config never shows a token; ``describe`` turns a config
+into the fields of the one log line that records it at start-up.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
+from pathlib import PurePath
+from typing import Any, Final
+
+MASK: Final = "****"
 
 
 class ConfigError(Exception):
-    """A required setting is missing or malformed; start-up stops with its name."""
+    """A required setting is missing or malformed; start-up stops with its name.
+
+    The message is one line that names the variable and says what would fix it; the entry
+    points print it as ``<command>: <message>`` and exit 2, never with a traceback.
+    """
+
+
+class StartupError(Exception):
+    """The settings are well formed but the process cannot start with them (the database does
+    not answer, the port is taken, a file is missing): one line, printed like ``ConfigError``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,3 +41,50 @@ class Secret:
 
     def bytes(self) -> bytes:
         return self.value.encode()
+
+
+def describe(config: object) -> dict[str, Any]:
+    """A config dataclass as plain loggable fields: secrets masked, paths as text, unset as "".
+
+    Nested dataclasses are flattened with their field name as a prefix (``log_level``).
+    """
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise TypeError(f"describe() needs a dataclass instance, not {type(config).__name__}")
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type | Secret):
+            for key, inner in describe(value).items():
+                fields[f"{field.name}_{key}"] = inner
+        else:
+            fields[field.name] = _plain(value)
+    return fields
+
+
+def _plain(value: object) -> Any:
+    if isinstance(value, Secret):
+        return MASK
+    if value is None:
+        return ""
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return ",".join(str(_plain(item)) for item in value)
+    if isinstance(value, str):
+        return mask_url_password(value)
+    if isinstance(value, bool | int | float):
+        return value
+    return str(value)
+
+
+def mask_url_password(text: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:****@host``; other text unchanged."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError:
+        return text
+    if not parts.scheme or parts.password is None or parts.password == "":
+        return text
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))

@@ -52,14 +52,19 @@ class GrantRequest(_message.Message):
     AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    CREATE_ACCOUNT_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
-    """The account (created without a trial lot if it does not exist)."""
+    """The account. It must exist (ACCOUNT_NOT_FOUND otherwise) unless create_account is set."""
     request_id: _builtins.str
     """Idempotency key."""
     source: _common_pb2.LotSource.ValueType
     """The lot's source; required."""
     amount_micros: _builtins.int
     """Micros to grant; positive."""
+    create_account: _builtins.bool
+    """When true, a user_id without an account gets one, without a trial lot. False (the default)
+    refuses an unknown user_id with ACCOUNT_NOT_FOUND, so a mistyped id never receives credits.
+    """
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the lot expires; unset for the source's default (never for top-up, promo, adjustment)."""
@@ -77,10 +82,11 @@ class GrantRequest(_message.Message):
         amount_micros: _builtins.int = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        create_account: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "expires_at", b"expires_at", "metadata", b"metadata", "request_id", b"request_id", "source", b"source", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "create_account", b"create_account", "expires_at", b"expires_at", "metadata", b"metadata", "request_id", b"request_id", "source", b"source", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -440,7 +446,7 @@ class LedgerViolation(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     invariant: _builtins.int
-    """The invariant's number in the contract (SPEC section 12)."""
+    """The invariant's number (docs/design.md lists the invariants)."""
     user_id: _builtins.str
     """The account, when the violation is per account."""
     detail: _builtins.str
@@ -491,3 +497,57 @@ class VerifyLedgerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyLedgerResponse: _TypeAlias = VerifyLedgerResponse  # noqa: Y015
+
+@_typing.final
+class GetRolloverProgressRequest(_message.Message):
+    """Request of GetRolloverProgress."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    period: _builtins.str
+    """The month, YYYY-MM; empty for the current UTC month."""
+    def __init__(
+        self,
+        *,
+        period: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRolloverProgressRequest: _TypeAlias = GetRolloverProgressRequest  # noqa: Y015
+
+@_typing.final
+class GetRolloverProgressResponse(_message.Message):
+    """Response of GetRolloverProgress. Counts committed work, whichever runs did it, so it is the
+    same on every replica and survives a run that crashed (its rerun goes on from there).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    ACCOUNTS_TOTAL_FIELD_NUMBER: _builtins.int
+    ACCOUNTS_ROLLED_OVER_FIELD_NUMBER: _builtins.int
+    period: _builtins.str
+    """The month read."""
+    accounts_total: _builtins.int
+    """Accounts in the ledger now."""
+    accounts_rolled_over: _builtins.int
+    """Accounts whose rollover for the month has committed."""
+    def __init__(
+        self,
+        *,
+        period: _builtins.str = ...,
+        accounts_total: _builtins.int = ...,
+        accounts_rolled_over: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_rolled_over", b"accounts_rolled_over", "accounts_total", b"accounts_total", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRolloverProgressResponse: _TypeAlias = GetRolloverProgressResponse  # noqa: Y015

@@ -91,6 +91,11 @@ class AdminServiceStub:
                 request_serializer=creditwallet_dot_v1_dot_events__pb2.ListWebhookEndpointsRequest.SerializeToString,
                 response_deserializer=creditwallet_dot_v1_dot_events__pb2.ListWebhookEndpointsResponse.FromString,
                 _registered_method=True)
+        self.GetRolloverProgress = channel.unary_unary(
+                '/creditwallet.v1.AdminService/GetRolloverProgress',
+                request_serializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -174,6 +179,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRolloverProgress(self, request, context):
+        """How far a month's rollover has come: accounts rolled over for it out of all accounts.
+        Read while a Rollover runs (it commits chunk by chunk) to show its progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -231,6 +244,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListWebhookEndpoints,
                     request_deserializer=creditwallet_dot_v1_dot_events__pb2.ListWebhookEndpointsRequest.FromString,
                     response_serializer=creditwallet_dot_v1_dot_events__pb2.ListWebhookEndpointsResponse.SerializeToString,
+            ),
+            'GetRolloverProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRolloverProgress,
+                    request_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -531,6 +549,33 @@ class AdminService:
             '/creditwallet.v1.AdminService/ListWebhookEndpoints',
             creditwallet_dot_v1_dot_events__pb2.ListWebhookEndpointsRequest.SerializeToString,
             creditwallet_dot_v1_dot_events__pb2.ListWebhookEndpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRolloverProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditwallet.v1.AdminService/GetRolloverProgress',
+            creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.SerializeToString,
+            creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,10 @@ class AdminServiceStub:
     """Queues webhook deliveries again."""
     ListWebhookEndpoints: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListWebhookEndpointsRequest, _events_pb2.ListWebhookEndpointsResponse]
     """Lists the webhook endpoints and their failure state."""
+    GetRolloverProgress: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetRolloverProgressRequest, _admin_service_pb2.GetRolloverProgressResponse]
+    """How far a month's rollover has come: accounts rolled over for it out of all accounts.
+    Read while a Rollover runs (it commits chunk by chunk) to show its progress.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -84,6 +88,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Queues webhook deliveries again."""
     ListWebhookEndpoints: _aio.UnaryUnaryMultiCallable[_events_pb2.ListWebhookEndpointsRequest, _events_pb2.ListWebhookEndpointsResponse]  # type: ignore[assignment]
     """Lists the webhook endpoints and their failure state."""
+    GetRolloverProgress: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetRolloverProgressRequest, _admin_service_pb2.GetRolloverProgressResponse]  # type: ignore[assignment]
+    """How far a month's rollover has come: accounts rolled over for it out of all accounts.
+    Read while a Rollover runs (it commits chunk by chunk) to show its progress.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Grants, corrections, prices, statistics and the ledger check."""
@@ -175,5 +183,15 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.ListWebhookEndpointsResponse, _abc.Awaitable[_events_pb2.ListWebhookEndpointsResponse]]:
         """Lists the webhook endpoints and their failure state."""
+
+    @_abc_1.abstractmethod
+    def GetRolloverProgress(
+        self,
+        request: _admin_service_pb2.GetRolloverProgressRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.GetRolloverProgressResponse, _abc.Awaitable[_admin_service_pb2.GetRolloverProgressResponse]]:
+        """How far a month's rollover has come: accounts rolled over for it out of all accounts.
+        Read while a Rollover runs (it commits chunk by chunk) to show its progress.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
