@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	ln -s $(abspath webhook_gateway) $(TYPECHECK)/gateway
 	ln -s $(abspath clients) $(TYPECHECK)/client
 	ln -s $(abspath tests) $(VENV)/typecheck/tests
-	ln -s $(abspath tools) $(VENV)/typecheck/tools
+	ln -s $(abspath protos/apidoc.py) $(VENV)/typecheck/apidoc.py
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -54,14 +54,14 @@ proto-check: $(STAMP)
 
 # docs/api.md is generated from the comments of the protos; the test suite fails on drift.
 api-docs: $(STAMP)
-	$(PY) -m tools.apidoc
+	$(PY) protos/apidoc.py
 
 lint: proto-check
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	@echo "mypy (paths below are relative to the import root: creditwallet/server = server/)"
 	cd $(VENV)/typecheck && $(abspath $(VENV))/bin/mypy --config-file $(abspath pyproject.toml) \
-		-p creditwallet -p tests -p tools
+		-p creditwallet -p tests -m apidoc
 
 test: lint
 	$(VENV)/bin/pytest

@@ -71,6 +71,39 @@ async def test_burn_down_spends_soonest_expiring_first_then_oldest(
     ]
 
 
+async def test_burn_down_breaks_ties_by_the_oldest_grant(
+    admin: AsyncCreditWalletClient, ledger: Ledger
+) -> None:
+    """Same expiry (or none): the lot granted first is spent first, and only it."""
+    user = new_user()
+    expiry = ledger.clock.now() + dt.timedelta(days=3)
+    first = await admin.grant(
+        user, 2 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=expiry, create_account=True
+    )
+    ledger.clock.advance(minutes=1)
+    second = await admin.grant(user, 2 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=expiry)
+    older_top_up = await admin.grant(user, 2 * CREDIT, pb.LOT_SOURCE_TOP_UP)
+    ledger.clock.advance(minutes=1)
+    newer_top_up = await admin.grant(user, 2 * CREDIT, pb.LOT_SOURCE_TOP_UP)
+
+    async def remaining() -> dict[str, int]:
+        lots = (await admin.get_balance(user)).lots
+        return {lot.lot_id: lot.remaining_micros for group in lots for lot in group.lots}
+
+    await admin.debit(user, amount_micros=CREDIT)
+    assert await remaining() == {
+        first.lot.lot_id: CREDIT,
+        second.lot.lot_id: 2 * CREDIT,
+        older_top_up.lot.lot_id: 2 * CREDIT,
+        newer_top_up.lot.lot_id: 2 * CREDIT,
+    }
+    await admin.debit(user, amount_micros=4 * CREDIT)  # 1 + 2 expiring, then 1 of the older
+    assert await remaining() == {
+        older_top_up.lot.lot_id: CREDIT,
+        newer_top_up.lot.lot_id: 2 * CREDIT,
+    }
+
+
 async def test_expired_lot_is_never_spendable_and_expiry_is_recorded_once(
     admin: AsyncCreditWalletClient, ledger: Ledger
 ) -> None:

@@ -242,7 +242,12 @@ class LedgerModel(RuleBasedStateMachine):
 
         def send() -> Any:
             reply = self.client.grant(
-                user, amount, pb.LOT_SOURCE_PROMO, expires_at=expires_at, request_id=rid
+                user,
+                amount,
+                pb.LOT_SOURCE_PROMO,
+                expires_at=expires_at,
+                request_id=rid,
+                create_account=True,
             )
             return reply
 

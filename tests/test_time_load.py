@@ -43,7 +43,7 @@ async def test_expiring_lots_under_concurrent_load(
     start = ledger.clock.now()
     users = [new_user() for _ in range(ACCOUNTS)]
     for u, user in enumerate(users):
-        await admin.grant(user, 10 * CREDIT, pb.LOT_SOURCE_TOP_UP)
+        await admin.grant(user, 10 * CREDIT, pb.LOT_SOURCE_TOP_UP, create_account=True)
         for k in range(LOTS_PER_ACCOUNT):
             expires_at = start + dt.timedelta(milliseconds=20 + k * ACCOUNTS + u)
             await admin.grant(user, CREDIT, pb.LOT_SOURCE_PROMO, expires_at=expires_at)

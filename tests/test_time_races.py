@@ -261,3 +261,45 @@ async def test_credits_given_back_to_an_expired_lot_expire_at_once(
     )
     report = await admin.verify_ledger()
     assert report.ok, [f"{v.invariant} {v.user_id}: {v.detail}" for v in report.violations]
+
+
+async def test_replicas_with_different_clocks_keep_each_account_in_order(
+    base_dsn: str, data_dir: Path
+) -> None:
+    """Two replicas on one database, one clock ten minutes behind the other: the slow one
+    writes at the account's own time, so its history never goes back, and a lot the fast
+    replica saw expire stays expired for the slow one."""
+    dsn = await harness.fresh_database(base_dsn)
+    fast_clock = ManualClock(harness.real_now())
+    slow_clock = ManualClock(fast_clock.now() - dt.timedelta(minutes=10))
+    fast = Ledger(
+        dsn,
+        await app.start(harness.config(data_dir), dsn=dsn, clock=fast_clock, address="127.0.0.1:0"),
+        fast_clock,
+    )
+    slow = Ledger(
+        dsn,
+        await app.start(harness.config(data_dir), dsn=dsn, clock=slow_clock, address="127.0.0.1:0"),
+        slow_clock,
+    )
+    try:
+        on_fast, on_slow = fast.client("admin"), slow.client("admin")
+        user = harness.new_user()
+        expires_at = fast_clock.now() - dt.timedelta(minutes=5)  # past for fast, future for slow
+        await on_slow.grant(
+            user, 10 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=expires_at, create_account=True
+        )
+        await on_slow.grant(user, 10 * CREDIT, pb.LOT_SOURCE_TOP_UP)
+        assert (await on_slow.get_balance(user)).available_micros == 20 * CREDIT
+        await on_fast.debit(user, amount_micros=CREDIT)  # records the promo's expiry
+        after = await on_slow.debit(user, amount_micros=CREDIT)  # the slow replica's turn
+        assert after.available_micros == 8 * CREDIT, "the slow replica spent expired credits"
+        history = await on_slow.list_transactions(user, page_size=50)
+        times = [t.created_at.ToDatetime(dt.UTC) for t in reversed(history.transactions)]
+        assert times == sorted(times)
+        assert times[-1] >= fast_clock.now() - dt.timedelta(seconds=1)
+        report = await on_slow.verify_ledger()
+        assert report.ok, [f"{v.invariant} {v.user_id}: {v.detail}" for v in report.violations]
+    finally:
+        await fast.close()
+        await slow.close()

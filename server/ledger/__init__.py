@@ -6,7 +6,7 @@ Where things are:
 - ``accounts.py``: the account row (the lock every writer of an account takes first).
 - ``holds.py``: Authorize / Capture / Void.  ``reversals.py``: ReverseDebit.
 - ``idempotency.py``: request_id claim, replay and refusal storage, in the caller's transaction.
-- ``history.py``: ListTransactions; ``pricing.py``; ``stats.py``; ``verify.py`` (SPEC §12).
+- ``history.py``: ListTransactions; ``pricing.py``; ``stats.py``; ``verify.py`` (the invariants).
 
 Every function takes ``now`` from the injected clock; none calls ``now()`` in SQL.
 """

@@ -27,7 +27,8 @@ def add_months(value: dt.datetime, months: int, day: int) -> dt.datetime:
 
 
 def next_period_end(start: dt.datetime, end: dt.datetime) -> dt.datetime:
-    """The end of the billing period that follows [start, end) (SPEC §8 lot expiry)."""
+    """The end of the billing period that follows [start, end) (a subscription
+    lot's expiry)."""
     if (end - start).days > _MONTHLY_DAYS_MAX:
         return end + (end - start)
     return add_months(end, 1, max(start.day, end.day))

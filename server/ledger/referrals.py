@@ -1,4 +1,4 @@
-"""Referral codes and rewards (SPEC §10).
+"""Referral codes and rewards (docs/rewards.md).
 
 - A code is 8 characters of ``CODE_ALPHABET`` (Crockford's base 32 without 0, 1, I, L, O
   and U: nothing that reads as another character), random, created on the first
@@ -123,7 +123,7 @@ async def code_of(conn: Connection, user_id: str, clock: Clock) -> tuple[str, in
 async def redeem(
     conn: Connection, user_id: str, code: str, clock: Clock, request_id: str | None
 ) -> Redeemed:
-    """Grant the referee's reward for ``code`` after checking every rule of SPEC §10."""
+    """Grant the referee's reward for ``code`` after checking every refusal rule."""
     locked = await accounts.lock(conn, user_id, clock)
     account, now = locked.account, locked.now
     owner = await conn.fetchrow(_OWNER_OF, code)

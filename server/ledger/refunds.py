@@ -1,4 +1,4 @@
-"""Refunds: claw purchased credits back in proportion to the refunded amount (SPEC §7).
+"""Refunds: claw purchased credits back in proportion to the refunded amount.
 
 Stripe's ``amount_refunded`` is cumulative, so the ledger keeps the largest amount reported
 per payment and claws back up to a *target* (credits * refunded // paid), minus what was

@@ -1,4 +1,4 @@
-"""ReverseDebit: give a debit's credits back to the lots they came from (SPEC §6 admin).
+"""ReverseDebit: give a debit's credits back to the lots they came from.
 
 A partial reversal gives back to the longest-lived lots first (the reverse of burn-down),
 so the user keeps the credits least likely to expire. Each consumption records how much of

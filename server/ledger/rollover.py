@@ -1,4 +1,4 @@
-"""The monthly rollover (SPEC §8): every account's bookkeeping brought up to date, in chunks.
+"""The monthly rollover (docs/billing.md): every account's bookkeeping up to date, in chunks.
 
 What "up to date as of now" means: expired holds released, lots past their ``expires_at``
 recorded as ``expire`` transactions, and subscription credits carried from periods that

@@ -1,4 +1,5 @@
-"""Smart Streaks: per-day activity, the streak state and milestone rewards (SPEC §9).
+"""Smart Streaks: per-day activity, the streak state and milestone rewards
+(docs/rewards.md).
 
 Rules, exactly (days are UTC dates):
 

@@ -266,7 +266,8 @@ async def cap_carried(
     ended_by: dt.datetime,
     now: dt.datetime,
 ) -> Account:
-    """Cap the subscription credits carried from periods ended by ``ended_by`` (SPEC §8).
+    """Cap the subscription credits carried from periods ended by ``ended_by`` (the
+    carry-over cap).
 
     The excess over one allotment expires now, soonest-expiring lots first (they would
     have gone first anyway).

@@ -1,4 +1,4 @@
-"""VerifyLedger: the invariants of SPEC §12, checked over the whole database.
+"""VerifyLedger: the invariants of docs/design.md, checked over the whole database.
 
 The database already refuses much of what is checked here (CHECK, UNIQUE, primary keys);
 this is the second check, after the fact, of what constraints cannot express: that the

@@ -1,4 +1,4 @@
--- Smart Streaks (SPEC §9) and referral rewards (SPEC §10).
+-- Smart Streaks and referral rewards (docs/rewards.md).
 -- "At most once" is a database constraint here, not only a code path: a milestone row is
 -- unique per (user, streak, milestone), a referral row per referee, and each reward lot has
 -- a grant_key that credit_lots_grant_key makes unique per account.

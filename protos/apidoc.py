@@ -1,6 +1,6 @@
 """Writes docs/api.md, the API reference, from the comments of the ``.proto`` files.
 
-    python -m tools.apidoc [--check]      (``make api-docs``; the test suite runs --check)
+    python protos/apidoc.py [--check]     (``make api-docs``; the test suite checks for drift)
 
 Why generated: the comments in ``protos/creditwallet/v1/*.proto`` are the one place the API is
 described (grpcurl's ``describe`` shows them too), so the reference must never drift from
