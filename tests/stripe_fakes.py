@@ -55,15 +55,23 @@ def sign(body: bytes, secret: str = SECRETS[0], at: int | None = None) -> str:
     return f"t={t},v1={mac}"
 
 
-def price(price_id: str, credits: int | None, *, recurring: bool) -> dict[str, Any]:
+def price(
+    price_id: str,
+    credits: int | None,
+    *,
+    recurring: bool,
+    interval: str = "month",
+    interval_count: int = 1,
+) -> dict[str, Any]:
     product = obj("product", id="prod_" + price_id, metadata={})
     metadata = {"credits": str(credits)} if credits is not None else {}
+    terms = dict(OBJECTS["price"]["recurring"], interval=interval, interval_count=interval_count)
     return obj(
         "price",
         id=price_id,
         metadata=metadata,
         product=product,
-        recurring=OBJECTS["price"]["recurring"] if recurring else None,
+        recurring=terms if recurring else None,
         type="recurring" if recurring else "one_time",
     )
 
@@ -72,18 +80,76 @@ def line_item(price_obj: dict[str, Any], quantity: int = 1) -> dict[str, Any]:
     return obj("item", id=new_id("li"), price=price_obj, quantity=quantity)
 
 
-def invoice(
-    sub_id: str, customer: str, start: int, end: int, *, payment: str, paid: int = 999
+def period_line(
+    sub_id: str,
+    start: int,
+    end: int,
+    *,
+    price_id: str = MONTHLY,
+    amount: int = 999,
+    proration: bool = False,
+    item: str = "si_x",
 ) -> dict[str, Any]:
-    line = obj("line_item", id=new_id("il"), period={"start": start, "end": end})
+    """An invoice line billing a subscription item for [start, end) (parent: the item)."""
+    line = obj("line_item", id=new_id("il"), period={"start": start, "end": end}, amount=amount)
     line["parent"] = {
         "type": "subscription_item_details",
-        "subscription_item_details": {"subscription": sub_id, "subscription_item": "si_x"},
+        "subscription_item_details": {
+            "subscription": sub_id,
+            "subscription_item": item,
+            "invoice_item": None,
+            "proration": proration,
+            "proration_details": {"credited_items": None},
+        },
         "invoice_item_details": None,
     }
-    line["pricing"] = {"type": "price_details", "price_details": {"price": MONTHLY}}
-    inv = obj("invoice", id=new_id("in"), customer=customer, amount_paid=paid, currency="usd")
-    inv["lines"] = {"object": "list", "data": [line], "has_more": False}
+    line["pricing"] = {"type": "price_details", "price_details": {"price": price_id}}
+    return line
+
+
+def proration_line(
+    sub_id: str, start: int, end: int, *, price_id: str, amount: int
+) -> dict[str, Any]:
+    """A proration invoice item (an upgrade's or downgrade's credit or debit for [start, end))."""
+    line = obj("line_item", id=new_id("il"), period={"start": start, "end": end}, amount=amount)
+    line["parent"] = {
+        "type": "invoice_item_details",
+        "invoice_item_details": {
+            "invoice_item": new_id("ii"),
+            "proration": True,
+            "proration_details": {"credited_items": None},
+            "subscription": sub_id,
+        },
+        "subscription_item_details": None,
+    }
+    line["pricing"] = {"type": "price_details", "price_details": {"price": price_id}}
+    return line
+
+
+def invoice(
+    sub_id: str,
+    customer: str,
+    start: int,
+    end: int,
+    *,
+    payment: str,
+    paid: int = 999,
+    billing_reason: str = "subscription_cycle",
+    lines: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A paid subscription invoice; by default one period line for [start, end)."""
+    if lines is None:
+        lines = [period_line(sub_id, start, end, amount=paid)]
+    inv = obj(
+        "invoice",
+        id=new_id("in"),
+        customer=customer,
+        amount_paid=paid,
+        currency="usd",
+        billing_reason=billing_reason,
+        status="paid",
+    )
+    inv["lines"] = {"object": "list", "data": lines, "has_more": False}
     inv["parent"] = {
         "type": "subscription_details",
         "subscription_details": {"subscription": sub_id, "metadata": {}},
@@ -93,15 +159,41 @@ def invoice(
 
 
 def subscription(
-    sub_id: str, customer: str, status: str, start: int, end: int, price_obj: dict[str, Any]
+    sub_id: str,
+    customer: str,
+    status: str,
+    start: int,
+    end: int,
+    price_obj: dict[str, Any],
+    *,
+    anchor: int | None = None,
+    trial: tuple[int, int] | None = None,
+    item: str = "si_x",
 ) -> dict[str, Any]:
-    item = obj(
-        "subscription_item", current_period_start=start, current_period_end=end, price=price_obj
+    """A subscription whose item bills [start, end); its anchor defaults to ``start``."""
+    item_obj = obj(
+        "subscription_item",
+        id=item,
+        current_period_start=start,
+        current_period_end=end,
+        price=price_obj,
     )
     sub = obj(
-        "subscription", id=sub_id, customer=customer, status=status, cancel_at_period_end=False
+        "subscription",
+        id=sub_id,
+        customer=customer,
+        status=status,
+        cancel_at_period_end=False,
+        billing_cycle_anchor=start if anchor is None else anchor,
+        billing_cycle_anchor_config=None,
+        trial_start=trial[0] if trial else None,
+        trial_end=trial[1] if trial else None,
+        pause_collection=None,
+        cancel_at=None,
+        canceled_at=None,
+        ended_at=None,
     )
-    sub["items"] = {"object": "list", "data": [item], "has_more": False}
+    sub["items"] = {"object": "list", "data": [item_obj], "has_more": False}
     sub["metadata"] = {}
     return sub
 
@@ -131,6 +223,7 @@ class FakeStripe:
     creates: int = 0
     hold_create: Any = None
     create_arrived: Any = None
+    subscriptions: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     down: bool = False
 
     def app(self) -> web.Application:
@@ -140,6 +233,7 @@ class FakeStripe:
         app.router.add_get("/v1/prices/{id}", self._price)
         app.router.add_get("/v1/customers/{id}", self._customer)
         app.router.add_post("/v1/payment_intents", self._create_intent)
+        app.router.add_get("/v1/subscriptions/{id}", self._subscription)
         return app
 
     async def _customer(self, request: web.Request) -> web.Response:
@@ -218,6 +312,9 @@ class FakeStripe:
 
     async def _price(self, request: web.Request) -> web.Response:
         return self._found(self.prices.get(request.match_info["id"]))
+
+    async def _subscription(self, request: web.Request) -> web.Response:
+        return self._found(self.subscriptions.get(request.match_info["id"]))
 
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, str]:

@@ -352,6 +352,9 @@ async def test_rollover_endpoint_and_health(gateway: sf.Gateway, ledger: Ledger)
             "creditsExpiredMicros",
             "holdsReleased",
             "chunks",
+            "periodsSettled",
+            "accountsCapped",
+            "creditsCappedMicros",
         }
         assert all(isinstance(value, str) for value in summary.values())
     async with gateway.http.post(url + "/rollover?period=2999-01", headers=headers) as future:

@@ -194,6 +194,11 @@ async def _forward(
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
         WEBHOOKS.labels(label, "ledger_" + code.name.lower()).inc()
+        if code == grpc.StatusCode.ALREADY_EXISTS:
+            # REQUEST_ID_REUSED: this event was applied once already, mapped from an earlier
+            # answer of Stripe's API (a subscription or price read then); it is done.
+            log.warning("event %s was already applied with other details", event_id)
+            return web.json_response({"method": call.method, "already_applied": True})
         body = {"error": f"ledger: {code.name}", "reason": exc.details() or code.name}
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             # The event's content can never be applied as sent: a malformed event, as

@@ -3,7 +3,8 @@
 Every mutating call runs under its request_id (the provider's event id) in the billing
 idempotency scope, in one transaction with its effect; the effect itself is keyed by the
 business object (purchase, subscription period, payment), so two events about one object
-apply once. Rollover has no request_id: it is exactly-once per account and month by itself.
+apply once. Rollover has no request_id: each expiry and each period's carry-over is recorded
+once by its own state, whichever run gets to it.
 """
 
 from __future__ import annotations
@@ -158,6 +159,9 @@ class BillingService(BillingEvents, bgrpc.BillingServiceServicer):
             credits_expired_micros=summary.credits_expired_micros,
             holds_released=summary.holds_released,
             chunks=summary.chunks,
+            periods_settled=summary.periods_settled,
+            accounts_capped=summary.accounts_capped,
+            credits_capped_micros=summary.credits_capped_micros,
         )
 
     async def _execute(
@@ -185,6 +189,7 @@ def _sync_command(request: bpb.SyncSubscriptionRequest) -> subscriptions.SyncCom
         raise errors.invalid("current_period_end", "a period needs a start before its end")
     event_at = _time(request, "event_created_at", required=True)
     assert event_at is not None
+    schedule = _schedule(request.schedule) if request.HasField("schedule") else None
     paid = None
     if request.HasField("paid_period"):
         paid = _paid_period(request.paid_period)
@@ -201,7 +206,29 @@ def _sync_command(request: bpb.SyncSubscriptionRequest) -> subscriptions.SyncCom
         cancel_at_period_end=request.cancel_at_period_end,
         event_created_at=event_at,
         paid_period=paid,
+        schedule=schedule,
     )
+
+
+_INTERVAL_NAMES = {
+    bpb.BILLING_INTERVAL_DAY: "day",
+    bpb.BILLING_INTERVAL_WEEK: "week",
+    bpb.BILLING_INTERVAL_MONTH: "month",
+    bpb.BILLING_INTERVAL_YEAR: "year",
+}
+
+
+def _schedule(schedule: bpb.BillingSchedule) -> periods.Schedule:
+    anchor = _time(schedule, "billing_cycle_anchor", required=True)
+    assert anchor is not None
+    if schedule.interval not in _INTERVAL_NAMES:
+        raise errors.invalid("schedule.interval", "interval must be a known BillingInterval")
+    if not 1 <= schedule.interval_count <= limits.BILLING_INTERVAL_COUNT_MAX:
+        raise errors.invalid(
+            "schedule.interval_count",
+            f"interval_count must be between 1 and {limits.BILLING_INTERVAL_COUNT_MAX}",
+        )
+    return periods.Schedule(anchor, _INTERVAL_NAMES[schedule.interval], schedule.interval_count)
 
 
 def _paid_period(paid: bpb.PaidPeriod) -> subscriptions.PaidPeriod:

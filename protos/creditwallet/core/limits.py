@@ -63,8 +63,12 @@ GRPC_CONCURRENT_RPCS_MAX: Final = 2048
 # Verification report.
 VERIFY_VIOLATIONS_MAX: Final = 1000
 
-# Rollover.
+# Rollover: accounts (or ended subscription periods) per chunk, each chunk one transaction.
 ROLLOVER_CHUNK_ACCOUNTS: Final = 2000
+
+# Subscription billing schedules. A period spans at most this many of its intervals (the
+# provider's interval_count; Stripe's longest period is three years, 1095 days).
+BILLING_INTERVAL_COUNT_MAX: Final = 1095
 
 # Group commit of debits: at most this many debits share one transaction, and at most this
 # many such transactions run at once (each holds one pooled connection). Measured on the
