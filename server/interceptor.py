@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -46,7 +46,19 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method = details.method
         service = method.rsplit("/", 2)[1] if method.count("/") == 2 else ""
         scope = _SCOPE_BY_SERVICE.get(service)
-        if scope is None or handler is None or handler.unary_unary is None:
+        if scope is None or handler is None:
+            return handler
+        if handler.unary_stream is not None:  # StreamEvents: the same gate, then the stream
+            return grpc.unary_stream_rpc_method_handler(
+                _guarded_stream(
+                    method,
+                    handler.unary_stream,
+                    self._authorize(scope, details.invocation_metadata or ()),
+                ),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_unary is None:
             return handler
         refusal = self._authorize(scope, details.invocation_metadata or ())
         return grpc.unary_unary_rpc_method_handler(
@@ -125,5 +137,35 @@ def _guarded(
                 rpc_status.to_status(status.to_status(failure))
             )
         return response
+
+    return handle
+
+
+def _guarded_stream(
+    method: str,
+    behavior: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]],
+    refusal: errors.LedgerError | None,
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+    """A server-streaming method behind the same scopes and error mapping."""
+    name = method.rsplit("/", 1)[-1]
+
+    async def handle(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        failure = refusal
+        if failure is None:
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except errors.LedgerError as exc:
+                failure = exc
+            except Exception:
+                log.exception("unexpected error", extra={"method": name})
+                failure = errors.internal()
+        metrics.RPCS.labels(name, failure.code if failure else "OK").inc()
+        if failure is not None:
+            await context.abort_with_status(  # type: ignore[attr-defined]
+                rpc_status.to_status(status.to_status(failure))
+            )
 
     return handle
