@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Final
 
 import shtab
+from creditwallet.client import events_cli
 from creditwallet.core import limits
 from creditwallet.core.commands import parser as command_parser
 from creditwallet.core.units import format_credits, parse_credits
@@ -206,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("user", metavar="USER")
     leaf.add_argument("code", metavar="CODE")
     _add_request_id(leaf)
+    events_cli.add_commands(commands, command, _add_request_id)
 
     leaf = command(
         commands,

@@ -33,7 +33,7 @@ from typing import Final
 
 import grpc
 import shtab
-from creditwallet.client import devhooks, render
+from creditwallet.client import devhooks, events_cli, render
 from creditwallet.client.arguments import (
     LOT_SOURCES,
     PAGE_SIZE_MAX,
@@ -526,6 +526,16 @@ COMMANDS: Final[dict[str, Command]] = {
 }
 # Commands that need no ledger connection (and no token).
 LOCAL_COMMANDS: Final = frozenset({"completion", "dev webhook top-up"})
+
+
+def _events_command(run: events_cli.Command) -> Command:
+    def command(s: Session) -> Output:
+        return Output(*run(s.client, s.args))
+
+    return command
+
+
+COMMANDS.update({name: _events_command(run) for name, run in events_cli.COMMANDS.items()})
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import grpc
 from creditwallet.core import limits
 from creditwallet.v1 import admin_service_pb2 as admin_pb2
 from creditwallet.v1 import billing_service_pb2 as billing_pb2
+from creditwallet.v1 import events_pb2
 from creditwallet.v1 import wallet_service_pb2 as wallet_pb2
 from google.protobuf.message import Message
 
@@ -161,6 +162,38 @@ GET_ROLLOVER_PROGRESS: Final = Rpc(
     admin_pb2.GetRolloverProgressResponse,
 )
 
+# Events (server-streaming StreamEvents is not in this table: see the async client).
+RECORD_AUTO_RECHARGE_PAYMENT: Final = Rpc(
+    BILLING_SERVICE,
+    "RecordAutoRechargePayment",
+    events_pb2.RecordAutoRechargePaymentRequest,
+    events_pb2.RecordAutoRechargePaymentResponse,
+)
+SET_BALANCE_ALERT: Final = Rpc(
+    ADMIN_SERVICE,
+    "SetBalanceAlert",
+    events_pb2.SetBalanceAlertRequest,
+    events_pb2.SetBalanceAlertResponse,
+)
+SET_AUTO_RECHARGE: Final = Rpc(
+    ADMIN_SERVICE,
+    "SetAutoRecharge",
+    events_pb2.SetAutoRechargeRequest,
+    events_pb2.SetAutoRechargeResponse,
+)
+LIST_EVENTS: Final = Rpc(
+    ADMIN_SERVICE, "ListEvents", events_pb2.ListEventsRequest, events_pb2.ListEventsResponse
+)
+REPLAY_EVENTS: Final = Rpc(
+    ADMIN_SERVICE, "ReplayEvents", events_pb2.ReplayEventsRequest, events_pb2.ReplayEventsResponse
+)
+LIST_WEBHOOK_ENDPOINTS: Final = Rpc(
+    ADMIN_SERVICE,
+    "ListWebhookEndpoints",
+    events_pb2.ListWebhookEndpointsRequest,
+    events_pb2.ListWebhookEndpointsResponse,
+)
+
 ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     ENSURE_ACCOUNT,
     GET_BALANCE,
@@ -183,6 +216,12 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     LIST_AGENT_PRICES,
     GET_STATS,
     VERIFY_LEDGER,
+    RECORD_AUTO_RECHARGE_PAYMENT,
+    SET_BALANCE_ALERT,
+    SET_AUTO_RECHARGE,
+    LIST_EVENTS,
+    REPLAY_EVENTS,
+    LIST_WEBHOOK_ENDPOINTS,
     GET_ROLLOVER_PROGRESS,
 )
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -46,6 +47,7 @@ from creditwallet.client.services import (
     SyncWalletRpcs,
 )
 from creditwallet.core import limits
+from creditwallet.v1 import events_pb2
 
 AUTHORIZATION_METADATA_KEY: Final = "authorization"
 # How long close() lets calls in flight finish.
@@ -197,6 +199,28 @@ class AsyncCreditWalletClient:
         except grpc.RpcError:
             return False
         return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def stream_events(
+        self, after_cursor: str = "", *, types: Sequence[str] = (), user_id: str = ""
+    ) -> AsyncIterator[events_pb2.Event]:
+        """Events after ``after_cursor``, then new ones as they commit (no deadline: it follows).
+
+        Resume after a disconnect with the ``cursor`` of the last event received: nothing is
+        skipped and nothing comes twice. Not retried here; errors raise ``CreditWalletError``.
+        """
+        call = self._channel.unary_stream(
+            f"/{rpcs.WALLET_SERVICE}/StreamEvents",
+            request_serializer=events_pb2.StreamEventsRequest.SerializeToString,
+            response_deserializer=events_pb2.StreamEventsResponse.FromString,
+        )
+        request = events_pb2.StreamEventsRequest(
+            after_cursor=after_cursor, types=list(types), user_id=user_id
+        )
+        try:
+            async for response in call(request, metadata=self._settings.auth_metadata):
+                yield response.event
+        except grpc.RpcError as rpc_error:
+            raise from_rpc_error(rpc_error) from rpc_error
 
     async def close(self) -> None:
         """Closes the channel, letting calls in flight finish for a moment."""

@@ -21,6 +21,7 @@ from creditwallet.core import limits
 from creditwallet.server import db, metrics, migrate
 from creditwallet.server.clock import Clock, SystemClock
 from creditwallet.server.config import ServerConfig
+from creditwallet.server.events.workers import EventWorkers
 from creditwallet.server.health import DatabaseHealth
 from creditwallet.server.interceptor import Gate
 from creditwallet.server.ledger.batching import DebitBatcher
@@ -79,11 +80,14 @@ class RunningServer:
     health: health_aio.HealthServicer
     probe: DatabaseHealth
     metrics_endpoint: metrics.MetricsEndpoint | None = None
+    events: EventWorkers | None = None
 
     async def stop(self, grace_seconds: float = limits.GRPC_SHUTDOWN_GRACE_SECONDS) -> None:
         """Stop accepting, finish in-flight calls, finish detached work, close the pool."""
         await self.probe.stop()
         await self.health.enter_graceful_shutdown()
+        if self.events is not None:
+            await self.events.stop()
         await self.server.stop(grace_seconds)
         await self.runtime.debits.drain()
         await db.drain_detached()
@@ -107,7 +111,8 @@ async def start(
     debits = (
         DebitBatcher(pool, clock) if config.debit_batching else DebitBatcher.one_by_one(pool, clock)
     )
-    runtime = Runtime(pool, clock, debits, config.trial_credits_micros)
+    events = await EventWorkers.create(config.events, pool, dsn, clock, config.statement_cache_size)
+    runtime = Runtime(pool, clock, debits, config.trial_credits_micros, events)
     server = grpc.aio.server(
         interceptors=[Gate(config.tokens)],
         options=SERVER_OPTIONS,
@@ -132,9 +137,10 @@ async def start(
     probe = DatabaseHealth(dsn, health_servicer, SERVICE_NAMES)
     await probe.set(True)
     probe.start()
+    events.start()
     metrics.watch_pool(pool)
     endpoint = metrics.serve(config.metrics_address) if config.metrics_address else None
-    return RunningServer(server, port, runtime, health_servicer, probe, endpoint)
+    return RunningServer(server, port, runtime, health_servicer, probe, endpoint, events)
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:

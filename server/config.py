@@ -24,6 +24,7 @@ from pathlib import Path
 from creditwallet.core import limits
 from creditwallet.core.logs import LogSettings
 from creditwallet.core.settings import ConfigError, Secret
+from creditwallet.server.events.settings import EventsConfig
 
 SCOPES = ("agent", "billing", "admin")
 # Per scope: the one-token variable and the labelled-tokens one.
@@ -115,6 +116,8 @@ class ServerConfig:
     debit_batching: bool = True
     # asyncpg's prepared-statement cache; 0 behind PgBouncer < 1.21 in transaction mode.
     statement_cache_size: int = 100
+    # Balance alerts, expiry notices, webhooks, auto-recharge (server/events/settings.py).
+    events: EventsConfig = dataclasses.field(default_factory=EventsConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServerConfig:
@@ -142,6 +145,7 @@ class ServerConfig:
             log_level=log.level,
             debit_batching=env.get("DEBIT_BATCHING", "on") != "off",
             statement_cache_size=_non_negative(env, "DB_STATEMENT_CACHE_SIZE", 100),
+            events=EventsConfig.from_env(env),
         )
         if not _is_host_port(cfg.grpc_address):
             raise ConfigError(

@@ -201,11 +201,29 @@ def subscription(
 
 @dataclasses.dataclass
 class FakeStripe:
-    """Stripe's API for the reads the gateway makes; ``down`` makes every call fail."""
+    """Stripe's API for the reads the gateway makes and the PaymentIntents auto-recharge
+    creates; ``down`` makes every call fail.
+
+    PaymentIntents follow Stripe's idempotency rules: a repeated ``Idempotency-Key`` with the
+    same parameters returns the first answer and charges nothing more; with other parameters
+    it is a 400 ``idempotency_error``. ``charges`` lists every PaymentIntent actually charged.
+    A customer in ``declining`` gets a 402 ``card_error``. ``hold_create``, when set, keeps a
+    create waiting until it is set (the charge is recorded either way, as Stripe would).
+    """
 
     line_items: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
     invoices: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     prices: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    customers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    intents: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    charges: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    keys: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = dataclasses.field(
+        default_factory=dict
+    )
+    declining: set[str] = dataclasses.field(default_factory=set)
+    creates: int = 0
+    hold_create: Any = None
+    create_arrived: Any = None
     subscriptions: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     down: bool = False
 
@@ -214,8 +232,66 @@ class FakeStripe:
         app.router.add_get("/v1/checkout/sessions/{id}/line_items", self._line_items)
         app.router.add_get("/v1/invoices/{id}", self._invoice)
         app.router.add_get("/v1/prices/{id}", self._price)
+        app.router.add_get("/v1/customers/{id}", self._customer)
+        app.router.add_post("/v1/payment_intents", self._create_intent)
         app.router.add_get("/v1/subscriptions/{id}", self._subscription)
         return app
+
+    async def _customer(self, request: web.Request) -> web.Response:
+        return self._found(self.customers.get(request.match_info["id"]))
+
+    async def _create_intent(self, request: web.Request) -> web.Response:
+        self.creates += 1
+        if self.down:
+            return web.json_response({"error": {"type": "api_error"}}, status=500)
+        params = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+        key = request.headers.get("Idempotency-Key", "")
+        if key in self.keys:
+            first_params, status, body = self.keys[key]
+            if first_params != params:
+                error = {
+                    "type": "idempotency_error",
+                    "message": "Keys for idempotent requests "
+                    "can only be used with the same parameters they were first used with.",
+                }
+                return web.json_response({"error": error}, status=400)
+            return web.json_response(body, status=status, headers={"Idempotent-Replayed": "true"})
+        customer = params.get("customer", "")
+        intent = obj(
+            "payment_intent",
+            id=new_id("pi"),
+            amount=int(params["amount"]),
+            amount_received=0,
+            currency=params["currency"],
+            customer=customer,
+            payment_method=params.get("payment_method"),
+            metadata={k[9:-1]: v for k, v in params.items() if k.startswith("metadata[")},
+            last_payment_error=None,
+            next_action=None,
+            canceled_at=None,
+        )
+        if customer in self.declining:
+            intent["status"] = "requires_payment_method"
+            declined: dict[str, Any] = {
+                "type": "card_error",
+                "code": "card_declined",
+                "decline_code": "insufficient_funds",
+                "message": "Your card has insufficient funds.",
+                "payment_intent": intent,
+            }
+            status, body = 402, {"error": declined}
+        else:
+            intent.update(status="succeeded", amount_received=intent["amount"])
+            self.charges.append(intent)
+            status, body = 200, intent
+        self.intents[intent["id"]] = intent
+        if key:
+            self.keys[key] = (params, status, body)
+        if self.create_arrived is not None:
+            self.create_arrived.set()
+        if self.hold_create is not None:
+            await self.hold_create.wait()
+        return web.json_response(body, status=status)
 
     def _found(self, value: Any) -> web.Response:
         if self.down:

@@ -39,6 +39,8 @@ OBJECT_OF = {
     "customer.subscription.updated": "subscription",
     "customer.subscription.deleted": "subscription",
     "charge.refunded": "charge",
+    "payment_intent.succeeded": "payment_intent",
+    "payment_intent.payment_failed": "payment_intent",
     "customer.created": "customer",
 }
 assert set(events.HANDLED) <= set(OBJECT_OF)

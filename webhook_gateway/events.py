@@ -32,6 +32,7 @@ from creditwallet.gateway import catalog
 from creditwallet.gateway.stripe_api import StripeApi
 from creditwallet.v1 import billing_service_pb2 as bpb
 from creditwallet.v1 import common_pb2 as pb
+from creditwallet.v1 import events_pb2 as epb
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
@@ -56,6 +57,8 @@ HANDLED = (
     "customer.subscription.updated",
     "customer.subscription.deleted",
     "charge.refunded",
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
 )
 
 
@@ -111,6 +114,8 @@ class Mapper:
             return await self._subscription(event, obj)
         if kind == "charge.refunded":
             return _refund(event, obj)
+        if kind in ("payment_intent.succeeded", "payment_intent.payment_failed"):
+            return _auto_recharge_payment(event, obj)
         return Ignored(f"event type {kind} is not handled")
 
     async def credits(self, price: Any) -> catalog.CatalogPrice:
@@ -336,6 +341,34 @@ def _refund(event: Mapping[str, Any], charge: Mapping[str, Any]) -> Call | Ignor
             payment_id=payment if isinstance(payment, str) else payment["id"],
             amount_refunded_minor=int(charge.get("amount_refunded") or 0),
             refund_ids=[r["id"] for r in refunds if isinstance(r, dict) and r.get("id")],
+        ),
+    )
+
+
+# The metadata the ledger puts on the PaymentIntents of its auto-recharges.
+AUTO_RECHARGE_ATTEMPT = "creditwallet_attempt_id"
+AUTO_RECHARGE_USER = "creditwallet_user_id"
+
+
+def _auto_recharge_payment(event: Mapping[str, Any], intent: Mapping[str, Any]) -> Call | Ignored:
+    """An auto-recharge PaymentIntent's outcome; other intents (checkouts) are not ours here."""
+    metadata = intent.get("metadata") or {}
+    attempt, user = metadata.get(AUTO_RECHARGE_ATTEMPT), metadata.get(AUTO_RECHARGE_USER)
+    if not attempt or not user:
+        return Ignored("payment intent is not an auto-recharge")
+    error = intent.get("last_payment_error") or {}
+    return Call(
+        "RecordAutoRechargePayment",
+        epb.RecordAutoRechargePaymentRequest(
+            request_id=event["id"],
+            payment_intent_id=intent["id"],
+            attempt_id=str(attempt),
+            user_id=str(user),
+            succeeded=event["type"] == "payment_intent.succeeded",
+            amount_received_minor=int(intent.get("amount_received") or 0),
+            currency=intent.get("currency") or "",
+            failure_code=str(error.get("decline_code") or error.get("code") or "")[:100],
+            failure_message=str(error.get("message") or "")[:500],
         ),
     )
 

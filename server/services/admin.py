@@ -10,6 +10,7 @@ from creditwallet.core import limits
 from creditwallet.server import convert, errors, validate
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
+from creditwallet.server.events.service import AdminEvents
 from creditwallet.server.ledger import (
     accounts,
     lots,
@@ -37,7 +38,7 @@ class GrantResult:
     balances: Balances
 
 
-class AdminService(agrpc.AdminServiceServicer):
+class AdminService(AdminEvents, agrpc.AdminServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 

@@ -10,6 +10,7 @@ once by its own state, whichever run gets to it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,6 +19,8 @@ from creditwallet.core import limits
 from creditwallet.server import convert, errors, metrics, validate
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
+from creditwallet.server.events import store as event_store
+from creditwallet.server.events.service import BillingEvents
 from creditwallet.server.ledger import (
     idempotency,
     periods,
@@ -37,7 +40,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 R = TypeVar("R")
 
 
-class BillingService(bgrpc.BillingServiceServicer):
+class BillingService(BillingEvents, bgrpc.BillingServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
@@ -97,7 +100,7 @@ class BillingService(bgrpc.BillingServiceServicer):
         request_id = validate.request_id(request.request_id)
         sub_id = _provider_id(request.subscription_id, "subscription_id", required=True)
         customer_id = _provider_id(request.customer_id, "customer_id")
-        _provider_id(request.invoice_id, "invoice_id")
+        invoice_id = _provider_id(request.invoice_id, "invoice_id")
         event_at = _time(request, "event_created_at", required=True)
         assert event_at is not None
 
@@ -106,9 +109,7 @@ class BillingService(bgrpc.BillingServiceServicer):
             "RecordPaymentFailure",
             request,
             Subscription,
-            lambda conn, clock: subscriptions.payment_failed(
-                conn, sub_id, customer_id, event_at, clock
-            ),
+            functools.partial(_payment_failed, sub_id, customer_id, event_at, invoice_id),
         )
         return bpb.RecordPaymentFailureResponse(
             subscription=convert.subscription(outcome.result), replayed=outcome.replayed
@@ -264,3 +265,31 @@ def _time(message: Any, field: str, *, required: bool = False) -> dt.datetime | 
             raise errors.invalid(field, f"{field} is required")
         return None
     return validate.timestamp(getattr(message, field), field)
+
+
+async def _payment_failed(
+    subscription_id: str,
+    customer_id: str,
+    event_at: dt.datetime,
+    invoice_id: str,
+    conn: Connection,
+    clock: Clock,
+) -> Subscription:
+    """The failed renewal, and its payment.failed event for the subscription's user."""
+    subscription = await subscriptions.payment_failed(
+        conn, subscription_id, customer_id, event_at, clock
+    )
+    if subscription.user_id:
+        await event_store.emit(
+            conn,
+            subscription.user_id,
+            "payment.failed",
+            clock.now(),
+            {
+                "reason": "subscription_renewal",
+                "subscription_id": subscription_id,
+                "invoice_id": invoice_id,
+                "customer_id": customer_id,
+            },
+        )
+    return subscription

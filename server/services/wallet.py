@@ -9,6 +9,7 @@ from creditwallet.core import limits
 from creditwallet.server import convert, metrics, validate
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
+from creditwallet.server.events.service import WalletEvents
 from creditwallet.server.ledger import (
     accounts,
     balances,
@@ -25,7 +26,7 @@ from creditwallet.v1 import wallet_service_pb2_grpc as wgrpc
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class WalletService(wgrpc.WalletServiceServicer):
+class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 

@@ -80,6 +80,53 @@ DEBIT_BATCH_MAX: Final = 64
 DEBIT_BATCHES_IN_FLIGHT_MAX: Final = 2
 
 
+# Events out (server/events/): the outbox's sequencer, webhook delivery, the event stream and
+# auto-recharge. Background loops poll the database at most this often (no LISTEN/NOTIFY,
+# which would serialize every committing writer on the notification queue's lock).
+EVENTS_POLL_SECONDS_DEFAULT: Final = 0.2
+EVENTS_POLL_SECONDS_MIN: Final = 0.01
+EVENTS_POLL_SECONDS_MAX: Final = 60.0
+# Events given positions per sequencer pass (one transaction).
+EVENTS_SEQUENCE_BATCH_MAX: Final = 2000
+# Connections of the events workers' own pool (never the RPCs' pool).
+EVENTS_POOL_SIZE_MAX: Final = 8
+# Concurrent webhook deliveries per server process (each holds one of those connections).
+WEBHOOK_DELIVERIES_IN_FLIGHT_MAX: Final = 4
+# Due lanes looked at per claim.
+WEBHOOK_CLAIM_CANDIDATES_MAX: Final = 32
+# One delivery attempt: connect and answer within this.
+WEBHOOK_TIMEOUT_SECONDS: Final = 10.0
+# Retries: 10 s, 20 s, 40 s, ... at most 6 h apart, for 3 days from the first attempt.
+WEBHOOK_RETRY_INITIAL_SECONDS: Final = 10.0
+WEBHOOK_RETRY_MAX_SECONDS: Final = 6 * 60 * 60.0
+WEBHOOK_RETRY_WINDOW_SECONDS: Final = 3 * 24 * 60 * 60.0
+# A receiver's answer is read up to this size (for the error message only).
+WEBHOOK_RESPONSE_BYTES_MAX: Final = 4096
+WEBHOOK_ENDPOINTS_MAX: Final = 32
+# Event streams open at once per server process, and events per stream read.
+EVENT_STREAMS_MAX: Final = 64
+EVENT_STREAM_PAGE_MAX: Final = 500
+EVENT_TYPES_FILTER_MAX: Final = 32
+EVENT_TYPE_LENGTH_MAX: Final = 64
+EVENT_CURSOR_LENGTH_MAX: Final = 32
+# credits.expiring: lead time default and bound; lots noticed per scan.
+CREDITS_EXPIRING_LEAD_DAYS_DEFAULT: Final = 3
+CREDITS_EXPIRING_LEAD_DAYS_MAX: Final = 90
+CREDITS_EXPIRING_SCAN_BATCH_MAX: Final = 1000
+# balance.low default threshold (1 credit).
+BALANCE_LOW_THRESHOLD_MICROS_DEFAULT: Final = MICROS_PER_CREDIT
+# Auto-recharge: the Stripe call's timeout; retries of an attempt Stripe could not answer
+# (same idempotency key, so at most one charge), 30 s doubling to at most 1 h, at most 20
+# tries (well inside Stripe's 24 h idempotency-key lifetime); after a failed payment no new
+# attempt for 1 h doubling per consecutive failure; the rule turns off after this many.
+AUTO_RECHARGE_STRIPE_TIMEOUT_SECONDS: Final = 10.0
+AUTO_RECHARGE_RETRY_INITIAL_SECONDS: Final = 30.0
+AUTO_RECHARGE_RETRY_MAX_SECONDS: Final = 60 * 60.0
+AUTO_RECHARGE_TRIES_MAX: Final = 20
+AUTO_RECHARGE_BACKOFF_INITIAL_SECONDS: Final = 60 * 60.0
+AUTO_RECHARGE_FAILURES_MAX_DEFAULT: Final = 3
+AUTO_RECHARGE_MONTHLY_LIMIT_CENTS_MAX: Final = 10**9
+
 # The gateway (webhook_gateway/).
 # Its deadline on a ledger RPC: well under Stripe's ~20 s webhook timeout.
 GATEWAY_RPC_TIMEOUT_SECONDS: Final = 8.0
@@ -221,6 +268,23 @@ def _check() -> None:
         "gateway RPC + Stripe API deadlines < Stripe's webhook timeout": (
             GATEWAY_RPC_TIMEOUT_SECONDS + GATEWAY_STRIPE_TIMEOUT_SECONDS
             < STRIPE_WEBHOOK_TIMEOUT_SECONDS
+        ),
+        "EVENTS_POLL_SECONDS_MIN <= EVENTS_POLL_SECONDS_DEFAULT <= EVENTS_POLL_SECONDS_MAX": (
+            EVENTS_POLL_SECONDS_MIN <= EVENTS_POLL_SECONDS_DEFAULT <= EVENTS_POLL_SECONDS_MAX
+        ),
+        "WEBHOOK_DELIVERIES_IN_FLIGHT_MAX < EVENTS_POOL_SIZE_MAX": (
+            WEBHOOK_DELIVERIES_IN_FLIGHT_MAX < EVENTS_POOL_SIZE_MAX
+        ),
+        "WEBHOOK_RETRY_INITIAL_SECONDS <= WEBHOOK_RETRY_MAX_SECONDS <= window": (
+            WEBHOOK_RETRY_INITIAL_SECONDS
+            <= WEBHOOK_RETRY_MAX_SECONDS
+            <= WEBHOOK_RETRY_WINDOW_SECONDS
+        ),
+        "AUTO_RECHARGE tries fit in Stripe's 24 h idempotency window": (
+            AUTO_RECHARGE_TRIES_MAX * AUTO_RECHARGE_RETRY_MAX_SECONDS < 24 * 60 * 60
+        ),
+        "CREDITS_EXPIRING_LEAD_DAYS_DEFAULT <= CREDITS_EXPIRING_LEAD_DAYS_MAX": (
+            CREDITS_EXPIRING_LEAD_DAYS_DEFAULT <= CREDITS_EXPIRING_LEAD_DAYS_MAX
         ),
         "0 <= CLIENT_RETRIES_DEFAULT <= CLIENT_RETRIES_MAX": (
             0 <= CLIENT_RETRIES_DEFAULT <= CLIENT_RETRIES_MAX
