@@ -241,7 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--price", dest="price_id", required=True, help="a price id of the gateway's catalog"
     )
     leaf.add_argument(
-        "--amount-paid", type=int, default=0, help="cents paid (the base of refunds; default 0)"
+        "--amount-paid",
+        type=int,
+        default=None,
+        help="cents paid (default: the catalog's price, which the gateway holds it to)",
     )
     leaf.add_argument(
         "--url", help="the webhook URL (default: http://$GATEWAY_ADDRESS/stripe/webhook)"

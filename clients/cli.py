@@ -480,7 +480,10 @@ def _dev_webhook_top_up(args: argparse.Namespace) -> int:
     url = args.url or (
         f"http://{os.environ.get(GATEWAY_ENV_VAR) or GATEWAY_DEFAULT}{devhooks.WEBHOOK_PATH}"
     )
-    event = devhooks.top_up_event(args.user, args.price_id, args.amount_paid)
+    paid = args.amount_paid
+    if paid is None:
+        paid = devhooks.catalog_price(args.price_id, os.environ.get("CATALOG_PATH") or None)
+    event = devhooks.top_up_event(args.user, args.price_id, paid)
     try:
         delivery = devhooks.send(url, secret, event)
     except devhooks.GatewayUnreachable as error:

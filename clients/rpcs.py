@@ -251,6 +251,13 @@ def channel_options(message_bytes_max: int, round_robin: bool = False) -> list[t
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", message_bytes_max),
         ("grpc.max_receive_message_length", message_bytes_max),
+        # A restarted server is found again within a couple of seconds, not gRPC's minutes,
+        # so that retries of UNAVAILABLE meet a channel that is trying again.
+        (
+            "grpc.initial_reconnect_backoff_ms",
+            int(limits.CLIENT_RECONNECT_BACKOFF_INITIAL_SECONDS * 1000),
+        ),
+        ("grpc.max_reconnect_backoff_ms", int(limits.CLIENT_RECONNECT_BACKOFF_MAX_SECONDS * 1000)),
     ]
     if round_robin:
         options.append(

@@ -179,6 +179,27 @@ class AsyncCreditWalletClient:
             self._callables[rpc.path] = multicallable
         return multicallable
 
+    async def serving(self, service: str = "") -> bool:
+        """Whether the server's gRPC health check says SERVING (``service`` "" is the server).
+
+        Needs ``grpcio-health-checking`` (the server and gateway extras). False when the
+        server does not answer within the deadline; never raises for an unreachable server."""
+        from grpc_health.v1 import health_pb2
+
+        check = self._channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        try:
+            answer = await check(
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=self._settings.timeout_seconds,
+            )
+        except grpc.RpcError:
+            return False
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
     async def stream_events(
         self, after_cursor: str = "", *, types: Sequence[str] = (), user_id: str = ""
     ) -> AsyncIterator[events_pb2.Event]:

@@ -1,5 +1,11 @@
 """Assembling the gRPC server: services, interceptor, health, reflection, limits, TLS.
 
+The server never changes the schema: it connects as the runtime role, checks that every
+migration is applied (``creditwallet-migrate up`` applies them, as the owner role) and refuses
+to start otherwise, or when its role could change the schema or rewrite history
+(``db.check_runtime_role``). The channel arguments below bound what any caller can make it
+hold (docs/security.md says why each value).
+
 Also the operator's side: a health probe that turns the gRPC health status NOT_SERVING while
 the database is unreachable (server/health.py), and the Prometheus endpoint on
 METRICS_ADDRESS when it is set (server/metrics.py).
@@ -17,7 +23,7 @@ from creditwallet.server.clock import Clock, SystemClock
 from creditwallet.server.config import ServerConfig
 from creditwallet.server.events.workers import EventWorkers
 from creditwallet.server.health import DatabaseHealth
-from creditwallet.server.interceptor import GatewayInterceptor
+from creditwallet.server.interceptor import Gate
 from creditwallet.server.ledger.batching import DebitBatcher
 from creditwallet.server.services import Runtime
 from creditwallet.server.services.admin import AdminService
@@ -37,6 +43,32 @@ SERVICE_NAMES = (
     wallet_service_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
     billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+# What one caller can make the server hold (values and reasons: core/limits.py).
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_receive_message_length", limits.GRPC_RECEIVE_BYTES_MAX),
+    ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
+    ("grpc.max_metadata_size", limits.GRPC_METADATA_BYTES_MAX),
+    ("grpc.absolute_max_metadata_size", limits.GRPC_METADATA_BYTES_ABSOLUTE_MAX),
+    ("grpc.max_concurrent_streams", limits.GRPC_STREAMS_PER_CONNECTION_MAX),
+    ("grpc.keepalive_time_ms", _ms(limits.GRPC_KEEPALIVE_TIME_SECONDS)),
+    ("grpc.keepalive_timeout_ms", _ms(limits.GRPC_KEEPALIVE_TIMEOUT_SECONDS)),
+    ("grpc.keepalive_permit_without_calls", 0),
+    (
+        "grpc.http2.min_ping_interval_without_data_ms",
+        _ms(limits.GRPC_CLIENT_PING_INTERVAL_MIN_SECONDS),
+    ),
+    ("grpc.http2.max_ping_strikes", limits.GRPC_PING_STRIKES_MAX),
+    ("grpc.max_connection_idle_ms", _ms(limits.GRPC_CONNECTION_IDLE_MAX_SECONDS)),
+    ("grpc.max_connection_age_ms", _ms(limits.GRPC_CONNECTION_AGE_MAX_SECONDS)),
+    ("grpc.max_connection_age_grace_ms", _ms(limits.GRPC_CONNECTION_AGE_GRACE_SECONDS)),
+    ("grpc.so_reuseport", 0),
 )
 
 
@@ -68,30 +100,22 @@ async def start(
     config: ServerConfig, *, dsn: str, clock: Clock | None = None, address: str | None = None
 ) -> RunningServer:
     pool = await db.create_pool(dsn, statement_cache_size=config.statement_cache_size)
-    async with pool.acquire() as conn:
-        await migrate.migrate(db.unwrap(conn))
+    try:
+        async with pool.acquire() as conn:
+            await migrate.require_current(db.unwrap(conn))
+            await db.check_runtime_role(db.unwrap(conn))
+    except BaseException:
+        await pool.close()
+        raise
     clock = clock or SystemClock()
     debits = (
         DebitBatcher(pool, clock) if config.debit_batching else DebitBatcher.one_by_one(pool, clock)
     )
     events = await EventWorkers.create(config.events, pool, dsn, clock, config.statement_cache_size)
     runtime = Runtime(pool, clock, debits, config.trial_credits_micros, events)
-    options = [
-        ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
-        ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
-        ("grpc.so_reuseport", 0),
-    ]
     server = grpc.aio.server(
-        interceptors=[
-            GatewayInterceptor(
-                {
-                    "agent": config.agent_token,
-                    "billing": config.billing_token,
-                    "admin": config.admin_token,
-                }
-            )
-        ],
-        options=options,
+        interceptors=[Gate(config.tokens)],
+        options=SERVER_OPTIONS,
         maximum_concurrent_rpcs=limits.GRPC_CONCURRENT_RPCS_MAX,
     )
     wgrpc.add_WalletServiceServicer_to_server(WalletService(runtime), server)

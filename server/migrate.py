@@ -4,6 +4,11 @@ advisory lock.
 Several replicas may start at once: the session-level advisory lock makes them apply each
 file exactly once. An applied file whose checksum changed is refused rather than ignored,
 since the database no longer matches the code that describes it.
+
+Migrations run as the schema's owner role (``MIGRATIONS_DATABASE_URL``), never as the
+server's. Every run ends by (re)applying the runtime role's grants (``RUNTIME_GRANTS``), so a
+table added by any later migration is covered, and ``credit_transactions`` stays append-only
+for the server whatever a migration did.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 import asyncpg
-from creditwallet.core import commands
+from creditwallet.core import commands, limits
 from creditwallet.core.settings import StartupError
 from creditwallet.core.startup import run_command
 
@@ -35,8 +40,25 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
+# The server's privileges: read and write the ledger's tables, append to the history, read
+# which migrations are applied; nothing else (no DDL: it owns nothing). The group role is
+# created here when missing, which needs CREATEROLE; create it beforehand to avoid that.
+RUNTIME_GRANTS = """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'creditwallet_runtime') THEN
+        CREATE ROLE creditwallet_runtime NOLOGIN;
+    END IF;
+END $$;
+GRANT USAGE ON SCHEMA public TO creditwallet_runtime;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO creditwallet_runtime;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO creditwallet_runtime;
+REVOKE UPDATE, DELETE, TRUNCATE ON credit_transactions FROM creditwallet_runtime;
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON schema_migrations FROM creditwallet_runtime;
+"""
+
+
 class MigrationError(Exception):
-    """An applied migration was edited, or the files are misnumbered."""
+    """An applied migration was edited, the files are misnumbered, or some are pending."""
 
 
 def load_migrations() -> list[tuple[int, str, str]]:
@@ -79,6 +101,7 @@ async def migrate(conn: asyncpg.Connection[asyncpg.Record]) -> list[str]:
                 )
             log.info("migration applied", extra={"migration": name})
             applied_now.append(name)
+        await conn.execute(RUNTIME_GRANTS)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATIONS_LOCK_KEY)
     return applied_now
@@ -99,9 +122,20 @@ async def status(conn: asyncpg.Connection[asyncpg.Record]) -> list[tuple[str, st
     return report
 
 
+async def require_current(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Refuse a database whose schema is not exactly the code's (the server's start-up)."""
+    behind = [f"{name} ({state})" for name, state in await status(conn) if state != "applied"]
+    if behind:
+        raise MigrationError(
+            "the schema is not the code's: run creditwallet-migrate up as the owner role"
+            f" ({', '.join(behind)})"
+        )
+
+
 ENVIRONMENT = """environment:
-  DATABASE_URL   PostgreSQL DSN (default: the embedded PostgreSQL under DATA_DIR)
-  DATA_DIR       where the embedded PostgreSQL keeps its data (default .data)"""
+  MIGRATIONS_DATABASE_URL   PostgreSQL DSN of the schema's owner role (default DATABASE_URL,
+                            else the embedded PostgreSQL under DATA_DIR, as its owner role)
+  DATA_DIR                  where the embedded PostgreSQL keeps its data (default .data)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,13 +149,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _main(action: str) -> int:
+    from creditwallet.server import db
     from creditwallet.server.startup import start_embedded, wait_for_database
 
-    dsn = os.environ.get("DATABASE_URL") or start_embedded(
-        Path(os.environ.get("DATA_DIR") or ".data")
-    )
+    dsn = os.environ.get("MIGRATIONS_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if not dsn:  # the embedded cluster, as its owner role
+        superuser = start_embedded(Path(os.environ.get("DATA_DIR") or ".data"))
+        dsn, _ = await db.provision(superuser, db.EMBEDDED_DATABASE)
     await wait_for_database(dsn)
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, timeout=limits.DB_CONNECT_TIMEOUT_SECONDS)
     try:
         if action == "up":
             try:

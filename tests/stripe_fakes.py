@@ -21,8 +21,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from creditwallet.core.settings import Secret
+from creditwallet.gateway import serving
 from creditwallet.gateway.app import create_app
-from creditwallet.gateway.config import GatewayConfig
+from creditwallet.gateway.config import DEFAULT_CATALOG_PATH, GatewayConfig
 
 # Stripe's published OpenAPI fixture objects, as of 2026-08-21.
 OBJECTS: dict[str, Any] = json.loads(Path(__file__).with_name("stripe_objects.json").read_text())
@@ -326,6 +327,16 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
+def catalog_with(folder: Path, extra: dict[str, dict[str, Any]]) -> Path:
+    """The built-in catalog plus ``extra`` prices, written to ``folder``: the gateway grants
+    only what its catalog allows, so a test's own price must be in it."""
+    raw = json.loads(DEFAULT_CATALOG_PATH.read_text(encoding="utf-8"))
+    raw["prices"].update(extra)
+    path = folder / "catalog.json"
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    return path
+
+
 def gateway_config(ledger_target: str, stripe_base: str, billing_token: str) -> GatewayConfig:
     return GatewayConfig(
         host="127.0.0.1",
@@ -356,5 +367,7 @@ class Gateway:
             return r
 
 
-async def start_gateway(config: GatewayConfig) -> tuple[web.AppRunner, str]:
-    return await serve(create_app(config))
+async def start_gateway(config: GatewayConfig, **bounds: Any) -> tuple[web.AppRunner, str]:
+    """The gateway as its process serves it (header/body timeouts, connection cap)."""
+    runner, site = await serving.start(create_app(config), "127.0.0.1", 0, **bounds)
+    return runner, f"http://127.0.0.1:{site.port}"

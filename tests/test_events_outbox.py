@@ -78,9 +78,9 @@ async def test_every_committed_change_has_its_events_in_commit_order(
     await admin.ensure_account(user)  # trial lot: 5 credits, 30 days
     first = await admin.debit(user, amount_micros=CREDIT)
     hold = await admin.authorize(user, amount_micros=CREDIT)
-    await admin.capture(hold.hold_id, amount_micros=CREDIT // 2)
+    await admin.capture(user, hold.hold_id, amount_micros=CREDIT // 2)
     voided = await admin.authorize(user, amount_micros=CREDIT // 4)
-    await admin.void(voided.hold_id)
+    await admin.void(user, voided.hold_id)
     await admin.authorize(user, amount_micros=CREDIT // 4, ttl_seconds=60)
     await admin.grant(
         user,

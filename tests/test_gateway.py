@@ -69,6 +69,7 @@ def top_up_session(fake: sf.FakeStripe, user: str, price_id: str = sf.TOP_UP_500
         client_reference_id=user,
         customer=sf.new_id("cus"),
         payment_intent=sf.new_id("pi"),
+        amount_subtotal=1999,
         amount_total=1999,
         currency="usd",
         subscription=None,
@@ -199,6 +200,7 @@ async def test_renewals_failures_and_stale_updates(
         customer=customer,
         subscription=sub_id,
         invoice=first["id"],
+        currency="usd",
     )
     fake.line_items[session["id"]] = [sf.line_item(plan)]
     assert (

@@ -69,9 +69,17 @@ async def stripe_api() -> AsyncIterator[tuple[sf.FakeStripe, str]]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def gateway(
-    ledger: Ledger, stripe_api: tuple[sf.FakeStripe, str]
+    ledger: Ledger,
+    stripe_api: tuple[sf.FakeStripe, str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[sf.Gateway]:
     config = sf.gateway_config(ledger.target, stripe_api[1], harness.TOKENS["billing"])
+    plans = {
+        PRO: {"kind": "subscription", "credits": "1000", "unit_amount": 2999, "currency": "usd"},
+        LITE: {"kind": "subscription", "credits": "100", "unit_amount": 299, "currency": "usd"},
+    }
+    catalog = sf.catalog_with(tmp_path_factory.mktemp("catalog"), plans)
+    config = dataclasses.replace(config, catalog_path=catalog)
     runner, url = await sf.start_gateway(config)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
         yield sf.Gateway(url, http)

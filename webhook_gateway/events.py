@@ -87,9 +87,15 @@ class Ignored:
 
 
 class Mapper:
-    def __init__(self, api: StripeApi, prices: Mapping[str, catalog.PriceCredits]) -> None:
+    """``livemode``: the mode of the Stripe account this gateway serves; an event of the other
+    mode grants nothing."""
+
+    def __init__(
+        self, api: StripeApi, prices: Mapping[str, catalog.CatalogPrice], *, livemode: bool
+    ) -> None:
         self.api = api
         self.prices = prices
+        self.livemode = livemode
 
     async def map(self, event: Mapping[str, Any]) -> Call | Ignored:
         kind = event.get("type")
@@ -112,8 +118,8 @@ class Mapper:
             return _auto_recharge_payment(event, obj)
         return Ignored(f"event type {kind} is not handled")
 
-    async def credits(self, price: Any) -> catalog.PriceCredits:
-        """A price's credits: its (or its product's) metadata, else Stripe's API, vs catalog."""
+    async def credits(self, price: Any) -> catalog.CatalogPrice:
+        """A price's catalog entry (there must be one), cross-checked with Stripe's metadata."""
         price_id = price if isinstance(price, str) else str(price.get("id", ""))
         from_api = catalog.from_price_object(price) if isinstance(price, dict) else None
         if from_api is None:
@@ -135,6 +141,8 @@ class Mapper:
             return Ignored("checkout session names no user")
         items = await self.api.session_line_items(obj["id"])
         if items is None:
+            # Stripe cannot say what was bought: the session's own word, which the catalog
+            # and the amount paid must both bear out below.
             hint = (obj.get("metadata") or {}).get("price_id")
             if not hint:
                 raise catalog.PriceError(
@@ -144,13 +152,22 @@ class Mapper:
                 )
             items = [{"price": hint, "quantity": 1}]
         total, price_id = 0, ""
+        bought: list[tuple[catalog.CatalogPrice, int]] = []
         for item in items:
             found = await self.credits(item["price"])
-            total += found.credits_micros * int(item.get("quantity") or 1)
+            quantity = _quantity(item)
+            bought.append((found, quantity))
+            total += found.credits_micros * quantity
             price = item["price"]
             price_id = price if isinstance(price, str) else str(price["id"])
         if obj.get("mode") == "subscription":
+            # The first period's amount is its invoice's to state (a trial pays nothing);
+            # the currency and the mode are the session's.
+            charged = sum(price.unit_amount * quantity for price, quantity in bought)
+            paid = _paid(event, obj, amount_subtotal=charged)
+            catalog.check_paid(paid, bought, livemode=self.livemode)
             return await self._checkout_subscription(event, obj, str(user), price_id, total)
+        catalog.check_paid(_paid(event, obj), bought, livemode=self.livemode)
         return Call(
             "RecordPurchase",
             bpb.RecordPurchaseRequest(
@@ -271,6 +288,29 @@ class Mapper:
         if schedule is not None:
             request.schedule.CopyFrom(schedule)
         return Call("SyncSubscription", request)
+
+
+def _quantity(item: Mapping[str, Any]) -> int:
+    quantity = item.get("quantity", 1)
+    if type(quantity) is not int or not 1 <= quantity <= limits.QUANTITY_MAX:
+        raise catalog.PaymentMismatch("quantity", f"line item quantity {quantity!r}")
+    return quantity
+
+
+def _paid(
+    event: Mapping[str, Any], session: Mapping[str, Any], *, amount_subtotal: int | None = None
+) -> catalog.Paid:
+    """The money a checkout states; a field missing or of the wrong type is a mismatch."""
+    currency = session.get("currency")
+    subtotal = session.get("amount_subtotal") if amount_subtotal is None else amount_subtotal
+    livemode = session.get("livemode")
+    if not isinstance(currency, str):
+        raise catalog.PaymentMismatch("currency", "the session states no currency")
+    if isinstance(subtotal, bool) or not isinstance(subtotal, int):
+        raise catalog.PaymentMismatch("amount", "the session states no amount_subtotal")
+    if not isinstance(livemode, bool) or event.get("livemode") is not livemode:
+        raise catalog.PaymentMismatch("livemode", "the event and its session disagree on livemode")
+    return catalog.Paid(currency, subtotal, livemode is True)
 
 
 def _payment_failed(event: Mapping[str, Any], inv: Mapping[str, Any]) -> Call | Ignored:

@@ -117,12 +117,12 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
         )
 
     async def Capture(self, request: wpb.CaptureRequest, context: Context) -> wpb.CaptureResponse:
+        user_id = validate.user_id(request.user_id)
         hold_id = validate.hold_id(request.hold_id)
         request_id = validate.request_id(request.request_id)
         amount = (
             validate.amount(request.amount_micros) if request.HasField("amount_micros") else None
         )
-        user_id = await self.rt.read(lambda conn, clock: holds.hold_owner(conn, hold_id))
         outcome = await self.rt.execute(
             guard(user_id, request_id, "Capture", request),
             holds.CaptureResult,
@@ -139,9 +139,9 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
         )
 
     async def Void(self, request: wpb.VoidRequest, context: Context) -> wpb.VoidResponse:
+        user_id = validate.user_id(request.user_id)
         hold_id = validate.hold_id(request.hold_id)
         request_id = validate.request_id(request.request_id)
-        user_id = await self.rt.read(lambda conn, clock: holds.hold_owner(conn, hold_id))
         outcome = await self.rt.execute(
             guard(user_id, request_id, "Void", request),
             holds.VoidResult,

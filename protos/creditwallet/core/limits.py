@@ -158,9 +158,77 @@ CLIENT_RETRY_BACKOFF_MAX_SECONDS: Final = 2.0
 CLIENT_MESSAGE_BYTES_MAX_DEFAULT: Final = GRPC_MESSAGE_BYTES_MAX
 # How long close() lets calls in flight finish.
 CLIENT_CLOSE_GRACE_SECONDS: Final = 1.0
+# A channel that lost its server tries again after INITIAL, backing off to at most MAX.
+CLIENT_RECONNECT_BACKOFF_INITIAL_SECONDS: Final = 0.1
+CLIENT_RECONNECT_BACKOFF_MAX_SECONDS: Final = 2.0
 
 # `make run`: how long the processes get to stop after Ctrl-C before they are killed.
 DEVRUN_STOP_GRACE_SECONDS: Final = 15.0
+# `make run`: how long the migrations may take before the server starts.
+DEVRUN_MIGRATE_TIMEOUT_SECONDS: Final = 120.0
+
+
+# The edges of the server (hostile callers). Every call is authorised on its headers before its
+# body is read; these bound what a caller, authenticated or not, can make the server hold.
+# The largest valid request: every string field at its limit, metadata full, with protobuf's
+# framing (a tag and a length per field, a tag and a length per map entry and its two halves).
+_FRAMING_BYTES_PER_FIELD: Final = 4
+LARGEST_REQUEST_BYTES: Final = (
+    USER_ID_LENGTH_MAX
+    + REQUEST_ID_LENGTH_MAX
+    + AGENT_ID_LENGTH_MAX
+    + SESSION_ID_LENGTH_MAX
+    + 4 * PROVIDER_ID_LENGTH_MAX
+    + METADATA_KEYS_MAX
+    * (METADATA_KEY_LENGTH_MAX + METADATA_VALUE_LENGTH_MAX + 3 * _FRAMING_BYTES_PER_FIELD)
+    + 16 * (_FRAMING_BYTES_PER_FIELD + 10)  # up to 16 numeric fields of at most 10 bytes
+)
+# What the server accepts in one request message: the largest valid request with headroom
+# (x4, and a power of two), so a field added later does not break the wire; anything larger is
+# refused by gRPC before it is buffered. Responses (pages of history) may be larger.
+GRPC_RECEIVE_BYTES_MAX: Final = 64 * 1024
+# Headers of one call (soft limit: larger ones are refused; hard: the connection is reset).
+# A bearer token and gRPC's own headers need well under 1 KiB.
+GRPC_METADATA_BYTES_MAX: Final = 8 * 1024
+GRPC_METADATA_BYTES_ABSOLUTE_MAX: Final = 16 * 1024
+# Calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). Above what a
+# busy client bursts on a new connection (hundreds of concurrent debits): until the client has
+# the server's SETTINGS, the streams past this are refused (UNAVAILABLE), not queued.
+GRPC_STREAMS_PER_CONNECTION_MAX: Final = 1024
+# A call's request message must arrive this soon after its headers (or its deadline, if
+# sooner): a caller that sends headers and no body holds a slot for at most this long.
+GRPC_REQUEST_READ_TIMEOUT_SECONDS: Final = 5.0
+# A unary call that carries no deadline gets this one; a stream (a watch, an event feed)
+# lives at most GRPC_STREAM_DEADLINE_SECONDS_DEFAULT and is then ended (clients resume).
+GRPC_DEADLINE_SECONDS_DEFAULT: Final = 30.0
+GRPC_STREAM_DEADLINE_SECONDS_DEFAULT: Final = 600.0
+# Health and reflection are open (no token) for load balancers and grpcurl, so they get a
+# budget of their own inside the server's: at most this many at once, the rest refused.
+GRPC_OPEN_CALLS_MAX: Final = 32
+# Connections: the server pings an idle-looking connection every KEEPALIVE_TIME and drops it
+# when no answer comes within KEEPALIVE_TIMEOUT; a client may ping at most every
+# PING_INTERVAL_MIN (more often, twice, and it is disconnected). A connection with no call for
+# IDLE_MAX is closed; any connection is asked to reconnect after AGE_MAX (spreading load over
+# replicas, and ending whatever a slow caller held), and closed AGE_GRACE later.
+GRPC_KEEPALIVE_TIME_SECONDS: Final = 60.0
+GRPC_KEEPALIVE_TIMEOUT_SECONDS: Final = 20.0
+GRPC_CLIENT_PING_INTERVAL_MIN_SECONDS: Final = 30.0
+GRPC_PING_STRIKES_MAX: Final = 2
+GRPC_CONNECTION_IDLE_MAX_SECONDS: Final = 300.0
+GRPC_CONNECTION_AGE_MAX_SECONDS: Final = 1800.0
+GRPC_CONNECTION_AGE_GRACE_SECONDS: Final = 30.0
+# Bearer tokens: at least this long (a random 24-byte token in base64 is 32 characters).
+TOKEN_LENGTH_MIN: Final = 32
+TOKENS_PER_SCOPE_MAX: Final = 16
+TOKEN_LABEL_LENGTH_MAX: Final = 32
+# The gateway's HTTP side: a request's headers must arrive within HEADERS_TIMEOUT of the
+# connection (or of the previous response), its body within BODY_TIMEOUT; at most
+# CONNECTIONS_MAX connections are open at once (more are closed at accept).
+GATEWAY_HEADERS_TIMEOUT_SECONDS: Final = 10.0
+GATEWAY_BODY_TIMEOUT_SECONDS: Final = 10.0
+GATEWAY_CONNECTIONS_MAX: Final = 256
+# A webhook's JSON may nest at most this deep (Stripe's objects nest fewer than 10 levels).
+GATEWAY_JSON_DEPTH_MAX: Final = 64
 
 
 # Start-up and the command line (the front door).
@@ -234,6 +302,25 @@ def _check() -> None:
         ),
         "0 < CLIENT_RETRY_BACKOFF_INITIAL_SECONDS <= CLIENT_RETRY_BACKOFF_MAX_SECONDS": (
             0 < CLIENT_RETRY_BACKOFF_INITIAL_SECONDS <= CLIENT_RETRY_BACKOFF_MAX_SECONDS
+        ),
+        "4 * LARGEST_REQUEST_BYTES <= GRPC_RECEIVE_BYTES_MAX <= GRPC_MESSAGE_BYTES_MAX": (
+            4 * LARGEST_REQUEST_BYTES <= GRPC_RECEIVE_BYTES_MAX <= GRPC_MESSAGE_BYTES_MAX
+        ),
+        "GRPC_METADATA_BYTES_MAX <= GRPC_METADATA_BYTES_ABSOLUTE_MAX": (
+            GRPC_METADATA_BYTES_MAX <= GRPC_METADATA_BYTES_ABSOLUTE_MAX
+        ),
+        "GRPC_OPEN_CALLS_MAX < GRPC_STREAMS_PER_CONNECTION_MAX < GRPC_CONCURRENT_RPCS_MAX": (
+            GRPC_OPEN_CALLS_MAX < GRPC_STREAMS_PER_CONNECTION_MAX < GRPC_CONCURRENT_RPCS_MAX
+        ),
+        "GRPC_REQUEST_READ_TIMEOUT_SECONDS < GRPC_DEADLINE_SECONDS_DEFAULT": (
+            GRPC_REQUEST_READ_TIMEOUT_SECONDS < GRPC_DEADLINE_SECONDS_DEFAULT
+        ),
+        "GRPC_KEEPALIVE_TIMEOUT_SECONDS < GRPC_KEEPALIVE_TIME_SECONDS": (
+            GRPC_KEEPALIVE_TIMEOUT_SECONDS < GRPC_KEEPALIVE_TIME_SECONDS
+        ),
+        "gateway header + body timeouts < Stripe's webhook timeout": (
+            GATEWAY_HEADERS_TIMEOUT_SECONDS + GATEWAY_BODY_TIMEOUT_SECONDS
+            <= STRIPE_WEBHOOK_TIMEOUT_SECONDS
         ),
     }
     broken = [name for name, holds in relations.items() if not holds]
