@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 import shtab
-from creditwallet.client import debitfile
+from creditwallet.client import debitfile, events_cli
 from creditwallet.core import limits
 from creditwallet.core.commands import parser as command_parser
 from creditwallet.core.units import format_credits, parse_credits
@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("user", metavar="USER")
     leaf.add_argument("code", metavar="CODE")
     _add_request_id(leaf)
+    events_cli.add_commands(commands, command, _add_request_id)
 
     leaf = command(
         commands,
@@ -241,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--price", dest="price_id", required=True, help="a price id of the gateway's catalog"
     )
     leaf.add_argument(
-        "--amount-paid", type=int, default=0, help="cents paid (the base of refunds; default 0)"
+        "--amount-paid",
+        type=int,
+        default=None,
+        help="cents paid (default: the catalog's price, which the gateway holds it to)",
     )
     leaf.add_argument(
         "--url", help="the webhook URL (default: http://$GATEWAY_ADDRESS/stripe/webhook)"

@@ -33,7 +33,7 @@ from typing import Final
 
 import grpc
 import shtab
-from creditwallet.client import debitfile, devhooks, render
+from creditwallet.client import debitfile, devhooks, events_cli, render
 from creditwallet.client.arguments import (
     LOT_SOURCES,
     PAGE_SIZE_MAX,
@@ -493,7 +493,10 @@ def _dev_webhook_top_up(args: argparse.Namespace) -> int:
     url = args.url or (
         f"http://{os.environ.get(GATEWAY_ENV_VAR) or GATEWAY_DEFAULT}{devhooks.WEBHOOK_PATH}"
     )
-    event = devhooks.top_up_event(args.user, args.price_id, args.amount_paid)
+    paid = args.amount_paid
+    if paid is None:
+        paid = devhooks.catalog_price(args.price_id, os.environ.get("CATALOG_PATH") or None)
+    event = devhooks.top_up_event(args.user, args.price_id, paid)
     try:
         delivery = devhooks.send(url, secret, event)
     except devhooks.GatewayUnreachable as error:
@@ -536,6 +539,16 @@ COMMANDS: Final[dict[str, Command]] = {
 }
 # Commands that need no ledger connection (and no token).
 LOCAL_COMMANDS: Final = frozenset({"completion", "dev webhook top-up"})
+
+
+def _events_command(run: events_cli.Command) -> Command:
+    def command(s: Session) -> Output:
+        return Output(*run(s.client, s.args))
+
+    return command
+
+
+COMMANDS.update({name: _events_command(run) for name, run in events_cli.COMMANDS.items()})
 
 
 if __name__ == "__main__":

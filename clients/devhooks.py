@@ -23,6 +23,8 @@ import secrets
 import time
 import urllib.error
 import urllib.request
+from importlib import resources
+from pathlib import Path
 from typing import Any, Final
 
 from creditwallet.core import limits
@@ -59,16 +61,30 @@ def top_up_event(user_id: str, price_id: str, amount_paid_minor: int = 0) -> dic
                 "mode": "payment",
                 "status": "complete",
                 "payment_status": "paid",
+                "livemode": False,
                 "client_reference_id": user_id,
                 "metadata": {"price_id": price_id},
                 "payment_intent": f"pi_local_{suffix}",
                 "customer": None,
+                "amount_subtotal": amount_paid_minor,
                 "amount_total": amount_paid_minor,
                 "currency": "usd",
                 "created": now,
             }
         },
     }
+
+
+def catalog_price(price_id: str, catalog_path: str | None) -> int:
+    """The price's ``unit_amount`` in the gateway's catalog (``CATALOG_PATH``, else the built-in
+    one), which a checkout must have paid to be granted; 0 when the price is not in it."""
+    if catalog_path is not None:
+        text = Path(catalog_path).read_text(encoding="utf-8")
+    else:
+        text = (resources.files("creditwallet.gateway") / "catalog.json").read_text("utf-8")
+    entry = json.loads(text).get("prices", {}).get(price_id) or {}
+    amount = entry.get("unit_amount", 0)
+    return amount if isinstance(amount, int) else 0
 
 
 def signature(secret: str, body: bytes, timestamp: int) -> str:

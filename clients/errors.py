@@ -13,7 +13,9 @@ absent, as when the transport itself failed):
     │   ├── AgentNotFound            AGENT_NOT_FOUND
     │   ├── HoldNotFound             HOLD_NOT_FOUND
     │   ├── TransactionNotFound      TRANSACTION_NOT_FOUND
-    │   └── ReferralCodeNotFound     REFERRAL_CODE_NOT_FOUND
+    │   ├── ReferralCodeNotFound     REFERRAL_CODE_NOT_FOUND
+    │   ├── EndpointNotFound         ENDPOINT_NOT_FOUND
+    │   └── AutoRechargeAttemptNotFound  AUTO_RECHARGE_ATTEMPT_NOT_FOUND
     ├── FailedPrecondition       FAILED_PRECONDITION
     │   ├── InsufficientCredits      INSUFFICIENT_CREDITS; ints available_micros, required_micros
     │   ├── AgentDisabled            AGENT_DISABLED
@@ -21,12 +23,16 @@ absent, as when the transport itself failed):
     │   ├── HoldFinalized            HOLD_FINALIZED
     │   ├── ReferralNotAllowed       REFERRAL_NOT_ALLOWED
     │   ├── AccountInDebt            ACCOUNT_IN_DEBT
-    │   └── ReversalExceedsDebit     REVERSAL_EXCEEDS_DEBIT; int reversible_micros
+    │   ├── ReversalExceedsDebit     REVERSAL_EXCEEDS_DEBIT; int reversible_micros
+    │   ├── AutoRechargeNotConfigured, NoPaymentCustomer, NoDefaultPaymentMethod,
+    │   └── PaymentProviderRefused   (auto-recharge: AUTO_RECHARGE_NOT_CONFIGURED, ...)
     ├── RequestIdReused          ALREADY_EXISTS / REQUEST_ID_REUSED
     ├── Unauthenticated          UNAUTHENTICATED
     ├── PermissionDenied         PERMISSION_DENIED
     ├── DeadlineExceeded         DEADLINE_EXCEEDED; the outcome is unknown: retry, same request_id
     ├── Unavailable              UNAVAILABLE / DATABASE_UNAVAILABLE; the only code clients retry
+    │   └── PaymentProviderUnavailable  PAYMENT_PROVIDER_UNAVAILABLE
+    ├── TooManyStreams           RESOURCE_EXHAUSTED / TOO_MANY_STREAMS
     └── Internal                 INTERNAL
 
 Why reasons over codes: a code says what kind of failure it is, the reason says which one, and
@@ -170,6 +176,34 @@ class ReversalExceedsDebit(FailedPrecondition):
         self.reversible_micros = int(self.metadata["reversible_micros"])
 
 
+class EndpointNotFound(NotFound):
+    """No configured webhook endpoint with that id."""
+
+
+class AutoRechargeAttemptNotFound(NotFound):
+    """No auto-recharge attempt with that id for that user."""
+
+
+class AutoRechargeNotConfigured(FailedPrecondition):
+    """The server has no payment provider key: auto-recharge cannot be enabled."""
+
+
+class NoPaymentCustomer(FailedPrecondition):
+    """The account has no payment customer yet (no purchase linked one)."""
+
+
+class NoDefaultPaymentMethod(FailedPrecondition):
+    """The account's payment customer has no default payment method."""
+
+
+class PaymentProviderRefused(FailedPrecondition):
+    """The payment provider refused the request."""
+
+
+class TooManyStreams(CreditWalletError):
+    """The server has as many event streams open as it allows; retry later."""
+
+
 class RequestIdReused(CreditWalletError):
     """The request_id was already used with different parameters."""
 
@@ -194,6 +228,10 @@ class Internal(CreditWalletError):
     """A server bug; the server logged it with the request id."""
 
 
+class PaymentProviderUnavailable(Unavailable):
+    """The payment provider did not answer; retry."""
+
+
 # One class per reason of the catalogue (creditwallet.core.reasons); a test checks both agree.
 BY_REASON: Final[Mapping[str, type[CreditWalletError]]] = {
     "INVALID_ARGUMENT": InvalidArgument,
@@ -214,6 +252,14 @@ BY_REASON: Final[Mapping[str, type[CreditWalletError]]] = {
     "PERMISSION_DENIED": PermissionDenied,
     "DATABASE_UNAVAILABLE": Unavailable,
     "INTERNAL": Internal,
+    "ENDPOINT_NOT_FOUND": EndpointNotFound,
+    "AUTO_RECHARGE_ATTEMPT_NOT_FOUND": AutoRechargeAttemptNotFound,
+    "AUTO_RECHARGE_NOT_CONFIGURED": AutoRechargeNotConfigured,
+    "NO_PAYMENT_CUSTOMER": NoPaymentCustomer,
+    "NO_DEFAULT_PAYMENT_METHOD": NoDefaultPaymentMethod,
+    "PAYMENT_PROVIDER_REFUSED": PaymentProviderRefused,
+    "PAYMENT_PROVIDER_UNAVAILABLE": PaymentProviderUnavailable,
+    "TOO_MANY_STREAMS": TooManyStreams,
 }
 
 
@@ -243,6 +289,7 @@ _BY_CODE: Final[Mapping[grpc.StatusCode, type[CreditWalletError]]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.INTERNAL: Internal,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: TooManyStreams,
 }
 
 

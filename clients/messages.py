@@ -96,17 +96,25 @@ def authorize(
 
 
 def capture(
-    hold_id: str, *, amount_micros: int | None = None, request_id: str | None = None
+    user_id: str, hold_id: str, *, amount_micros: int | None = None, request_id: str | None = None
 ) -> wallet_pb2.CaptureRequest:
-    """Debits up to the held amount (all of it when ``amount_micros`` is None), frees the rest."""
+    """Debits up to the held amount (all of it when ``amount_micros`` is None), frees the rest.
+
+    ``user_id`` is the account that placed the hold: another account's hold is HOLD_NOT_FOUND.
+    """
     return wallet_pb2.CaptureRequest(
-        hold_id=hold_id, request_id=request_id or new_request_id(), amount_micros=amount_micros
+        user_id=user_id,
+        hold_id=hold_id,
+        request_id=request_id or new_request_id(),
+        amount_micros=amount_micros,
     )
 
 
-def void(hold_id: str, *, request_id: str | None = None) -> wallet_pb2.VoidRequest:
-    """Releases a hold."""
-    return wallet_pb2.VoidRequest(hold_id=hold_id, request_id=request_id or new_request_id())
+def void(user_id: str, hold_id: str, *, request_id: str | None = None) -> wallet_pb2.VoidRequest:
+    """Releases a hold of ``user_id``'s account (another account's hold is HOLD_NOT_FOUND)."""
+    return wallet_pb2.VoidRequest(
+        user_id=user_id, hold_id=hold_id, request_id=request_id or new_request_id()
+    )
 
 
 def list_transactions(

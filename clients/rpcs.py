@@ -21,6 +21,7 @@ import grpc
 from creditwallet.core import limits
 from creditwallet.v1 import admin_service_pb2 as admin_pb2
 from creditwallet.v1 import billing_service_pb2 as billing_pb2
+from creditwallet.v1 import events_pb2
 from creditwallet.v1 import wallet_service_pb2 as wallet_pb2
 from google.protobuf.message import Message
 
@@ -164,6 +165,38 @@ GET_ROLLOVER_PROGRESS: Final = Rpc(
     admin_pb2.GetRolloverProgressResponse,
 )
 
+# Events (server-streaming StreamEvents is not in this table: see the async client).
+RECORD_AUTO_RECHARGE_PAYMENT: Final = Rpc(
+    BILLING_SERVICE,
+    "RecordAutoRechargePayment",
+    events_pb2.RecordAutoRechargePaymentRequest,
+    events_pb2.RecordAutoRechargePaymentResponse,
+)
+SET_BALANCE_ALERT: Final = Rpc(
+    ADMIN_SERVICE,
+    "SetBalanceAlert",
+    events_pb2.SetBalanceAlertRequest,
+    events_pb2.SetBalanceAlertResponse,
+)
+SET_AUTO_RECHARGE: Final = Rpc(
+    ADMIN_SERVICE,
+    "SetAutoRecharge",
+    events_pb2.SetAutoRechargeRequest,
+    events_pb2.SetAutoRechargeResponse,
+)
+LIST_EVENTS: Final = Rpc(
+    ADMIN_SERVICE, "ListEvents", events_pb2.ListEventsRequest, events_pb2.ListEventsResponse
+)
+REPLAY_EVENTS: Final = Rpc(
+    ADMIN_SERVICE, "ReplayEvents", events_pb2.ReplayEventsRequest, events_pb2.ReplayEventsResponse
+)
+LIST_WEBHOOK_ENDPOINTS: Final = Rpc(
+    ADMIN_SERVICE,
+    "ListWebhookEndpoints",
+    events_pb2.ListWebhookEndpointsRequest,
+    events_pb2.ListWebhookEndpointsResponse,
+)
+
 ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     ENSURE_ACCOUNT,
     GET_BALANCE,
@@ -187,6 +220,12 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     LIST_AGENT_PRICES,
     GET_STATS,
     VERIFY_LEDGER,
+    RECORD_AUTO_RECHARGE_PAYMENT,
+    SET_BALANCE_ALERT,
+    SET_AUTO_RECHARGE,
+    LIST_EVENTS,
+    REPLAY_EVENTS,
+    LIST_WEBHOOK_ENDPOINTS,
     GET_ROLLOVER_PROGRESS,
 )
 
@@ -223,6 +262,13 @@ def channel_options(
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", message_bytes_max),
         ("grpc.max_receive_message_length", message_bytes_max),
+        # A restarted server is found again within a couple of seconds, not gRPC's minutes,
+        # so that retries of UNAVAILABLE meet a channel that is trying again.
+        (
+            "grpc.initial_reconnect_backoff_ms",
+            int(limits.CLIENT_RECONNECT_BACKOFF_INITIAL_SECONDS * 1000),
+        ),
+        ("grpc.max_reconnect_backoff_ms", int(limits.CLIENT_RECONNECT_BACKOFF_MAX_SECONDS * 1000)),
     ]
     if own_connection:
         options.append(("grpc.use_local_subchannel_pool", 1))

@@ -63,6 +63,7 @@ class AsyncBillingRpcs(AsyncServiceRpcs):
     RecordPaymentFailure = raw_async(rpcs.RECORD_PAYMENT_FAILURE)
     RecordRefund = raw_async(rpcs.RECORD_REFUND)
     Rollover = raw_async(rpcs.ROLLOVER)
+    RecordAutoRechargePayment = raw_async(rpcs.RECORD_AUTO_RECHARGE_PAYMENT)
 
 
 class AsyncAdminRpcs(AsyncServiceRpcs):
@@ -74,6 +75,11 @@ class AsyncAdminRpcs(AsyncServiceRpcs):
     ListAgentPrices = raw_async(rpcs.LIST_AGENT_PRICES)
     GetStats = raw_async(rpcs.GET_STATS)
     VerifyLedger = raw_async(rpcs.VERIFY_LEDGER)
+    SetBalanceAlert = raw_async(rpcs.SET_BALANCE_ALERT)
+    SetAutoRecharge = raw_async(rpcs.SET_AUTO_RECHARGE)
+    ListEvents = raw_async(rpcs.LIST_EVENTS)
+    ReplayEvents = raw_async(rpcs.REPLAY_EVENTS)
+    ListWebhookEndpoints = raw_async(rpcs.LIST_WEBHOOK_ENDPOINTS)
     GetRolloverProgress = raw_async(rpcs.GET_ROLLOVER_PROGRESS)
 
 
@@ -101,6 +107,7 @@ class SyncBillingRpcs(SyncServiceRpcs):
     RecordPaymentFailure = raw_sync(rpcs.RECORD_PAYMENT_FAILURE)
     RecordRefund = raw_sync(rpcs.RECORD_REFUND)
     Rollover = raw_sync(rpcs.ROLLOVER)
+    RecordAutoRechargePayment = raw_sync(rpcs.RECORD_AUTO_RECHARGE_PAYMENT)
 
 
 class SyncAdminRpcs(SyncServiceRpcs):
@@ -112,4 +119,9 @@ class SyncAdminRpcs(SyncServiceRpcs):
     ListAgentPrices = raw_sync(rpcs.LIST_AGENT_PRICES)
     GetStats = raw_sync(rpcs.GET_STATS)
     VerifyLedger = raw_sync(rpcs.VERIFY_LEDGER)
+    SetBalanceAlert = raw_sync(rpcs.SET_BALANCE_ALERT)
+    SetAutoRecharge = raw_sync(rpcs.SET_AUTO_RECHARGE)
+    ListEvents = raw_sync(rpcs.LIST_EVENTS)
+    ReplayEvents = raw_sync(rpcs.REPLAY_EVENTS)
+    ListWebhookEndpoints = raw_sync(rpcs.LIST_WEBHOOK_ENDPOINTS)
     GetRolloverProgress = raw_sync(rpcs.GET_ROLLOVER_PROGRESS)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -46,6 +47,7 @@ from creditwallet.client.services import (
     SyncWalletRpcs,
 )
 from creditwallet.core import limits
+from creditwallet.v1 import events_pb2
 
 AUTHORIZATION_METADATA_KEY: Final = "authorization"
 # How long close() lets calls in flight finish.
@@ -179,6 +181,49 @@ class AsyncCreditWalletClient:
             )
             self._callables[rpc.path] = multicallable
         return multicallable
+
+    async def serving(self, service: str = "") -> bool:
+        """Whether the server's gRPC health check says SERVING (``service`` "" is the server).
+
+        Needs ``grpcio-health-checking`` (the server and gateway extras). False when the
+        server does not answer within the deadline; never raises for an unreachable server."""
+        from grpc_health.v1 import health_pb2
+
+        check = self._channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        try:
+            answer = await check(
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=self._settings.timeout_seconds,
+            )
+        except grpc.RpcError:
+            return False
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def stream_events(
+        self, after_cursor: str = "", *, types: Sequence[str] = (), user_id: str = ""
+    ) -> AsyncIterator[events_pb2.Event]:
+        """Events after ``after_cursor``, then new ones as they commit (no deadline: it follows).
+
+        Resume after a disconnect with the ``cursor`` of the last event received: nothing is
+        skipped and nothing comes twice. Not retried here; errors raise ``CreditWalletError``.
+        """
+        call = self._channel.unary_stream(
+            f"/{rpcs.WALLET_SERVICE}/StreamEvents",
+            request_serializer=events_pb2.StreamEventsRequest.SerializeToString,
+            response_deserializer=events_pb2.StreamEventsResponse.FromString,
+        )
+        request = events_pb2.StreamEventsRequest(
+            after_cursor=after_cursor, types=list(types), user_id=user_id
+        )
+        try:
+            async for response in call(request, metadata=self._settings.auth_metadata):
+                yield response.event
+        except grpc.RpcError as rpc_error:
+            raise from_rpc_error(rpc_error) from rpc_error
 
     async def close(self) -> None:
         """Closes the channel, letting calls in flight finish for a moment."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from creditwallet.core import commands, logs, startup
 from creditwallet.core.logs import LogSettings
-from creditwallet.core.settings import StartupError
+from creditwallet.core.settings import ConfigError, StartupError
 
 if TYPE_CHECKING:
     from creditwallet.server.config import ServerConfig
@@ -28,8 +28,10 @@ log = logging.getLogger("creditwallet.server")
 
 PROG = "creditwallet-server"
 ENVIRONMENT = """environment (defaults in brackets):
-  AGENT_TOKEN, BILLING_TOKEN, ADMIN_TOKEN   bearer token of each scope (required)
-  DATABASE_URL        PostgreSQL DSN [the embedded PostgreSQL under DATA_DIR]
+  AGENT_TOKENS, BILLING_TOKENS, ADMIN_TOKENS   label:token,... per scope, or AGENT_TOKEN,
+                      ... for one token (required; each 32+ characters, none in two scopes)
+  DATABASE_URL        PostgreSQL DSN of the runtime role; creditwallet-migrate up must have
+                      run [the embedded PostgreSQL under DATA_DIR, as its runtime role]
   DATA_DIR            where the embedded PostgreSQL keeps its data [.data]
   GRPC_ADDRESS        listen address [127.0.0.1:50051]
   METRICS_ADDRESS     host:port of the Prometheus endpoint [off]
@@ -83,10 +85,13 @@ def _check_readable(variable: str, path: Path | None) -> None:
 
 
 async def _serve(config: ServerConfig) -> int:
-    from creditwallet.server import app, migrate
+    from creditwallet.server import app, db, migrate
     from creditwallet.server.startup import start_embedded, wait_for_database
 
-    dsn = config.database_url or start_embedded(config.data_dir)
+    if config.database_url:
+        dsn = config.database_url
+    else:  # the embedded cluster, as its runtime role (its owner role migrates it)
+        _, dsn = await db.provision(start_embedded(config.data_dir), db.EMBEDDED_DATABASE)
     await wait_for_database(dsn)
     if config.grpc_workers > 1:
         from creditwallet.server import workers
@@ -94,11 +99,10 @@ async def _serve(config: ServerConfig) -> int:
         return await _supervise(workers.supervise(config, dsn))
     try:
         running = await app.start(config, dsn=dsn)
+    except ConfigError:
+        raise  # the database role: one line naming DATABASE_URL
     except migrate.MigrationError as error:
-        raise StartupError(
-            f"the database's schema does not match this version ({error}): restore the "
-            "migration files of the version that created it"
-        ) from None
+        raise StartupError(f"the database's schema does not match this version: {error}") from None
     except RuntimeError as error:  # grpc's "Failed to bind to address ..."
         if "bind" not in str(error):
             raise

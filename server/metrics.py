@@ -35,6 +35,14 @@ RPC_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0),
 )
+# Who calls: by the label of the token presented ("-" for none or an unknown one), never the
+# token itself; a token about to be revoked shows here whether anyone still uses it.
+RPCS_BY_CALLER = Counter(
+    "creditwallet_rpcs_by_caller",
+    "RPCs handled, by the caller's token label and status code",
+    ["caller", "code"],
+    registry=REGISTRY,
+)
 INSUFFICIENT = Counter(
     "creditwallet_insufficient_credits",
     "Debits refused for insufficient credits",
@@ -66,8 +74,9 @@ DATABASE_UP = Gauge(
 )
 
 
-def observe_rpc(method: str, code: str, seconds: float) -> None:
+def observe_rpc(method: str, code: str, seconds: float, *, caller: str = "-") -> None:
     RPCS.labels(method, code).inc()
+    RPCS_BY_CALLER.labels(caller, code).inc()
     RPC_SECONDS.labels(method).observe(seconds)
 
 

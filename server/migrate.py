@@ -4,6 +4,11 @@ advisory lock.
 Several replicas may start at once: a transaction-level advisory lock around each file makes
 them apply each file exactly once. An applied file whose checksum changed is refused rather
 than ignored, since the database no longer matches the code that describes it.
+
+Migrations run as the schema's owner role (``MIGRATIONS_DATABASE_URL``), never as the
+server's. Every run ends by (re)applying the runtime role's grants (``RUNTIME_GRANTS``), so a
+table added by any later migration is covered, and ``credit_transactions`` stays append-only
+for the server whatever a migration did.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from importlib import resources
 from pathlib import Path
 
 import asyncpg
-from creditwallet.core import commands
-from creditwallet.core.settings import StartupError
+from creditwallet.core import commands, limits
+from creditwallet.core.settings import ConfigError, StartupError
 from creditwallet.core.startup import run_command
 
 log = logging.getLogger(__name__)
@@ -37,8 +42,25 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
+# The server's privileges: read and write the ledger's tables, append to the history, read
+# which migrations are applied; nothing else (no DDL: it owns nothing). The group role is
+# created here when missing, which needs CREATEROLE; create it beforehand to avoid that.
+RUNTIME_GRANTS = """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'creditwallet_runtime') THEN
+        CREATE ROLE creditwallet_runtime NOLOGIN;
+    END IF;
+END $$;
+GRANT USAGE ON SCHEMA public TO creditwallet_runtime;
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO creditwallet_runtime;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO creditwallet_runtime;
+REVOKE UPDATE, DELETE, TRUNCATE ON credit_transactions FROM creditwallet_runtime;
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON schema_migrations FROM creditwallet_runtime;
+"""
+
+
 class MigrationError(Exception):
-    """An applied migration was edited, or the files are misnumbered."""
+    """An applied migration was edited, the files are misnumbered, or some are pending."""
 
 
 def load_migrations() -> list[tuple[int, str, str]]:
@@ -82,7 +104,7 @@ async def migrate(conn: asyncpg.Connection[asyncpg.Record]) -> list[str]:
         async with conn.transaction():
             await conn.execute(_LOCK, MIGRATIONS_LOCK_KEY)
             if version in await _applied(conn):
-                continue  # another server applied it while we waited for the lock
+                continue  # another run applied it while this one waited for the lock
             await conn.execute(sql)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
@@ -92,6 +114,9 @@ async def migrate(conn: asyncpg.Connection[asyncpg.Record]) -> list[str]:
             )
         log.info("migration applied", extra={"migration": name})
         applied_now.append(name)
+    async with conn.transaction():
+        await conn.execute(_LOCK, MIGRATIONS_LOCK_KEY)
+        await conn.execute(RUNTIME_GRANTS)
     return applied_now
 
 
@@ -115,9 +140,21 @@ async def status(conn: asyncpg.Connection[asyncpg.Record]) -> list[tuple[str, st
     return report
 
 
+async def require_current(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Refuse a database whose schema is not exactly the code's (the server's start-up)."""
+    behind = [f"{name} ({state})" for name, state in await status(conn) if state != "applied"]
+    if behind:
+        raise MigrationError(
+            "the schema is not the code's: run creditwallet-migrate up as the owner role"
+            f" ({', '.join(behind)})"
+        )
+
+
 ENVIRONMENT = """environment:
-  DATABASE_URL   PostgreSQL DSN (default: the embedded PostgreSQL under DATA_DIR)
-  DATA_DIR       where the embedded PostgreSQL keeps its data (default .data)"""
+  MIGRATIONS_DATABASE_URL   PostgreSQL DSN of the schema's owner role (default DATABASE_URL,
+                            else the embedded PostgreSQL under DATA_DIR, as its owner role)
+  DATA_DIR                  where the embedded PostgreSQL keeps its data (default .data)
+  DB_STATEMENT_CACHE_SIZE   asyncpg's prepared statements, 0 behind PgBouncer < 1.21 (100)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,13 +168,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _main(action: str) -> int:
+    from creditwallet.server import db
     from creditwallet.server.startup import start_embedded, wait_for_database
 
-    dsn = os.environ.get("DATABASE_URL") or start_embedded(
-        Path(os.environ.get("DATA_DIR") or ".data")
-    )
+    dsn = os.environ.get("MIGRATIONS_DATABASE_URL") or os.environ.get("DATABASE_URL")
+    if not dsn:  # the embedded cluster, as its owner role
+        superuser = start_embedded(Path(os.environ.get("DATA_DIR") or ".data"))
+        dsn, _ = await db.provision(superuser, db.EMBEDDED_DATABASE)
     await wait_for_database(dsn)
-    conn = await asyncpg.connect(dsn)
+    cache = os.environ.get("DB_STATEMENT_CACHE_SIZE", "100")
+    if not cache.isascii() or not cache.isdigit():
+        raise ConfigError("DB_STATEMENT_CACHE_SIZE must be a non-negative integer")
+    conn = await asyncpg.connect(
+        dsn, timeout=limits.DB_CONNECT_TIMEOUT_SECONDS, statement_cache_size=int(cache)
+    )
     try:
         if action == "up":
             try:

@@ -6,11 +6,12 @@ grpc's multiprocessing example) let the kernel spread connections over N loops. 
 connection stays with the process that accepted it, so a client with several channels (or
 many clients) uses every worker; one channel uses one.
 
-The supervisor (this process) does what must happen once: it waits for the database, applies
-the migrations, and holds the port reserved (an ``SO_REUSEPORT`` socket that never listens) so
-that every worker binds the same one, also when ``GRPC_ADDRESS`` names port 0. Then it starts
-the workers (spawned, not forked: a fork of a process that touched gRPC is unsafe), waits for
-each to say it is serving, and from then on only watches:
+The supervisor (this process) does what must happen once: it waits for the database, checks
+that its schema is current and that the role may not change it (as a lone server does: the
+server never migrates), and holds the port reserved (an ``SO_REUSEPORT`` socket that never
+listens) so that every worker binds the same one, also when ``GRPC_ADDRESS`` names port 0.
+Then it starts the workers (spawned, not forked: a fork of a process that touched gRPC is
+unsafe), waits for each to say it is serving, and from then on only watches:
 
 - SIGTERM or SIGINT: every worker is asked to stop (SIGTERM: stop accepting, finish the calls
   in flight, drain the debit batches, close the pool), and any still running after
@@ -92,13 +93,14 @@ class _Start:
 
 
 async def supervise(config: ServerConfig, dsn: str) -> int:
-    """Migrate once, start ``config.grpc_workers`` workers on one port, watch them."""
+    """Check the database once, start ``config.grpc_workers`` workers on one port, watch them."""
     import asyncpg
-    from creditwallet.server import migrate
+    from creditwallet.server import db, migrate
 
     conn = await asyncpg.connect(dsn, timeout=limits.DB_CONNECT_TIMEOUT_SECONDS)
-    try:
-        await migrate.migrate(conn)
+    try:  # refused here in one line, before any worker starts
+        await migrate.require_current(conn)
+        await db.check_runtime_role(conn)
     finally:
         await conn.close()
     count = config.grpc_workers

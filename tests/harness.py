@@ -1,8 +1,10 @@
 """The test harness: a real embedded PostgreSQL, a migrated template, a real gRPC server.
 
-One cluster per test session; the schema is migrated once into a template database and
-each test module gets a fresh copy (``CREATE DATABASE ... TEMPLATE``), so modules never see
-each other's rows. The server runs in the test's event loop on 127.0.0.1 port 0 with a
+One cluster per test session; the schema is migrated once into a template database, as the
+owner role, and each test module gets a fresh copy (``CREATE DATABASE ... TEMPLATE``), so
+modules never see each other's rows. Servers and tests connect to it as the runtime role,
+as in production: what the tests do, a compromised server could do, and no more.
+The server runs in the test's event loop on 127.0.0.1 port 0 with a
 ``ManualClock`` the tests move instead of sleeping.
 """
 
@@ -21,50 +23,59 @@ from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.core.settings import Secret
 from creditwallet.server import app, db, migrate
 from creditwallet.server.clock import ManualClock
-from creditwallet.server.config import ServerConfig
+from creditwallet.server.config import ServerConfig, Token
 
 TOKENS = {
-    "agent": "agent-token-" + "a" * 20,
-    "billing": "billing-token-" + "b" * 20,
-    "admin": "admin-token-" + "c" * 20,
+    "agent": "agent-token-" + "a" * 24,
+    "billing": "billing-token-" + "b" * 24,
+    "admin": "admin-token-" + "c" * 24,
 }
 TEMPLATE = "cw_template"
 _databases = itertools.count(1)
+
+
+def config_tokens() -> tuple[Token, ...]:
+    return tuple(Token(scope, scope, Secret(token)) for scope, token in TOKENS.items())
 
 
 def config(data_dir: Path) -> ServerConfig:
     return ServerConfig(
         database_url=None,
         grpc_address="127.0.0.1:0",
-        agent_token=Secret(TOKENS["agent"]),
-        billing_token=Secret(TOKENS["billing"]),
-        admin_token=Secret(TOKENS["admin"]),
+        tokens=config_tokens(),
         data_dir=data_dir,
     )
 
 
-async def prepare_template(base_dsn: str) -> None:
-    conn = await asyncpg.connect(base_dsn)
+async def migrated_database(superuser_dsn: str, name: str) -> tuple[str, str]:
+    """A new database owned by the owner role, migrated by it: (owner DSN, runtime DSN)."""
+    conn = await asyncpg.connect(superuser_dsn)
     try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
-        await conn.execute(f"CREATE DATABASE {TEMPLATE}")
+        await conn.execute(f"DROP DATABASE IF EXISTS {name}")
     finally:
         await conn.close()
-    conn = await asyncpg.connect(dsn_for(base_dsn, TEMPLATE))
+    owner, runtime = await db.provision(superuser_dsn, name)
+    conn = await asyncpg.connect(owner)
     try:
         await migrate.migrate(conn)
     finally:
         await conn.close()
+    return owner, runtime
+
+
+async def prepare_template(base_dsn: str) -> None:
+    await migrated_database(base_dsn, TEMPLATE)
 
 
 async def fresh_database(base_dsn: str) -> str:
+    """A copy of the migrated template; the DSN of the runtime role (what servers use)."""
     name = f"cw_test_{next(_databases)}"
     conn = await asyncpg.connect(base_dsn)
     try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE} OWNER {db.OWNER_ROLE}")
     finally:
         await conn.close()
-    return dsn_for(base_dsn, name)
+    return db.dsn_with(dsn_for(base_dsn, name), user=db.RUNTIME_LOGIN)
 
 
 def dsn_for(base_dsn: str, database: str) -> str:

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from creditwallet.v1 import admin_service_pb2, billing_service_pb2, common_pb2, wallet_service_pb2
+from creditwallet.v1 import (
+    admin_service_pb2,
+    billing_service_pb2,
+    common_pb2,
+    events_pb2,
+    wallet_service_pb2,
+)
 from google.protobuf import descriptor
 
-FILES = [common_pb2, wallet_service_pb2, billing_service_pb2, admin_service_pb2]
+FILES = [common_pb2, events_pb2, wallet_service_pb2, billing_service_pb2, admin_service_pb2]
 # Writes whose effect is a pure "set" keyed by what they name; no request_id needed.
-NATURALLY_IDEMPOTENT = {"EnsureAccount", "SetAgentPrice", "GetReferralCode", "Rollover"}
+NATURALLY_IDEMPOTENT = {
+    "EnsureAccount",
+    "SetAgentPrice",
+    "GetReferralCode",
+    "Rollover",
+    "SetBalanceAlert",
+    "SetAutoRecharge",
+}
 READS = {
     "GetBalance",
     "ListTransactions",
@@ -15,6 +28,9 @@ READS = {
     "ListAgentPrices",
     "GetStats",
     "VerifyLedger",
+    "StreamEvents",
+    "ListEvents",
+    "ListWebhookEndpoints",
     "GetRolloverProgress",
 }
 # Batches: each item is a request with its own request_id.

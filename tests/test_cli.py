@@ -190,6 +190,9 @@ async def test_prices_stats_verify_and_rollover_json(
         "creditsExpiredMicros",
         "holdsReleased",
         "chunks",
+        "periodsSettled",
+        "accountsCapped",
+        "creditsCappedMicros",
     }
     assert all(isinstance(value, str) for value in summary.values())
 

@@ -1,10 +1,10 @@
 """``creditwallet rollover``: a long deadline and a progress bar fed by committed work.
 
-The rollover commits chunk by chunk. Another connection holds an uncommitted claim on the
-first account of the second chunk, so the run commits its first chunk and then waits on that
-row: the progress read meanwhile must say exactly one chunk is done, out of every account,
-and the CLI's watcher must have shown that reading before the run could finish. Released,
-the run completes and the last reading is all accounts.
+The rollover commits chunk by chunk. Every account has an expiry due; another connection
+holds the lock of the first account of the second chunk, so the run commits its first chunk
+and then waits on that row: the progress read meanwhile must say exactly one chunk is done,
+out of every due account, and the CLI's watcher must have shown that reading before the run
+could finish. Released, the run completes and the last reading is all accounts.
 """
 
 from __future__ import annotations
@@ -36,32 +36,29 @@ async def _until(condition: object, what: str) -> None:
 
 async def test_progress_counts_committed_chunks_while_the_run_waits(ledger: Ledger) -> None:
     async with ledger.pool.acquire() as conn:
+        # Accounts whose next expiry has passed (a lower bound with nothing behind it: the
+        # run only moves it on), the rollover's work list.
         await conn.execute(
-            "INSERT INTO credits (user_id, created_at, updated_at) "
-            "SELECT 'roll-' || lpad(g::text, 6, '0'), $1, $1 FROM generate_series(1, $2) AS g",
+            "INSERT INTO credits (user_id, next_expiry_at, created_at, updated_at) "
+            "SELECT 'roll-' || lpad(g::text, 6, '0'), $1, $1, $1 FROM generate_series(1, $2) AS g",
             ledger.clock.now(),
             ACCOUNTS,
         )
         total = await conn.fetchval("SELECT count(*) FROM credits")
-        # A claim of another month, which this month's progress must not count.
+        # Work of another month's run, which this month's progress must not count.
         await conn.execute(
-            "INSERT INTO rollover_accounts (user_id, period, processed_at) "
-            "SELECT min(user_id), '2000-01', $1 FROM credits",
+            "INSERT INTO rollover_runs (period, started_at, accounts_processed) "
+            "VALUES ('2000-01', $1, 7)",
             ledger.clock.now(),
         )
         second_chunk_first = await conn.fetchval(
-            "SELECT user_id FROM credits ORDER BY user_id OFFSET $1 LIMIT 1", CHUNK
+            "SELECT user_id FROM credits ORDER BY next_expiry_at, user_id OFFSET $1 LIMIT 1", CHUNK
         )
     period = ledger.clock.now().strftime("%Y-%m")
     blocker = await ledger.pool.acquire()
     blocked = blocker.transaction()
     await blocked.start()
-    await blocker.execute(
-        "INSERT INTO rollover_accounts (user_id, period, processed_at) VALUES ($1, $2, $3)",
-        second_chunk_first,
-        period,
-        ledger.clock.now(),
-    )
+    await blocker.execute("SELECT 1 FROM credits WHERE user_id = $1 FOR UPDATE", second_chunk_first)
     readings: list[tuple[int, int]] = []
     outcome: dict[str, object] = {}
 

@@ -51,7 +51,7 @@ async def test_released_hold_pays_the_debt_a_refund_left(
     hold = await admin.authorize(user, amount_micros=105 * CREDIT, ttl_seconds=60)
     await refund_all(admin, user)
     if release == "void":
-        await admin.void(hold.hold_id)
+        await admin.void(user, hold.hold_id)
     else:
         ledger.clock.advance(seconds=61)
     state = await admin.get_balance(user)

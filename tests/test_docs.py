@@ -81,17 +81,26 @@ class RecordingEnv(dict[str, str]):
 
 def _configured_reads() -> set[str]:
     """Every name the two configurations look up, with none set and with all set."""
-    tokens = {"AGENT_TOKEN": "a", "BILLING_TOKEN": "b", "ADMIN_TOKEN": "c"}
-    gateway = {"BILLING_TOKEN": "b", "STRIPE_WEBHOOK_SECRET": "w", "CRON_SECRET": "s"}
+    tokens = {"AGENT_TOKEN": "a" * 32, "BILLING_TOKEN": "b" * 32, "ADMIN_TOKEN": "c" * 32}
+    gateway = {
+        "BILLING_TOKEN": "b" * 32,
+        "STRIPE_WEBHOOK_SECRET": "w",
+        "CRON_SECRET": "s" * 32,
+        "STRIPE_MODE": "test",
+    }
+    pem = __file__  # any readable file: the configs check that TLS paths exist
     read: set[str] = set()
     for values in (
         tokens,
-        {**tokens, "TLS_CERT_PATH": "c.pem", "TLS_KEY_PATH": "k.pem", "METRICS_ADDRESS": "h:1"},
+        {**tokens, "TLS_CERT_PATH": pem, "TLS_KEY_PATH": pem, "METRICS_ADDRESS": "h:1"},
     ):
         env = RecordingEnv(values)
         ServerConfig.from_env(env)
         read |= env.read
-    for values in (gateway, {**gateway, "LEDGER_TARGET": "h:1", "STRIPE_SECRET_KEY": "k"}):
+    for values in (
+        gateway,
+        {**gateway, "LEDGER_TARGET": "h:1", "STRIPE_SECRET_KEY": "sk_test_k", "LEDGER_TLS": "on"},
+    ):
         env = RecordingEnv(values)
         GatewayConfig.from_env(env)
         read |= env.read

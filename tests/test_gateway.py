@@ -69,6 +69,7 @@ def top_up_session(fake: sf.FakeStripe, user: str, price_id: str = sf.TOP_UP_500
         client_reference_id=user,
         customer=sf.new_id("cus"),
         payment_intent=sf.new_id("pi"),
+        amount_subtotal=1999,
         amount_total=1999,
         currency="usd",
         subscription=None,
@@ -199,6 +200,7 @@ async def test_renewals_failures_and_stale_updates(
         customer=customer,
         subscription=sub_id,
         invoice=first["id"],
+        currency="usd",
     )
     fake.line_items[session["id"]] = [sf.line_item(plan)]
     assert (
@@ -352,6 +354,9 @@ async def test_rollover_endpoint_and_health(gateway: sf.Gateway, ledger: Ledger)
             "creditsExpiredMicros",
             "holdsReleased",
             "chunks",
+            "periodsSettled",
+            "accountsCapped",
+            "creditsCappedMicros",
         }
         assert all(isinstance(value, str) for value in summary.values())
     async with gateway.http.post(url + "/rollover?period=2999-01", headers=headers) as future:

@@ -204,13 +204,13 @@ async def test_hold_capture_less_than_held_releases_the_rest(
     assert hold.available_micros == 2 * CREDIT
     state = await admin.get_balance(user)
     assert (state.available_micros, state.held_micros) == (2 * CREDIT, 3 * CREDIT)
-    captured = await admin.capture(hold.hold_id, amount_micros=CREDIT)
+    captured = await admin.capture(user, hold.hold_id, amount_micros=CREDIT)
     assert (captured.charged_micros, captured.released_micros) == (CREDIT, 2 * CREDIT)
     assert captured.available_micros == 4 * CREDIT
     with pytest.raises(cw.HoldFinalized):
-        await admin.capture(hold.hold_id)
+        await admin.capture(user, hold.hold_id)
     with pytest.raises(cw.HoldFinalized):
-        await admin.void(hold.hold_id)
+        await admin.void(user, hold.hold_id)
     debit = (await admin.list_transactions(user, page_size=1)).transactions[0]
     assert (debit.type, debit.amount_micros, debit.hold_id) == (
         pb.TRANSACTION_TYPE_DEBIT,
@@ -225,9 +225,9 @@ async def test_hold_void_gives_everything_back(admin: AsyncCreditWalletClient) -
     hold = await admin.authorize(user, amount_micros=5 * CREDIT)
     with pytest.raises(cw.InsufficientCredits):
         await admin.debit(user, amount_micros=1)
-    voided = await admin.void(hold.hold_id, request_id="v1")
+    voided = await admin.void(user, hold.hold_id, request_id="v1")
     assert (voided.released_micros, voided.available_micros) == (5 * CREDIT, 5 * CREDIT)
-    replay = await admin.void(hold.hold_id, request_id="v1")
+    replay = await admin.void(user, hold.hold_id, request_id="v1")
     assert replay.replayed
     state = await admin.get_balance(user)
     assert (state.available_micros, state.held_micros) == (5 * CREDIT, 0)
@@ -243,7 +243,7 @@ async def test_expired_hold_is_released_without_any_sweeper(
     state = await admin.get_balance(user)
     assert (state.available_micros, state.held_micros) == (5 * CREDIT, 0)
     with pytest.raises(cw.HoldExpired):
-        await admin.capture(hold.hold_id)
+        await admin.capture(user, hold.hold_id)
 
 
 async def test_reverse_debit_returns_credits_to_their_lots(

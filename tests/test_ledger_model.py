@@ -374,7 +374,9 @@ class LedgerModel(RuleBasedStateMachine):
             return self._write(user, apply)
 
         def send() -> Any:
-            return self.client.capture(hold.hold_id, amount_micros=amount, request_id=rid)
+            return self.client.capture(
+                hold.user, hold.hold_id, amount_micros=amount, request_id=rid
+            )
 
         reply = self._call(user, "capture", rid, send, model)
         if reply is not None:
@@ -401,7 +403,13 @@ class LedgerModel(RuleBasedStateMachine):
 
             return self._write(user, apply)
 
-        self._call(user, "void", rid, lambda: self.client.void(hold.hold_id, request_id=rid), model)
+        self._call(
+            user,
+            "void",
+            rid,
+            lambda: self.client.void(hold.user, hold.hold_id, request_id=rid),
+            model,
+        )
 
     # Holds are settled more often than they are placed, so that the examples reach them.
     capture_more = capture

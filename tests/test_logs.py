@@ -72,14 +72,14 @@ def test_text_lines_keep_the_fields() -> None:
 def test_the_configuration_line_masks_secrets_and_is_not_a_repr() -> None:
     config = ServerConfig.from_env(
         {
-            "AGENT_TOKEN": "agent-secret-value",
-            "BILLING_TOKEN": "billing-secret-value",
-            "ADMIN_TOKEN": "admin-secret-value",
+            "AGENT_TOKEN": "agent-secret-value" + "a" * 20,
+            "BILLING_TOKEN": "billing-secret-value" + "b" * 20,
+            "ADMIN_TOKEN": "admin-secret-value" + "c" * 20,
             "DATABASE_URL": "postgresql://ledger:db-password@db.internal:5432/wallet",
         }
     )
     fields = describe(config)
-    assert fields["agent_token"] == "****"
+    assert fields["tokens"] == "agent(agent)=****,billing(billing)=****,admin(admin)=****"
     assert fields["database_url"] == "postgresql://ledger:****@db.internal:5432/wallet"
     assert fields["grpc_address"] == "127.0.0.1:50051"
     line = TextFormatter().format(_record("server configuration", **fields))
@@ -104,6 +104,7 @@ def _gateway_lines(extra: dict[str, str]) -> list[str]:
         "BILLING_TOKEN": TOKENS["billing"],
         "STRIPE_WEBHOOK_SECRET": sf.SECRETS[0],
         "CRON_SECRET": sf.CRON_SECRET,
+        "STRIPE_MODE": "test",
         "GATEWAY_ADDRESS": f"127.0.0.1:{_free_port()}",
         **extra,
     }

@@ -70,7 +70,7 @@ async def test_metrics_are_served_on_metrics_address(base_dsn: str, data_dir: Pa
 
 
 def test_config_reads_metrics_address_and_log_level() -> None:
-    env = {"AGENT_TOKEN": "a", "BILLING_TOKEN": "b", "ADMIN_TOKEN": "c"}
+    env = {f"{scope.upper()}_TOKEN": token for scope, token in TOKENS.items()}
     plain = ServerConfig.from_env(env)
     assert plain.metrics_address is None  # unset = no metrics endpoint
     assert plain.log_level == "INFO"

@@ -32,7 +32,8 @@ TOKEN_ENV = {
 GATEWAY_ENV = {
     "BILLING_TOKEN": TOKENS["billing"],
     "STRIPE_WEBHOOK_SECRET": "whsec_" + "x" * 24,
-    "CRON_SECRET": "cron-" + "y" * 24,
+    "CRON_SECRET": "cron-" + "y" * 32,
+    "STRIPE_MODE": "test",
 }
 
 

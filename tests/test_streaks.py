@@ -185,7 +185,7 @@ async def test_capture_counts_as_activity(ledger: Ledger, admin: AsyncCreditWall
     await active_days(ledger, admin, user, "xx")
     ledger.clock.advance(days=1)
     hold = await admin.authorize(user, amount_micros=2 * CREDIT)
-    captured = await admin.capture(hold.hold_id, amount_micros=CREDIT)
+    captured = await admin.capture(user, hold.hold_id, amount_micros=CREDIT)
     assert captured.streak_reward.milestone_days == 3
 
 

@@ -70,9 +70,9 @@ async def test_expiring_lots_under_concurrent_load(
                     hold = await client.authorize(user, amount_micros=amount, ttl_seconds=1)
                     await asyncio.sleep(rng.random() * 0.01)
                     if kind == "capture":
-                        await client.capture(hold.hold_id, amount_micros=amount // 2 or None)
+                        await client.capture(user, hold.hold_id, amount_micros=amount // 2 or None)
                     else:
-                        await client.void(hold.hold_id)
+                        await client.void(user, hold.hold_id)
                 elif kind == "reverse":
                     spent = await client.debit(user, amount_micros=amount)
                     await asyncio.sleep(rng.random() * 0.01)

@@ -243,9 +243,9 @@ async def test_credits_given_back_to_an_expired_lot_expire_at_once(
         hold = await admin.authorize(user, amount_micros=4 * CREDIT, ttl_seconds=7200)
         ledger.clock.set(expires_at + dt.timedelta(seconds=1))
         if give_back == "void":
-            available = (await admin.void(hold.hold_id)).available_micros
+            available = (await admin.void(user, hold.hold_id)).available_micros
         else:
-            captured = await admin.capture(hold.hold_id, amount_micros=CREDIT)
+            captured = await admin.capture(user, hold.hold_id, amount_micros=CREDIT)
             available = captured.available_micros
     after = await admin.get_balance(user)
     assert available == after.available_micros, "the reply counted credits that had expired"

@@ -1,7 +1,7 @@
 """GRPC_WORKERS: several server processes on one port, started, stopped and failed as one.
 
-Real processes (``python -m creditwallet.server`` with ``GRPC_WORKERS=2``) on an empty database:
-the migrations are applied once, by the supervisor; connections are spread over both workers
+Real processes (``python -m creditwallet.server`` with ``GRPC_WORKERS=2``) on a migrated
+database: connections are spread over both workers
 (each worker's own metrics endpoint counts the debits it served); SIGTERM stops all of them;
 a worker that dies takes the server down with exit 1; a supervisor killed with SIGKILL leaves
 no worker behind.
@@ -20,14 +20,13 @@ import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
 from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.core import limits
 from creditwallet.core.settings import ConfigError
-from creditwallet.server import migrate, workers
+from creditwallet.server import db, workers
 from creditwallet.server.config import ServerConfig
 from creditwallet.v1 import wallet_service_pb2 as wpb
 from creditwallet.v1 import wallet_service_pb2_grpc as wgrpc
@@ -36,18 +35,14 @@ from tests import harness
 from tests.faults.serverproc import ServerProcess, free_port
 
 _names = itertools.count(1)
+TOKEN_ENV = {f"{scope.upper()}_TOKEN": token for scope, token in harness.TOKENS.items()}
 GONE_SECONDS = 15.0
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def empty_dsn(base_dsn: str) -> str:
-    name = f"cw_workers_{next(_names)}_{os.getpid()}"
-    conn = await asyncpg.connect(base_dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    return harness.dsn_for(base_dsn, name)
+    """A fresh migrated database, as the runtime role."""
+    return await harness.fresh_database(base_dsn)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -118,12 +113,12 @@ def _running(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
-async def test_two_workers_share_one_port_migrate_once_and_stop_together(
+async def test_two_workers_share_one_port_and_stop_together(
     two_workers: ServerProcess,
 ) -> None:
     proc = two_workers
     log = proc.log_text()
-    assert log.count('"migration applied"') == len(migrate.load_migrations())
+    assert log.count('"migration applied"') == 0  # a server never migrates
     assert log.count('"worker serving"') == 2
     pids = worker_pids(proc)
     assert len(pids) == 2
@@ -170,6 +165,21 @@ async def test_a_worker_that_dies_takes_the_server_down(empty_dsn: str, tmp_path
         proc.stop()
 
 
+async def test_a_schema_that_is_not_current_is_refused_before_any_worker(
+    base_dsn: str, tmp_path: Path
+) -> None:
+    _, runtime = await db.provision(base_dsn, f"cw_workers_bare_{next(_names)}_{os.getpid()}")
+    proc = ServerProcess(runtime, tmp_path / "server.log", GRPC_WORKERS="2")
+    proc.start()
+    assert proc._proc is not None
+    code = await asyncio.to_thread(proc._proc.wait, 60)
+    proc.stop()
+    assert code == 1
+    last = proc.log_text().strip().splitlines()[-1]
+    assert last.startswith("creditwallet-server: the database's schema does not match"), last
+    assert '"worker serving"' not in proc.log_text()
+
+
 async def test_a_supervisor_killed_leaves_no_worker_behind(empty_dsn: str, tmp_path: Path) -> None:
     proc = ServerProcess(empty_dsn, tmp_path / "server.log", GRPC_WORKERS="2")
     proc.start()
@@ -191,20 +201,20 @@ def test_the_workers_share_the_connections_of_one_server() -> None:
 
 @pytest.mark.parametrize("value", ["0", str(limits.GRPC_WORKERS_MAX + 1), "two", "-1", "²"])
 def test_grpc_workers_must_be_a_small_positive_count(value: str) -> None:
-    env = {"AGENT_TOKEN": "a", "BILLING_TOKEN": "b", "ADMIN_TOKEN": "c", "GRPC_WORKERS": value}
+    env = {**TOKEN_ENV, "GRPC_WORKERS": value}
     with pytest.raises(ConfigError, match="GRPC_WORKERS must be 1-"):
         ServerConfig.from_env(env)
 
 
 def test_grpc_workers_defaults_to_one_per_core() -> None:
-    env = {"AGENT_TOKEN": "a", "BILLING_TOKEN": "b", "ADMIN_TOKEN": "c"}
+    env = {**TOKEN_ENV}
     expected = min(len(os.sched_getaffinity(0)), limits.GRPC_WORKERS_MAX)
     assert ServerConfig.from_env(env).grpc_workers == expected
     assert ServerConfig.from_env({**env, "GRPC_WORKERS": "1"}).grpc_workers == 1
 
 
 def test_a_bad_grpc_workers_is_one_line_and_exit_2() -> None:
-    env = dict(os.environ, AGENT_TOKEN="a", BILLING_TOKEN="b", ADMIN_TOKEN="c", GRPC_WORKERS="0")
+    env = {**os.environ, **TOKEN_ENV, "GRPC_WORKERS": "0"}
     done = subprocess.run(
         [sys.executable, "-m", "creditwallet.server"],
         env=env,

@@ -7,6 +7,7 @@ the variable to fix: exit 2 for a malformed setting, 1 for one that cannot work 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -25,7 +26,12 @@ ENVIRONMENT = """environment (defaults in brackets):
   GATEWAY_ADDRESS         listen address [127.0.0.1:8080]
   STRIPE_SECRET_KEY       restricted key to read prices and line items [unset: catalog only]
   STRIPE_API_BASE         Stripe's API base URL [Stripe's]
-  CATALOG_PATH            price catalog (price id -> kind, credits) [the built-in one]
+  CATALOG_PATH            price catalog, the allow-list (price id -> kind, credits,
+                          unit_amount, currency) [the built-in one]
+  STRIPE_MODE             live|test: which checkouts to believe [STRIPE_SECRET_KEY's]
+  LEDGER_TLS_CA_PATH, LEDGER_TLS_CERT_PATH, LEDGER_TLS_KEY_PATH   TLS to the ledger: the CA
+                          to trust, a client certificate and key for mutual TLS [plaintext];
+                          LEDGER_TLS=on for the system's roots
   LOG_FORMAT, LOG_LEVEL   json|text [json], DEBUG|INFO|WARNING|ERROR [INFO]
 The README's Configuration section describes each."""
 
@@ -39,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main() -> int:
     try:
-        from aiohttp import web
         from creditwallet.gateway import catalog
         from creditwallet.gateway.app import create_app
         from creditwallet.gateway.config import GatewayConfig
+        from creditwallet.gateway.serving import serve_until_stopped
     except ImportError as exc:  # a plain install is the client and the CLI only
         print(f"{PROG}: {exc.name} is missing: install creditwallet[gateway]", file=sys.stderr)
         return startup.EXIT_CONFIG
@@ -59,14 +65,15 @@ def _main() -> int:
         raise ConfigError(
             f"CATALOG_PATH={config.catalog_path} is not a price catalog "
             f'({startup.one_line(error)}): it needs {{"prices": {{PRICE_ID: {{"kind": '
-            '"top_up"|"subscription", "credits": "100"}}}}'
+            '"top_up"|"subscription", "credits": "100", "unit_amount": 499, "currency": '
+            '"usd"}}}}'
         ) from None
     logs.log_config(log, "gateway", config)
     log.info("price catalog loaded", extra={"prices": len(prices)})
     address = f"{config.host}:{config.port}"
     startup.check_can_listen("GATEWAY_ADDRESS", address)
     try:
-        web.run_app(create_app(config), host=config.host, port=config.port, print=None)
+        asyncio.run(serve_until_stopped(create_app(config), config.host, config.port))
     except OSError as error:  # the port was taken between the check and the bind
         raise StartupError(startup.listen_failure("GATEWAY_ADDRESS", address, error)) from None
     return 0

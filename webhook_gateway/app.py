@@ -2,34 +2,42 @@
 
 Answers:
 - ``POST /stripe/webhook``: 200 once the ledger committed (or the event is ignored or a
-  duplicate); 400 for a bad signature, a timestamp over 300 s off either way, a non-UTF-8
-  or malformed body; 413 over 1 MiB; 5xx when the ledger or the price cannot be reached or
-  agreed on, so Stripe retries (the event id is the request_id: a retry applies once).
+  duplicate, a payment already granted under another object included); 400 for a bad
+  signature, a timestamp over 300 s off either way, a non-UTF-8, malformed or absurdly nested
+  body; 408 when the body does not arrive in time; 413 over 1 MiB; 422 when what was paid is
+  not what the catalog charges (currency, pre-discount amount, live/test mode: nothing is
+  granted, the reason is in the body, logged and counted); 5xx when the ledger or the price
+  cannot be reached or agreed on, so Stripe retries (the event id is the request_id: a retry
+  applies once).
 - ``POST /rollover`` (bearer CRON_SECRET): the Rollover RPC's summary as JSON.
 - ``GET /healthz``: 200 when the ledger answers its gRPC health check, else 503.
 - ``GET /metrics``: Prometheus text.
-Never a 3xx. One gRPC channel for the app's lifetime (``cleanup_ctx``); it reconnects itself.
+Never a 3xx. The ledger is reached through the project's own client (deadlines, typed
+errors, TLS or mutual TLS from ``LEDGER_TLS_*``), one for the app's lifetime
+(``cleanup_ctx``); its channel reconnects itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import stripe
 from aiohttp import web
+from creditwallet.client import errors as cw
+from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.core import limits, logs, protojson
 from creditwallet.gateway import catalog, events
 from creditwallet.gateway.config import GatewayConfig
 from creditwallet.gateway.stripe_api import StripeApi
 from creditwallet.v1 import billing_service_pb2 as bpb
-from creditwallet.v1 import billing_service_pb2_grpc as bgrpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 log = logging.getLogger(__name__)
@@ -42,8 +50,16 @@ WEBHOOKS = Counter(
     registry=REGISTRY,
 )
 
+PAYMENT_MISMATCHES = Counter(
+    "gateway_payment_mismatches",
+    "Checkouts refused because what was paid is not what the catalog charges, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+
 CONFIG = web.AppKey("config", GatewayConfig)
-CHANNEL = web.AppKey("channel", grpc.aio.Channel)
+LEDGER = web.AppKey("ledger", AsyncCreditWalletClient)
+ROLLOVER_LEDGER = web.AppKey("rollover_ledger", AsyncCreditWalletClient)
 MAPPER = web.AppKey("mapper", events.Mapper)
 
 
@@ -60,24 +76,34 @@ def create_app(config: GatewayConfig) -> web.Application:
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    options = [
-        ("grpc.max_receive_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
-        ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
-        # A restarted ledger is found again within about a second, not minutes.
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-    ]
-    channel = grpc.aio.insecure_channel(config.ledger_target, options=options)
+    ledger = ledger_client(config, config.rpc_timeout_seconds)
+    rollover_ledger = ledger_client(config, config.rollover_timeout_seconds)
     api = StripeApi(config.stripe_secret_key, config.stripe_api_base, config.stripe_timeout_seconds)
-    app[CHANNEL] = channel
-    app[MAPPER] = events.Mapper(api, catalog.load(config.catalog_path))
+    app[LEDGER] = ledger
+    app[ROLLOVER_LEDGER] = rollover_ledger
+    app[MAPPER] = events.Mapper(api, catalog.load(config.catalog_path), livemode=config.livemode)
     yield
     await api.close()
-    await channel.close(grace=1.0)
+    await ledger.close()
+    await rollover_ledger.close()
 
 
-def _metadata(config: GatewayConfig) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {config.billing_token.value}"),)
+def ledger_client(config: GatewayConfig, timeout_seconds: float) -> AsyncCreditWalletClient:
+    """The project's client with the billing token; no retries (Stripe and cron retry)."""
+
+    def read(path: Path | None) -> bytes | None:
+        return path.read_bytes() if path is not None else None
+
+    return AsyncCreditWalletClient(
+        config.ledger_target,
+        config.billing_token.value,
+        timeout_seconds=timeout_seconds,
+        retries=0,
+        tls=config.ledger_tls,
+        root_certificates=read(config.ledger_tls_ca_path),
+        private_key=read(config.ledger_tls_key_path),
+        certificate_chain=read(config.ledger_tls_cert_path),
+    )
 
 
 def _verify(config: GatewayConfig, body: bytes, header: str) -> str | None:
@@ -105,22 +131,48 @@ def _verify(config: GatewayConfig, body: bytes, header: str) -> str | None:
 def _parse(payload: str) -> dict[str, Any] | None:
     try:
         event = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
+        return None
+    if _depth_exceeds(event, limits.GATEWAY_JSON_DEPTH_MAX):
         return None
     valid = (
         isinstance(event, dict)
         and isinstance(event.get("id"), str)
         and isinstance(event.get("type"), str)
-        and isinstance(event.get("created"), int)
-        and isinstance((event.get("data") or {}).get("object"), dict)
+        and type(event.get("created")) is int
+        and isinstance(event.get("data"), dict)
+        and isinstance(event["data"].get("object"), dict)
     )
     return event if valid else None
+
+
+def _depth_exceeds(value: Any, depth_max: int) -> bool:
+    """Whether JSON ``value`` nests deeper than ``depth_max`` (iterative: no recursion)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > depth_max:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 async def stripe_webhook(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     try:
-        body = await request.read()  # raises 413 over client_max_size
+        async with asyncio.timeout(config.body_timeout_seconds):
+            body = await request.read()  # raises 413 over client_max_size
+    except TimeoutError:
+        WEBHOOKS.labels("unknown", "slow_body").inc()
+        return web.json_response(
+            {"error": "request timeout", "reason": "the body did not arrive in time"}, status=408
+        )
     except ConnectionResetError:  # the sender hung up mid-body: nothing to answer, no error
         log.info("client hung up before its request body arrived")
         return web.Response(status=400)
@@ -142,7 +194,8 @@ async def stripe_webhook(request: web.Request) -> web.Response:
             {
                 "error": "malformed event",
                 "reason": "a Stripe event is a JSON object with a string id and type, an "
-                "integer created and an object data.object",
+                "integer created and an object data.object, nested at most "
+                f"{limits.GATEWAY_JSON_DEPTH_MAX} deep",
             },
             status=400,
         )
@@ -161,6 +214,18 @@ async def _handle(app: web.Application, event: dict[str, Any]) -> web.Response:
         log.error("event refused: %s", exc, extra={"event_type": kind})
         return web.json_response(
             {"error": "price credits unknown or disputed", "reason": str(exc)}, status=500
+        )
+    except catalog.PaymentMismatch as exc:
+        WEBHOOKS.labels(label, "payment_mismatch").inc()
+        PAYMENT_MISMATCHES.labels(exc.reason).inc()
+        log.error("event grants nothing: %s", exc, extra={"event_type": kind})
+        return web.json_response(
+            {
+                "error": "payment does not match the catalog",
+                "reason": exc.reason,
+                "detail": exc.detail,
+            },
+            status=422,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         WEBHOOKS.labels(label, "malformed").inc()
@@ -185,27 +250,32 @@ def _malformed_reason(exc: Exception) -> str:
 async def _forward(
     app: web.Application, label: str, event_id: str, call: events.Call
 ) -> web.Response:
-    config = app[CONFIG]
-    stub = bgrpc.BillingServiceStub(app[CHANNEL])
+    rpc = getattr(app[LEDGER].billing, call.method)
     try:
-        response = await getattr(stub, call.method)(
-            call.request, timeout=config.rpc_timeout_seconds, metadata=_metadata(config)
-        )
-    except grpc.aio.AioRpcError as exc:
-        code = exc.code()
+        response = await rpc(call.request)
+    except cw.CreditWalletError as exc:
+        code = exc.code
         WEBHOOKS.labels(label, "ledger_" + code.name.lower()).inc()
-        body = {"error": f"ledger: {code.name}", "reason": exc.details() or code.name}
+        if code == grpc.StatusCode.ALREADY_EXISTS:
+            # REQUEST_ID_REUSED: this event was applied once already, mapped from an earlier
+            # answer of Stripe's API (a subscription or price read then); it is done.
+            log.warning("event %s was already applied with other details", event_id)
+            return web.json_response({"method": call.method, "already_applied": True})
+        body = {"error": f"ledger: {code.name}", "reason": exc.message or exc.reason}
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             # The event's content can never be applied as sent: a malformed event, as
             # any other (400), for an operator to look at; retrying would change nothing.
-            log.error("event refused by the ledger as malformed: %s", exc.details())
+            log.error("event refused by the ledger as malformed: %s", exc.message)
             return web.json_response(body, status=400)
         log.warning("ledger answered %s", code.name, extra={"method": call.method})
         status = (
             503 if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else 500
         )
         return web.json_response(body, status=status)
-    WEBHOOKS.labels(label, "replayed" if getattr(response, "replayed", False) else "applied").inc()
+    outcome = "replayed" if getattr(response, "replayed", False) else "applied"
+    if getattr(response, "already_recorded", False):
+        outcome = "already_recorded"
+    WEBHOOKS.labels(label, outcome).inc()
     return web.json_response({"method": call.method, "result": protojson.to_dict(response)})
 
 
@@ -219,33 +289,23 @@ async def rollover(request: web.Request) -> web.Response:
             status=401,
         )
     period = request.query.get("period", "")
-    stub = bgrpc.BillingServiceStub(request.app[CHANNEL])
     try:
-        response = await stub.Rollover(
-            bpb.RolloverRequest(period=period),
-            timeout=config.rollover_timeout_seconds,
-            metadata=_metadata(config),
+        response = await request.app[ROLLOVER_LEDGER].billing.Rollover(
+            bpb.RolloverRequest(period=period)
         )
-    except grpc.aio.AioRpcError as exc:
-        code = exc.code()
-        status = 400 if code == grpc.StatusCode.INVALID_ARGUMENT else 503
+    except cw.CreditWalletError as exc:
+        status = 400 if exc.code == grpc.StatusCode.INVALID_ARGUMENT else 503
         return web.json_response(
-            {"error": f"ledger: {code.name}", "reason": exc.details() or code.name},
+            {"error": f"ledger: {exc.code.name}", "reason": exc.message or exc.reason},
             status=status,
         )
     return web.json_response(protojson.to_dict(response))
 
 
 async def healthz(request: web.Request) -> web.Response:
-    stub = health_pb2_grpc.HealthStub(request.app[CHANNEL])
-    try:
-        answer = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
-    except grpc.aio.AioRpcError as exc:
-        return web.json_response({"ledger": "unreachable", "code": exc.code().name}, status=503)
-    serving = answer.status == health_pb2.HealthCheckResponse.SERVING
-    return web.json_response(
-        {"ledger": "serving" if serving else "not_serving"}, status=200 if serving else 503
-    )
+    if await request.app[LEDGER].serving():
+        return web.json_response({"ledger": "serving"})
+    return web.json_response({"ledger": "unreachable or not serving"}, status=503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -1,7 +1,16 @@
 """The gateway's configuration: read once from the environment into one frozen object.
 
-Secrets are ``creditwallet.core.settings.Secret`` (masked repr), so printing the config never
-leaks them. A missing required value stops start-up with a message naming it.
+Secrets are ``Secret`` (masked repr), so printing the config never leaks them. A missing,
+malformed or weakening value (a short token, a half-configured TLS, a Stripe mode that
+contradicts the key) stops start-up with a message naming the variable.
+
+The ledger connection: plaintext by default (a ledger on the same host); TLS when
+``LEDGER_TLS_CA_PATH`` (the CA to trust) or ``LEDGER_TLS=on`` (the system's roots) is set;
+mutual TLS when ``LEDGER_TLS_CERT_PATH`` and ``LEDGER_TLS_KEY_PATH`` are set too.
+
+The Stripe mode (which events are believed about money): ``livemode`` is that of the secret
+key (``sk_live_``/``rk_live_`` or ``sk_test_``/``rk_test_``); without a key, ``STRIPE_MODE``
+(live|test) must say it.
 """
 
 from __future__ import annotations
@@ -40,6 +49,12 @@ class GatewayConfig:
     rpc_timeout_seconds: float = limits.GATEWAY_RPC_TIMEOUT_SECONDS
     stripe_timeout_seconds: float = limits.GATEWAY_STRIPE_TIMEOUT_SECONDS
     rollover_timeout_seconds: float = limits.GATEWAY_ROLLOVER_TIMEOUT_SECONDS
+    livemode: bool = False
+    body_timeout_seconds: float = limits.GATEWAY_BODY_TIMEOUT_SECONDS
+    ledger_tls: bool = False
+    ledger_tls_ca_path: Path | None = None
+    ledger_tls_cert_path: Path | None = None
+    ledger_tls_key_path: Path | None = None
     log: LogSettings = dataclasses.field(default_factory=LogSettings)
 
     @classmethod
@@ -59,15 +74,74 @@ class GatewayConfig:
             Secret(s.strip()) for s in required("STRIPE_WEBHOOK_SECRET").split(",") if s.strip()
         )
         key = env.get("STRIPE_SECRET_KEY", "").strip()
+        token = required("BILLING_TOKEN")
+        if len(token) < limits.TOKEN_LENGTH_MIN:
+            raise ConfigError(
+                f"BILLING_TOKEN: a token must be at least {limits.TOKEN_LENGTH_MIN} characters"
+            )
+        cron = required("CRON_SECRET")
+        if len(cron) < limits.TOKEN_LENGTH_MIN or cron == token:
+            raise ConfigError(
+                f"CRON_SECRET must be at least {limits.TOKEN_LENGTH_MIN} characters, and not"
+                " the billing token"
+            )
+        tls = _ledger_tls(env)
         return cls(
             host=host,
             port=port,
             ledger_target=env.get("LEDGER_TARGET") or env.get("GRPC_ADDRESS") or "127.0.0.1:50051",
-            billing_token=Secret(required("BILLING_TOKEN")),
+            billing_token=Secret(token),
             webhook_secrets=secrets,
-            cron_secret=Secret(required("CRON_SECRET")),
+            cron_secret=Secret(cron),
             stripe_secret_key=Secret(key) if key else None,
             stripe_api_base=env.get("STRIPE_API_BASE") or None,
             catalog_path=Path(env.get("CATALOG_PATH") or DEFAULT_CATALOG_PATH),
+            livemode=_livemode(key, env.get("STRIPE_MODE", "").strip().lower()),
+            ledger_tls=tls[0],
+            ledger_tls_ca_path=tls[1],
+            ledger_tls_cert_path=tls[2],
+            ledger_tls_key_path=tls[3],
             log=LogSettings.from_env(env),
         )
+
+
+_KEY_MODES = {"sk_live_": True, "rk_live_": True, "sk_test_": False, "rk_test_": False}
+
+
+def _livemode(key: str, mode: str) -> bool:
+    if mode not in ("", "live", "test"):
+        raise ConfigError("STRIPE_MODE must be live or test")
+    from_key = next((live for prefix, live in _KEY_MODES.items() if key.startswith(prefix)), None)
+    if key and from_key is None:
+        raise ConfigError(
+            "STRIPE_SECRET_KEY must start with sk_live_, sk_test_, rk_live_ or rk_test_"
+        )
+    if from_key is not None:
+        if mode and (mode == "live") != from_key:
+            raise ConfigError("STRIPE_MODE contradicts the mode of STRIPE_SECRET_KEY")
+        return from_key
+    if not mode:
+        raise ConfigError("STRIPE_MODE (live or test) is required without STRIPE_SECRET_KEY")
+    return mode == "live"
+
+
+def _ledger_tls(env: Mapping[str, str]) -> tuple[bool, Path | None, Path | None, Path | None]:
+    """(TLS on, CA, client certificate, client key), all or nothing where it matters."""
+    switch = env.get("LEDGER_TLS", "").strip().lower()
+    if switch not in ("", "on", "off"):
+        raise ConfigError("LEDGER_TLS must be on or off")
+    paths: dict[str, Path | None] = {}
+    for name in ("LEDGER_TLS_CA_PATH", "LEDGER_TLS_CERT_PATH", "LEDGER_TLS_KEY_PATH"):
+        value = env.get(name, "").strip()
+        path = Path(value) if value else None
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{name}: {path} is not a readable file")
+        paths[name] = path
+    cert, key = paths["LEDGER_TLS_CERT_PATH"], paths["LEDGER_TLS_KEY_PATH"]
+    if (cert is None) != (key is None):
+        missing = "LEDGER_TLS_CERT_PATH" if cert is None else "LEDGER_TLS_KEY_PATH"
+        raise ConfigError(f"{missing} is required: the client certificate and key go together")
+    tls = switch == "on" or any(p is not None for p in paths.values())
+    if switch == "off" and tls:
+        raise ConfigError("LEDGER_TLS=off contradicts the LEDGER_TLS_* paths that are set")
+    return tls, paths["LEDGER_TLS_CA_PATH"], cert, key

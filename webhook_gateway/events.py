@@ -4,19 +4,35 @@ Both API shapes are accepted: in the current one a subscription's period lives o
 and an invoice names its subscription under ``parent.subscription_details``; older versions
 put them at the top level. A renewal's period is the invoice *line's* ``period``.
 Each mapping returns a ``Call`` or, for an event the ledger does not need, an ``Ignored``.
+
+Which invoice lines bill a period: only a subscription item's own line (``parent.type``
+``subscription_item_details``, or the legacy ``type: subscription``) that is not a proration.
+Proration lines (an upgrade's or downgrade's credit and debit for the rest of a period, in
+either parent branch) and one-off invoice items never do, so an invoice made only of them
+(``always_invoice`` on a plan change) grants nothing. The one allowance: on the invoice that
+creates the subscription, a subscription item's line is the first (possibly prorated)
+period whatever its proration flag, since there is no earlier period it could adjust.
+A period billed at 0 with nothing paid (a trial) is not a paid period either.
+
+The ledger computes lot expiries from the subscription's billing schedule (anchor, interval,
+interval count): subscription events carry it; for invoices it is read from Stripe's API
+(the ledger falls back on the schedule it recorded, or the one the period implies).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
 
+from creditwallet.core import limits
 from creditwallet.gateway import catalog
 from creditwallet.gateway.stripe_api import StripeApi
 from creditwallet.v1 import billing_service_pb2 as bpb
 from creditwallet.v1 import common_pb2 as pb
+from creditwallet.v1 import events_pb2 as epb
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
@@ -41,7 +57,22 @@ HANDLED = (
     "customer.subscription.updated",
     "customer.subscription.deleted",
     "charge.refunded",
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
 )
+
+
+INTERVALS = {
+    "day": bpb.BILLING_INTERVAL_DAY,
+    "week": bpb.BILLING_INTERVAL_WEEK,
+    "month": bpb.BILLING_INTERVAL_MONTH,
+    "year": bpb.BILLING_INTERVAL_YEAR,
+}
+# Invoices that may bill a subscription period ("" and "subscription": older API versions).
+# Others (manual, upcoming, subscription_threshold, automatic_pending_invoice_item_invoice,
+# quote_accept) bill something else: they never grant a period.
+PERIOD_REASONS = ("subscription_create", "subscription_cycle", "subscription_update")
+LEGACY_PERIOD_REASONS = ("subscription", "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +87,15 @@ class Ignored:
 
 
 class Mapper:
-    def __init__(self, api: StripeApi, prices: Mapping[str, catalog.PriceCredits]) -> None:
+    """``livemode``: the mode of the Stripe account this gateway serves; an event of the other
+    mode grants nothing."""
+
+    def __init__(
+        self, api: StripeApi, prices: Mapping[str, catalog.CatalogPrice], *, livemode: bool
+    ) -> None:
         self.api = api
         self.prices = prices
+        self.livemode = livemode
 
     async def map(self, event: Mapping[str, Any]) -> Call | Ignored:
         kind = event.get("type")
@@ -77,10 +114,12 @@ class Mapper:
             return await self._subscription(event, obj)
         if kind == "charge.refunded":
             return _refund(event, obj)
+        if kind in ("payment_intent.succeeded", "payment_intent.payment_failed"):
+            return _auto_recharge_payment(event, obj)
         return Ignored(f"event type {kind} is not handled")
 
-    async def credits(self, price: Any) -> catalog.PriceCredits:
-        """A price's credits: its (or its product's) metadata, else Stripe's API, vs catalog."""
+    async def credits(self, price: Any) -> catalog.CatalogPrice:
+        """A price's catalog entry (there must be one), cross-checked with Stripe's metadata."""
         price_id = price if isinstance(price, str) else str(price.get("id", ""))
         from_api = catalog.from_price_object(price) if isinstance(price, dict) else None
         if from_api is None:
@@ -89,7 +128,12 @@ class Mapper:
         return catalog.decide(price_id, from_api, self.prices)
 
     async def _checkout(self, event: Mapping[str, Any], obj: Mapping[str, Any]) -> Call | Ignored:
-        if obj.get("payment_status") != "paid":
+        # A subscription starting with a free trial completes with nothing to pay; its
+        # checkout must still link the user, or the first paid period would find nobody.
+        free_trial = obj.get("mode") == "subscription" and (
+            obj.get("payment_status") == "no_payment_required"
+        )
+        if obj.get("payment_status") != "paid" and not free_trial:
             return Ignored("checkout session not paid yet")
         user = obj.get("client_reference_id") or (obj.get("metadata") or {}).get("user_id")
         if not user:
@@ -97,6 +141,8 @@ class Mapper:
             return Ignored("checkout session names no user")
         items = await self.api.session_line_items(obj["id"])
         if items is None:
+            # Stripe cannot say what was bought: the session's own word, which the catalog
+            # and the amount paid must both bear out below.
             hint = (obj.get("metadata") or {}).get("price_id")
             if not hint:
                 raise catalog.PriceError(
@@ -106,13 +152,22 @@ class Mapper:
                 )
             items = [{"price": hint, "quantity": 1}]
         total, price_id = 0, ""
+        bought: list[tuple[catalog.CatalogPrice, int]] = []
         for item in items:
             found = await self.credits(item["price"])
-            total += found.credits_micros * int(item.get("quantity") or 1)
+            quantity = _quantity(item)
+            bought.append((found, quantity))
+            total += found.credits_micros * quantity
             price = item["price"]
             price_id = price if isinstance(price, str) else str(price["id"])
         if obj.get("mode") == "subscription":
+            # The first period's amount is its invoice's to state (a trial pays nothing);
+            # the currency and the mode are the session's.
+            charged = sum(price.unit_amount * quantity for price, quantity in bought)
+            paid = _paid(event, obj, amount_subtotal=charged)
+            catalog.check_paid(paid, bought, livemode=self.livemode)
             return await self._checkout_subscription(event, obj, str(user), price_id, total)
+        catalog.check_paid(_paid(event, obj), bought, livemode=self.livemode)
         return Call(
             "RecordPurchase",
             bpb.RecordPurchaseRequest(
@@ -141,21 +196,43 @@ class Mapper:
             period_credits_micros=total,
             event_created_at=_ts(event["created"]),
         )
-        invoice = await self.api.invoice(obj["invoice"]) if obj.get("invoice") else None
-        line = _subscription_line(invoice) if invoice else None
-        if invoice is not None and line is not None:
+        invoice, sub = await asyncio.gather(
+            self.api.invoice(obj["invoice"]) if obj.get("invoice") else _nothing(),
+            self.api.subscription(obj["subscription"]),
+        )
+        if obj.get("payment_status") == "no_payment_required":
+            request.status = pb.SUBSCRIPTION_STATUS_TRIALING  # a free trial's checkout
+        lines = _period_lines(invoice) if invoice else []
+        if invoice is not None and lines and not _is_trial(invoice, lines, sub):
+            line = lines[0]
             _set_period(request, line["period"]["start"], line["period"]["end"])
             request.paid_period.CopyFrom(_paid_period(invoice, line))
+            schedule = _schedule(sub, line)
+            if schedule is not None:
+                request.schedule.CopyFrom(schedule)
         return Call("SyncSubscription", request)
 
     async def _invoice_paid(
         self, event: Mapping[str, Any], inv: Mapping[str, Any]
     ) -> Call | Ignored:
         sub_id = _invoice_subscription(inv)
-        line = _subscription_line(inv)
-        if not sub_id or line is None:
+        if not sub_id:
             return Ignored("invoice is not a subscription invoice")
-        found = await self.credits(_line_price(line))
+        reason = str(inv.get("billing_reason") or "")
+        if reason not in PERIOD_REASONS + LEGACY_PERIOD_REASONS:
+            return Ignored(f"invoice billing_reason {reason} bills no subscription period")
+        lines = _period_lines(inv)
+        if not lines:
+            return Ignored("invoice bills no new subscription period (prorations or items only)")
+        # Refunds find a period by its payment; ask Stripe when the event lacks it.
+        found, sub, fetched = await asyncio.gather(
+            self._credits_of(lines),
+            self.api.subscription(sub_id),
+            _nothing() if _payment_of(inv) else self.api.invoice(inv["id"]),
+        )
+        if _is_trial(inv, lines, sub):
+            return Ignored("a trial period is not a paid period")
+        line = lines[0]
         details = (inv.get("parent") or {}).get("subscription_details") or {}
         request = bpb.SyncSubscriptionRequest(
             request_id=event["id"],
@@ -164,19 +241,28 @@ class Mapper:
             user_id=(details.get("metadata") or {}).get("user_id", ""),
             status=pb.SUBSCRIPTION_STATUS_ACTIVE,
             price_id=_line_price_id(line),
-            period_credits_micros=found.credits_micros,
+            period_credits_micros=found,
             event_created_at=_ts(event["created"]),
         )
         _set_period(request, line["period"]["start"], line["period"]["end"])
         if not _payment_of(inv):
-            # Refunds find a period by its payment; ask Stripe when the event lacks it.
-            fetched = await self.api.invoice(inv["id"])
             if fetched is not None and _payment_of(fetched):
                 inv = fetched
             else:
                 log.warning("invoice %s: payment unknown; its refunds cannot claw back", inv["id"])
         request.paid_period.CopyFrom(_paid_period(inv, line))
+        schedule = _schedule(sub, line)
+        if schedule is not None:
+            request.schedule.CopyFrom(schedule)
         return Call("SyncSubscription", request)
+
+    async def _credits_of(self, lines: list[Mapping[str, Any]]) -> int:
+        """The period's credits: each of its item lines' price credits times its quantity."""
+        total = 0
+        for line in lines:
+            found = await self.credits(_line_price(line))
+            total += found.credits_micros * int(line.get("quantity") or 1)
+        return total
 
     async def _subscription(self, event: Mapping[str, Any], sub: Mapping[str, Any]) -> Call:
         item = ((sub.get("items") or {}).get("data") or [{}])[0]
@@ -198,7 +284,33 @@ class Mapper:
         )
         if start and end:
             _set_period(request, start, end)
+        schedule = _schedule(sub, None)
+        if schedule is not None:
+            request.schedule.CopyFrom(schedule)
         return Call("SyncSubscription", request)
+
+
+def _quantity(item: Mapping[str, Any]) -> int:
+    quantity = item.get("quantity", 1)
+    if type(quantity) is not int or not 1 <= quantity <= limits.QUANTITY_MAX:
+        raise catalog.PaymentMismatch("quantity", f"line item quantity {quantity!r}")
+    return quantity
+
+
+def _paid(
+    event: Mapping[str, Any], session: Mapping[str, Any], *, amount_subtotal: int | None = None
+) -> catalog.Paid:
+    """The money a checkout states; a field missing or of the wrong type is a mismatch."""
+    currency = session.get("currency")
+    subtotal = session.get("amount_subtotal") if amount_subtotal is None else amount_subtotal
+    livemode = session.get("livemode")
+    if not isinstance(currency, str):
+        raise catalog.PaymentMismatch("currency", "the session states no currency")
+    if isinstance(subtotal, bool) or not isinstance(subtotal, int):
+        raise catalog.PaymentMismatch("amount", "the session states no amount_subtotal")
+    if not isinstance(livemode, bool) or event.get("livemode") is not livemode:
+        raise catalog.PaymentMismatch("livemode", "the event and its session disagree on livemode")
+    return catalog.Paid(currency, subtotal, livemode is True)
 
 
 def _payment_failed(event: Mapping[str, Any], inv: Mapping[str, Any]) -> Call | Ignored:
@@ -233,20 +345,117 @@ def _refund(event: Mapping[str, Any], charge: Mapping[str, Any]) -> Call | Ignor
     )
 
 
+# The metadata the ledger puts on the PaymentIntents of its auto-recharges.
+AUTO_RECHARGE_ATTEMPT = "creditwallet_attempt_id"
+AUTO_RECHARGE_USER = "creditwallet_user_id"
+
+
+def _auto_recharge_payment(event: Mapping[str, Any], intent: Mapping[str, Any]) -> Call | Ignored:
+    """An auto-recharge PaymentIntent's outcome; other intents (checkouts) are not ours here."""
+    metadata = intent.get("metadata") or {}
+    attempt, user = metadata.get(AUTO_RECHARGE_ATTEMPT), metadata.get(AUTO_RECHARGE_USER)
+    if not attempt or not user:
+        return Ignored("payment intent is not an auto-recharge")
+    error = intent.get("last_payment_error") or {}
+    return Call(
+        "RecordAutoRechargePayment",
+        epb.RecordAutoRechargePaymentRequest(
+            request_id=event["id"],
+            payment_intent_id=intent["id"],
+            attempt_id=str(attempt),
+            user_id=str(user),
+            succeeded=event["type"] == "payment_intent.succeeded",
+            amount_received_minor=int(intent.get("amount_received") or 0),
+            currency=intent.get("currency") or "",
+            failure_code=str(error.get("decline_code") or error.get("code") or "")[:100],
+            failure_message=str(error.get("message") or "")[:500],
+        ),
+    )
+
+
 def _invoice_subscription(inv: Mapping[str, Any]) -> str:
     details = (inv.get("parent") or {}).get("subscription_details") or {}
     sub = details.get("subscription") or inv.get("subscription") or ""
     return sub if isinstance(sub, str) else str(sub.get("id", ""))
 
 
-def _subscription_line(inv: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The invoice line that bills the subscription's period (not a proration or an item)."""
+def _period_lines(inv: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The invoice's lines that bill a subscription period (module docstring); never a
+    proration, never an invoice item, and all of one period (the first such line's)."""
+    creates = inv.get("billing_reason") == "subscription_create"
     lines = (inv.get("lines") or {}).get("data") or []
+    found: list[tuple[bool, Mapping[str, Any]]] = []
     for line in lines:
+        if not isinstance(line, dict) or not isinstance(line.get("period"), dict):
+            continue
         parent = line.get("parent") or {}
-        if parent.get("type") == "subscription_item_details" or line.get("type") == "subscription":
-            return dict(line)
-    return dict(lines[0]) if lines and lines[0].get("period") else None
+        if parent.get("type") == "subscription_item_details":
+            proration = bool((parent.get("subscription_item_details") or {}).get("proration"))
+        elif not parent and line.get("type") == "subscription":
+            proration = bool(line.get("proration"))
+        else:
+            continue
+        if proration and not creates:
+            continue
+        found.append((proration, line))
+    # On the creating invoice, a line that is not a proration comes first, if there is one.
+    ordered = [line for _, line in sorted(found, key=lambda f: f[0])]
+    if not ordered:
+        return []
+    period = ordered[0]["period"]
+    return [line for line in ordered if line["period"] == period]
+
+
+def _is_trial(
+    inv: Mapping[str, Any], lines: list[Mapping[str, Any]], sub: Mapping[str, Any] | None
+) -> bool:
+    """A trial's period: inside the subscription's trial, or billed 0 with nothing paid."""
+    period = lines[0]["period"]
+    trial_start, trial_end = (sub or {}).get("trial_start"), (sub or {}).get("trial_end")
+    if (
+        isinstance(trial_start, int)
+        and isinstance(trial_end, int)
+        and trial_start <= int(period["start"])
+        and int(period["end"]) <= trial_end
+    ):
+        return True
+    unpaid = int(inv.get("amount_paid") or 0) == 0
+    return unpaid and all(int(line.get("amount") or 0) == 0 for line in lines)
+
+
+def _schedule(
+    sub: Mapping[str, Any] | None, line: Mapping[str, Any] | None
+) -> bpb.BillingSchedule | None:
+    """The subscription's billing schedule: its anchor and the billed item's interval."""
+    if not sub or not isinstance(sub.get("billing_cycle_anchor"), int):
+        return None
+    items = [i for i in (sub.get("items") or {}).get("data") or [] if isinstance(i, dict)]
+    wanted = ""
+    if line is not None:
+        details = (line.get("parent") or {}).get("subscription_item_details") or {}
+        wanted = str(details.get("subscription_item") or line.get("subscription_item") or "")
+    item = next((i for i in items if wanted and i.get("id") == wanted), items[0] if items else {})
+    price = item.get("price") or item.get("plan") or sub.get("plan") or {}
+    if not isinstance(price, dict):
+        return None
+    recurring = price.get("recurring")
+    terms: Mapping[str, Any] = recurring if isinstance(recurring, dict) else price
+    interval = terms.get("interval")
+    count = terms.get("interval_count") or 1
+    if interval not in INTERVALS or not isinstance(count, int):
+        return None
+    if not 1 <= count <= limits.BILLING_INTERVAL_COUNT_MAX:
+        log.warning("subscription %s: interval_count %s out of range", sub.get("id"), count)
+        return None
+    return bpb.BillingSchedule(
+        billing_cycle_anchor=_ts(sub["billing_cycle_anchor"]),
+        interval=INTERVALS[interval],
+        interval_count=count,
+    )
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _line_price(line: Mapping[str, Any]) -> Any:

@@ -1,7 +1,8 @@
 """Reads from Stripe's API with the ``stripe`` library's async client, each with a timeout.
 
 A completed checkout session does not carry its line items; invoices and prices named by id
-do not carry their metadata. Every read here returns ``None`` when Stripe cannot answer
+do not carry their metadata; an invoice does not carry its subscription's billing schedule.
+Every read here returns ``None`` when Stripe cannot answer
 (no key configured, timeout, error): the caller then falls back to the local catalog.
 """
 
@@ -50,6 +51,13 @@ class StripeApi:
         found = await self._read(
             "invoice",
             lambda c: c.v1.invoices.retrieve_async(invoice_id, params={"expand": ["payments"]}),
+        )
+        return found if isinstance(found, dict) else None
+
+    async def subscription(self, subscription_id: str) -> dict[str, Any] | None:
+        # Invoices do not carry the billing cycle anchor nor the price's interval.
+        found = await self._read(
+            "subscription", lambda c: c.v1.subscriptions.retrieve_async(subscription_id)
         )
         return found if isinstance(found, dict) else None
 

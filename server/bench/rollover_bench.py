@@ -19,6 +19,7 @@ from pathlib import Path
 
 import asyncpg
 from creditwallet.server import db, migrate
+from creditwallet.server.clock import ManualClock
 from creditwallet.server.ledger import rollover
 
 _LOAD = """
@@ -80,15 +81,23 @@ async def bench_rollover(dsn: str, accounts: int) -> float:
     pool = await db.create_pool(dsn)
     try:
         started = time.perf_counter()
-        summary = await rollover.run(pool, now.strftime("%Y-%m"), now)
+        summary = await rollover.run(pool, now.strftime("%Y-%m"), ManualClock(now))
         seconds = time.perf_counter() - started
+        # The next day's run, with nothing due: it reads the due indexes, not every account.
+        started = time.perf_counter()
+        later = ManualClock(now + dt.timedelta(hours=1))
+        quiet = await rollover.run(pool, now.strftime("%Y-%m"), later)
+        quiet_seconds = time.perf_counter() - started
     finally:
         await pool.close()
     assert summary.accounts_processed >= accounts, summary
+    assert quiet.accounts_processed == quiet.periods_settled == 0, quiet
     print(
         f"rollover: {summary.accounts_processed} accounts in {seconds:.2f} s "
         f"({summary.chunks} chunks, expired {summary.credits_expired_micros // 10**6} credits, "
-        f"carried {summary.credits_carried_micros // 10**6} credits)"
+        f"carried {summary.credits_carried_micros // 10**6} credits, "
+        f"{summary.periods_settled} periods settled); "
+        f"a run with nothing due: {quiet_seconds * 1000:.1f} ms"
     )
     return seconds
 

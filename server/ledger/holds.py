@@ -79,8 +79,6 @@ WHERE user_id = $1
 RETURNING {Account.COLUMNS}
 """
 
-_FIND_USER = "SELECT user_id FROM holds WHERE hold_id = $1"
-
 _GET_HOLD = """
 SELECT hold_id, status, amount_micros, agent_id, quantity, session_id, metadata, expires_at
 FROM holds WHERE user_id = $1 AND hold_id = $2
@@ -143,15 +141,6 @@ async def authorize(conn: Connection, cmd: AuthorizeCommand, clock: Clock) -> Au
     return AuthorizeResult(hold_id, expires_at, amount, Balances.of(Account.from_row(row)))
 
 
-async def hold_owner(conn: Connection, hold_id: uuid.UUID) -> str:
-    """The account of a hold: the idempotency scope of Capture and Void."""
-    user_id = await conn.fetchval(_FIND_USER, hold_id)
-    if user_id is None:
-        raise errors.not_found("HOLD_NOT_FOUND", "no such hold", hold_id=str(hold_id))
-    assert isinstance(user_id, str)
-    return user_id
-
-
 async def capture(
     conn: Connection,
     user_id: str,
@@ -209,6 +198,8 @@ async def void(conn: Connection, user_id: str, hold_id: uuid.UUID, clock: Clock)
 async def _pending_hold(conn: Connection, user_id: str, hold_id: uuid.UUID) -> asyncpg.Record:
     hold = await conn.fetchrow(_GET_HOLD, user_id, hold_id)
     if hold is None:
+        # Not this account's hold (or no hold at all): the same answer either way, so a
+        # caller learns nothing of other accounts' holds.
         raise errors.not_found("HOLD_NOT_FOUND", "no such hold", hold_id=str(hold_id))
     if hold["status"] == "expired":
         raise errors.precondition(

@@ -36,6 +36,7 @@ class PurchaseResult:
 
 
 _FIND = "SELECT transaction_id FROM purchases WHERE purchase_id = $1"
+_FIND_PAYMENT = "SELECT transaction_id FROM purchases WHERE payment_id = $1"
 
 _INSERT = """
 INSERT INTO purchases (purchase_id, user_id, payment_id, customer_id, price_id, credits_micros,
@@ -57,6 +58,14 @@ async def record(conn: Connection, cmd: PurchaseCommand, clock: Clock) -> Purcha
     existing = await conn.fetchval(_FIND, cmd.purchase_id)
     if existing is not None:
         return PurchaseResult(existing, 0, already_recorded=True)
+    if cmd.payment_id:
+        # One payment is granted once, whatever object names it (a second session naming a
+        # recorded payment intent is a replay or a forgery, never a second purchase). Under
+        # the payment's lock, so two such sessions at once cannot both pass.
+        await conn.execute(refunds.PAYMENT_LOCK, cmd.payment_id)
+        paid = await conn.fetchval(_FIND_PAYMENT, cmd.payment_id)
+        if paid is not None:
+            return PurchaseResult(paid, 0, already_recorded=True)
     granted = await lots.grant(
         conn,
         account,

@@ -50,7 +50,7 @@ _REFUNDED = "SELECT amount_refunded_minor FROM payment_refunds WHERE payment_id 
 # One payment's refund and its purchase (or paid period) may be recorded at the same moment,
 # each unable to see the other's uncommitted row: both take this per-payment lock, so the
 # second always sees the first (a cycle with an account lock is a deadlock, and retried).
-_PAYMENT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('payment:' || $1, 0))"
+PAYMENT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('payment:' || $1, 0))"
 
 _SET_PURCHASE = "UPDATE purchases SET clawed_back_micros = $2 WHERE purchase_id = $1"
 _SET_PERIOD = """
@@ -90,7 +90,7 @@ async def record(
     clock: Clock,
 ) -> RefundResult:
     """Remember the cumulative refunded amount, then claw back what it now requires."""
-    await conn.execute(_PAYMENT_LOCK, payment_id)
+    await conn.execute(PAYMENT_LOCK, payment_id)
     await conn.execute(_REMEMBER, payment_id, amount_refunded_minor, list(refund_ids), clock.now())
     return await apply(conn, payment_id, clock)
 
@@ -99,7 +99,7 @@ async def apply(conn: Connection, payment_id: str, clock: Clock) -> RefundResult
     """Bring the clawback of one payment up to its remembered refunded amount."""
     if not payment_id:
         return RefundResult("", 0, None)
-    await conn.execute(_PAYMENT_LOCK, payment_id)
+    await conn.execute(PAYMENT_LOCK, payment_id)
     refunded = await conn.fetchval(_REFUNDED, payment_id)
     rows = await conn.fetch(_PAYMENT, payment_id)
     if not rows:

@@ -24,7 +24,7 @@ LOT_SOURCES: Final = (
     "promo",
     "adjustment",
 )
-TRANSACTION_TYPES: Final = ("grant", "debit", "expire", "reversal", "clawback")
+TRANSACTION_TYPES: Final = ("grant", "debit", "expire", "reversal", "clawback", "expiry_change")
 SUBSCRIPTION_STATUSES: Final = (
     "unspecified",
     "active",

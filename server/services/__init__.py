@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from creditwallet.server import db
 from creditwallet.server.clock import Clock
@@ -21,6 +21,9 @@ from creditwallet.server.ledger.batching import DebitBatcher
 from creditwallet.server.ledger.debit import DebitCommand, DebitResult
 from creditwallet.server.ledger.idempotency import Guard, Outcome
 from google.protobuf.message import Message
+
+if TYPE_CHECKING:
+    from creditwallet.server.events.workers import EventWorkers
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -40,6 +43,8 @@ class Runtime:
     clock: Clock
     debits: DebitBatcher
     trial_credits_micros: int = 5_000_000
+    # The events' loops and streams (server/events/); None when not started.
+    events: EventWorkers | None = None
 
     async def debit(self, cmd: DebitCommand, request: Message) -> Outcome[DebitResult]:
         return await self.debits.submit(guard(cmd.user_id, cmd.request_id, "Debit", request), cmd)

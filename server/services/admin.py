@@ -10,7 +10,17 @@ from creditwallet.core import limits
 from creditwallet.server import convert, errors, validate
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
-from creditwallet.server.ledger import accounts, lots, periods, pricing, reversals, stats, verify
+from creditwallet.server.events.service import AdminEvents
+from creditwallet.server.ledger import (
+    accounts,
+    lots,
+    periods,
+    pricing,
+    reversals,
+    rollover,
+    stats,
+    verify,
+)
 from creditwallet.server.ledger.types import Balances, Lot, default_expiry
 from creditwallet.server.services import Runtime, guard
 from creditwallet.v1 import admin_service_pb2 as apb
@@ -20,12 +30,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 _LOT = f"SELECT {Lot.COLUMNS} FROM credit_lots WHERE user_id = $1 AND lot_id = $2"
 
-# Rollover progress counts committed work: accounts claimed for the month by any run.
-_ROLLOVER_PROGRESS = """
-SELECT (SELECT count(*) FROM credits) AS total,
-       (SELECT count(*) FROM rollover_accounts WHERE period = $1) AS rolled_over
-"""
-
 
 @dataclasses.dataclass(frozen=True)
 class GrantResult:
@@ -34,7 +38,7 @@ class GrantResult:
     balances: Balances
 
 
-class AdminService(agrpc.AdminServiceServicer):
+class AdminService(AdminEvents, agrpc.AdminServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
@@ -162,10 +166,12 @@ class AdminService(agrpc.AdminServiceServicer):
     ) -> apb.GetRolloverProgressResponse:
         async def work(conn: Connection, clock: Clock) -> apb.GetRolloverProgressResponse:
             period = periods.parse_month(request.period, clock.now())
-            row = await conn.fetchrow(_ROLLOVER_PROGRESS, period)
+            row = await conn.fetchrow(rollover.PROGRESS, period, clock.now())
             assert row is not None
             return apb.GetRolloverProgressResponse(
-                period=period, accounts_total=row["total"], accounts_rolled_over=row["rolled_over"]
+                period=period,
+                accounts_total=row["done"] + row["due"],
+                accounts_rolled_over=row["done"],
             )
 
         return await self.rt.read(work)

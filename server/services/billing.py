@@ -3,12 +3,14 @@
 Every mutating call runs under its request_id (the provider's event id) in the billing
 idempotency scope, in one transaction with its effect; the effect itself is keyed by the
 business object (purchase, subscription period, payment), so two events about one object
-apply once. Rollover has no request_id: it is exactly-once per account and month by itself.
+apply once. Rollover has no request_id: each expiry and each period's carry-over is recorded
+once by its own state, whichever run gets to it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -17,6 +19,8 @@ from creditwallet.core import limits
 from creditwallet.server import convert, errors, metrics, validate
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
+from creditwallet.server.events import store as event_store
+from creditwallet.server.events.service import BillingEvents
 from creditwallet.server.ledger import (
     idempotency,
     periods,
@@ -36,7 +40,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 R = TypeVar("R")
 
 
-class BillingService(bgrpc.BillingServiceServicer):
+class BillingService(BillingEvents, bgrpc.BillingServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
@@ -96,7 +100,7 @@ class BillingService(bgrpc.BillingServiceServicer):
         request_id = validate.request_id(request.request_id)
         sub_id = _provider_id(request.subscription_id, "subscription_id", required=True)
         customer_id = _provider_id(request.customer_id, "customer_id")
-        _provider_id(request.invoice_id, "invoice_id")
+        invoice_id = _provider_id(request.invoice_id, "invoice_id")
         event_at = _time(request, "event_created_at", required=True)
         assert event_at is not None
 
@@ -105,9 +109,7 @@ class BillingService(bgrpc.BillingServiceServicer):
             "RecordPaymentFailure",
             request,
             Subscription,
-            lambda conn, clock: subscriptions.payment_failed(
-                conn, sub_id, customer_id, event_at, clock
-            ),
+            functools.partial(_payment_failed, sub_id, customer_id, event_at, invoice_id),
         )
         return bpb.RecordPaymentFailureResponse(
             subscription=convert.subscription(outcome.result), replayed=outcome.replayed
@@ -157,6 +159,9 @@ class BillingService(bgrpc.BillingServiceServicer):
             credits_expired_micros=summary.credits_expired_micros,
             holds_released=summary.holds_released,
             chunks=summary.chunks,
+            periods_settled=summary.periods_settled,
+            accounts_capped=summary.accounts_capped,
+            credits_capped_micros=summary.credits_capped_micros,
         )
 
     async def _execute(
@@ -184,6 +189,7 @@ def _sync_command(request: bpb.SyncSubscriptionRequest) -> subscriptions.SyncCom
         raise errors.invalid("current_period_end", "a period needs a start before its end")
     event_at = _time(request, "event_created_at", required=True)
     assert event_at is not None
+    schedule = _schedule(request.schedule) if request.HasField("schedule") else None
     paid = None
     if request.HasField("paid_period"):
         paid = _paid_period(request.paid_period)
@@ -200,7 +206,29 @@ def _sync_command(request: bpb.SyncSubscriptionRequest) -> subscriptions.SyncCom
         cancel_at_period_end=request.cancel_at_period_end,
         event_created_at=event_at,
         paid_period=paid,
+        schedule=schedule,
     )
+
+
+_INTERVAL_NAMES = {
+    bpb.BILLING_INTERVAL_DAY: "day",
+    bpb.BILLING_INTERVAL_WEEK: "week",
+    bpb.BILLING_INTERVAL_MONTH: "month",
+    bpb.BILLING_INTERVAL_YEAR: "year",
+}
+
+
+def _schedule(schedule: bpb.BillingSchedule) -> periods.Schedule:
+    anchor = _time(schedule, "billing_cycle_anchor", required=True)
+    assert anchor is not None
+    if schedule.interval not in _INTERVAL_NAMES:
+        raise errors.invalid("schedule.interval", "interval must be a known BillingInterval")
+    if not 1 <= schedule.interval_count <= limits.BILLING_INTERVAL_COUNT_MAX:
+        raise errors.invalid(
+            "schedule.interval_count",
+            f"interval_count must be between 1 and {limits.BILLING_INTERVAL_COUNT_MAX}",
+        )
+    return periods.Schedule(anchor, _INTERVAL_NAMES[schedule.interval], schedule.interval_count)
 
 
 def _paid_period(paid: bpb.PaidPeriod) -> subscriptions.PaidPeriod:
@@ -237,3 +265,31 @@ def _time(message: Any, field: str, *, required: bool = False) -> dt.datetime | 
             raise errors.invalid(field, f"{field} is required")
         return None
     return validate.timestamp(getattr(message, field), field)
+
+
+async def _payment_failed(
+    subscription_id: str,
+    customer_id: str,
+    event_at: dt.datetime,
+    invoice_id: str,
+    conn: Connection,
+    clock: Clock,
+) -> Subscription:
+    """The failed renewal, and its payment.failed event for the subscription's user."""
+    subscription = await subscriptions.payment_failed(
+        conn, subscription_id, customer_id, event_at, clock
+    )
+    if subscription.user_id:
+        await event_store.emit(
+            conn,
+            subscription.user_id,
+            "payment.failed",
+            clock.now(),
+            {
+                "reason": "subscription_renewal",
+                "subscription_id": subscription_id,
+                "invoice_id": invoice_id,
+                "customer_id": customer_id,
+            },
+        )
+    return subscription

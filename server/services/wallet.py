@@ -9,6 +9,7 @@ from creditwallet.core import limits
 from creditwallet.server import convert, metrics, validate
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
+from creditwallet.server.events.service import WalletEvents
 from creditwallet.server.ledger import (
     accounts,
     balances,
@@ -25,7 +26,7 @@ from creditwallet.v1 import wallet_service_pb2_grpc as wgrpc
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class WalletService(wgrpc.WalletServiceServicer):
+class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
@@ -124,12 +125,12 @@ class WalletService(wgrpc.WalletServiceServicer):
         )
 
     async def Capture(self, request: wpb.CaptureRequest, context: Context) -> wpb.CaptureResponse:
+        user_id = validate.user_id(request.user_id)
         hold_id = validate.hold_id(request.hold_id)
         request_id = validate.request_id(request.request_id)
         amount = (
             validate.amount(request.amount_micros) if request.HasField("amount_micros") else None
         )
-        user_id = await self.rt.read(lambda conn, clock: holds.hold_owner(conn, hold_id))
         outcome = await self.rt.execute(
             guard(user_id, request_id, "Capture", request),
             holds.CaptureResult,
@@ -146,9 +147,9 @@ class WalletService(wgrpc.WalletServiceServicer):
         )
 
     async def Void(self, request: wpb.VoidRequest, context: Context) -> wpb.VoidResponse:
+        user_id = validate.user_id(request.user_id)
         hold_id = validate.hold_id(request.hold_id)
         request_id = validate.request_id(request.request_id)
-        user_id = await self.rt.read(lambda conn, clock: holds.hold_owner(conn, hold_id))
         outcome = await self.rt.execute(
             guard(user_id, request_id, "Void", request),
             holds.VoidResult,

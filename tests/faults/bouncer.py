@@ -41,7 +41,7 @@ def _free_port() -> int:
 
 
 class Bouncer:
-    def __init__(self, base_dsn: str) -> None:
+    def __init__(self, base_dsn: str, users: tuple[str, ...] = ("postgres",)) -> None:
         path = binary()
         assert path is not None, "pgbouncer is not installed (make faults installs it)"
         parts = urllib.parse.urlsplit(base_dsn)
@@ -51,10 +51,10 @@ class Bouncer:
         self.port = _free_port()
         self.root = Path(tempfile.mkdtemp(prefix="cw-bouncer-", dir="/tmp"))
         self.log_path = self.root / "pgbouncer.log"
-        (self.root / "users.txt").write_text('"postgres" ""\n')
+        (self.root / "users.txt").write_text("".join(f'"{user}" ""\n' for user in users))
         (self.root / "pgbouncer.ini").write_text(
             f"""[databases]
-* = host={socket_dir} port={pg_port} user=postgres
+* = host={socket_dir} port={pg_port}
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -81,8 +81,8 @@ pidfile = {self.root / "pgbouncer.pid"}
         self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         self._wait_listening()
 
-    def dsn(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+    def dsn(self, database: str, user: str) -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
 
     def _wait_listening(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS

@@ -1,8 +1,8 @@
 """Two replicas through a real PgBouncer in transaction mode: the same exactly-once figures.
 
-The replicas start together on an empty database through PgBouncer (the migrations take a
-transaction-level lock, so they are applied once even there), with asyncpg's statement cache
-off (PgBouncer before 1.21 cannot follow named prepared statements), and PgBouncer holding
+Two migration runs start together on an empty database through PgBouncer, as the owner role
+(each file takes a transaction-level lock, so each is applied once even there); then the two
+replicas start through it as the runtime role, with asyncpg's statement cache off (PgBouncer before 1.21 cannot follow named prepared statements), and PgBouncer holding
 fewer server connections than the two pools together, so their transactions are multiplexed.
 Then the two direct scenarios run through it: every request_id sent to both replicas at once,
 and a load during which one replica is killed with SIGKILL and the callers move to the other.
@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.server import db, migrate
 
 from tests import harness
 from tests.faults import load
@@ -37,7 +38,7 @@ def bouncer(request: pytest.FixtureRequest, base_dsn: str) -> Iterator[Bouncer]:
     if not request.config.getoption("--faults-full", default=False):
         pytest.skip("PgBouncer scenarios run with make faults (which installs pgbouncer)")
     assert binary() is not None, "pgbouncer is missing: make faults installs it"
-    running = Bouncer(base_dsn)
+    running = Bouncer(base_dsn, ("postgres", db.OWNER_ROLE, db.RUNTIME_LOGIN))
     try:
         yield running
     finally:
@@ -49,12 +50,18 @@ async def behind_bouncer(
     base_dsn: str, bouncer: Bouncer, logs_dir: Path
 ) -> AsyncIterator[tuple[list[ServerProcess], str]]:
     name = f"cw_bouncer_{next(_names)}"
-    conn = await asyncpg.connect(base_dsn)
+    owner, runtime = await db.provision(base_dsn, name)
+    # As `creditwallet-migrate up` connects with DB_STATEMENT_CACHE_SIZE=0.
+    through_owner = bouncer.dsn(name, db.OWNER_ROLE)
+    migrators = [await asyncpg.connect(through_owner, statement_cache_size=0) for _ in range(2)]
     try:
-        await conn.execute(f"CREATE DATABASE {name}")
+        applied = await asyncio.gather(*(migrate.migrate(conn) for conn in migrators))
     finally:
-        await conn.close()
-    through = bouncer.dsn(name)
+        for conn in migrators:
+            await conn.close()
+    names = [n for _, n, _ in migrate.load_migrations()]
+    assert sorted(applied[0] + applied[1]) == sorted(names), "each file applied by one run"
+    through = bouncer.dsn(name, db.RUNTIME_LOGIN)
     procs = [
         ServerProcess(through, logs_dir / f"bounced-{i}.log", DB_STATEMENT_CACHE_SIZE="0")
         for i in range(2)
@@ -63,7 +70,7 @@ async def behind_bouncer(
         proc.start()
     try:
         await asyncio.gather(*(proc.wait_serving() for proc in procs))
-        yield procs, harness.dsn_for(base_dsn, name)
+        yield procs, runtime
     finally:
         for proc in procs:
             proc.stop()

@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2
 
+from tests import harness
 from tests.faults import load
 from tests.faults.cluster import PrivateCluster
 from tests.faults.conftest import Scale
@@ -39,9 +40,10 @@ def cluster() -> Iterator[PrivateCluster]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def private_server(cluster: PrivateCluster, logs_dir: Path) -> AsyncIterator[ServerProcess]:
-    """A server child on the private cluster's database (it migrates it on start)."""
+    """A server child on the private cluster's database, migrated by the owner role."""
+    _, runtime = await harness.migrated_database(cluster.dsn, "cw_restart")
     proc = ServerProcess(
-        cluster.dsn, logs_dir / "server.log", METRICS_ADDRESS=f"127.0.0.1:{free_port()}"
+        runtime, logs_dir / "server.log", METRICS_ADDRESS=f"127.0.0.1:{free_port()}"
     )
     proc.start()
     try:
@@ -94,7 +96,7 @@ async def test_postgres_stop_and_start_mid_load(
         assert proc.pid == pid, "the server was restarted"
         assert proc.starts == 1, "the server was restarted"
         await load.resolve(admin, tally)
-        result = await load.audit(cluster.dsn, admin, PREFIX)
+        result = await load.audit(private_server.dsn, admin, PREFIX)
         load.check("stop+start PostgreSQL", ops, tally, result, record)
         assert seen["unavailable_during_outage"] > 0
         scraped = await asyncio.to_thread(scrape, proc.env["METRICS_ADDRESS"])

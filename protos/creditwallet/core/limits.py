@@ -63,8 +63,12 @@ GRPC_CONCURRENT_RPCS_MAX: Final = 2048
 # Verification report.
 VERIFY_VIOLATIONS_MAX: Final = 1000
 
-# Rollover.
+# Rollover: accounts (or ended subscription periods) per chunk, each chunk one transaction.
 ROLLOVER_CHUNK_ACCOUNTS: Final = 2000
+
+# Subscription billing schedules. A period spans at most this many of its intervals (the
+# provider's interval_count; Stripe's longest period is three years, 1095 days).
+BILLING_INTERVAL_COUNT_MAX: Final = 1095
 
 # Group commit of debits: at most this many debits share one transaction, and at most this
 # many such transactions run at once (each holds one pooled connection). Measured on the
@@ -94,6 +98,53 @@ DB_POOL_SIZE_WORKER_MIN: Final = DEBIT_BATCHES_IN_FLIGHT_MAX + 2
 # How long the supervisor of the workers waits for all of them to stop after a signal.
 GRPC_WORKERS_STOP_SECONDS: Final = GRPC_SHUTDOWN_GRACE_SECONDS + 10.0
 
+
+# Events out (server/events/): the outbox's sequencer, webhook delivery, the event stream and
+# auto-recharge. Background loops poll the database at most this often (no LISTEN/NOTIFY,
+# which would serialize every committing writer on the notification queue's lock).
+EVENTS_POLL_SECONDS_DEFAULT: Final = 0.2
+EVENTS_POLL_SECONDS_MIN: Final = 0.01
+EVENTS_POLL_SECONDS_MAX: Final = 60.0
+# Events given positions per sequencer pass (one transaction).
+EVENTS_SEQUENCE_BATCH_MAX: Final = 2000
+# Connections of the events workers' own pool (never the RPCs' pool).
+EVENTS_POOL_SIZE_MAX: Final = 8
+# Concurrent webhook deliveries per server process (each holds one of those connections).
+WEBHOOK_DELIVERIES_IN_FLIGHT_MAX: Final = 4
+# Due lanes looked at per claim.
+WEBHOOK_CLAIM_CANDIDATES_MAX: Final = 32
+# One delivery attempt: connect and answer within this.
+WEBHOOK_TIMEOUT_SECONDS: Final = 10.0
+# Retries: 10 s, 20 s, 40 s, ... at most 6 h apart, for 3 days from the first attempt.
+WEBHOOK_RETRY_INITIAL_SECONDS: Final = 10.0
+WEBHOOK_RETRY_MAX_SECONDS: Final = 6 * 60 * 60.0
+WEBHOOK_RETRY_WINDOW_SECONDS: Final = 3 * 24 * 60 * 60.0
+# A receiver's answer is read up to this size (for the error message only).
+WEBHOOK_RESPONSE_BYTES_MAX: Final = 4096
+WEBHOOK_ENDPOINTS_MAX: Final = 32
+# Event streams open at once per server process, and events per stream read.
+EVENT_STREAMS_MAX: Final = 64
+EVENT_STREAM_PAGE_MAX: Final = 500
+EVENT_TYPES_FILTER_MAX: Final = 32
+EVENT_TYPE_LENGTH_MAX: Final = 64
+EVENT_CURSOR_LENGTH_MAX: Final = 32
+# credits.expiring: lead time default and bound; lots noticed per scan.
+CREDITS_EXPIRING_LEAD_DAYS_DEFAULT: Final = 3
+CREDITS_EXPIRING_LEAD_DAYS_MAX: Final = 90
+CREDITS_EXPIRING_SCAN_BATCH_MAX: Final = 1000
+# balance.low default threshold (1 credit).
+BALANCE_LOW_THRESHOLD_MICROS_DEFAULT: Final = MICROS_PER_CREDIT
+# Auto-recharge: the Stripe call's timeout; retries of an attempt Stripe could not answer
+# (same idempotency key, so at most one charge), 30 s doubling to at most 1 h, at most 20
+# tries (well inside Stripe's 24 h idempotency-key lifetime); after a failed payment no new
+# attempt for 1 h doubling per consecutive failure; the rule turns off after this many.
+AUTO_RECHARGE_STRIPE_TIMEOUT_SECONDS: Final = 10.0
+AUTO_RECHARGE_RETRY_INITIAL_SECONDS: Final = 30.0
+AUTO_RECHARGE_RETRY_MAX_SECONDS: Final = 60 * 60.0
+AUTO_RECHARGE_TRIES_MAX: Final = 20
+AUTO_RECHARGE_BACKOFF_INITIAL_SECONDS: Final = 60 * 60.0
+AUTO_RECHARGE_FAILURES_MAX_DEFAULT: Final = 3
+AUTO_RECHARGE_MONTHLY_LIMIT_CENTS_MAX: Final = 10**9
 
 # The gateway (webhook_gateway/).
 # Its deadline on a ledger RPC: well under Stripe's ~20 s webhook timeout.
@@ -126,9 +177,77 @@ CLIENT_RETRY_BACKOFF_MAX_SECONDS: Final = 2.0
 CLIENT_MESSAGE_BYTES_MAX_DEFAULT: Final = GRPC_MESSAGE_BYTES_MAX
 # How long close() lets calls in flight finish.
 CLIENT_CLOSE_GRACE_SECONDS: Final = 1.0
+# A channel that lost its server tries again after INITIAL, backing off to at most MAX.
+CLIENT_RECONNECT_BACKOFF_INITIAL_SECONDS: Final = 0.1
+CLIENT_RECONNECT_BACKOFF_MAX_SECONDS: Final = 2.0
 
 # `make run`: how long the processes get to stop after Ctrl-C before they are killed.
 DEVRUN_STOP_GRACE_SECONDS: Final = 15.0
+# `make run`: how long the migrations may take before the server starts.
+DEVRUN_MIGRATE_TIMEOUT_SECONDS: Final = 120.0
+
+
+# The edges of the server (hostile callers). Every call is authorised on its headers before its
+# body is read; these bound what a caller, authenticated or not, can make the server hold.
+# The largest valid request: every string field at its limit, metadata full, with protobuf's
+# framing (a tag and a length per field, a tag and a length per map entry and its two halves).
+_FRAMING_BYTES_PER_FIELD: Final = 4
+LARGEST_REQUEST_BYTES: Final = (
+    USER_ID_LENGTH_MAX
+    + REQUEST_ID_LENGTH_MAX
+    + AGENT_ID_LENGTH_MAX
+    + SESSION_ID_LENGTH_MAX
+    + 4 * PROVIDER_ID_LENGTH_MAX
+    + METADATA_KEYS_MAX
+    * (METADATA_KEY_LENGTH_MAX + METADATA_VALUE_LENGTH_MAX + 3 * _FRAMING_BYTES_PER_FIELD)
+    + 16 * (_FRAMING_BYTES_PER_FIELD + 10)  # up to 16 numeric fields of at most 10 bytes
+)
+# What the server accepts in one request message: the largest valid request with headroom
+# (x4, and a power of two), so a field added later does not break the wire; anything larger is
+# refused by gRPC before it is buffered. Responses (pages of history) may be larger.
+GRPC_RECEIVE_BYTES_MAX: Final = 64 * 1024
+# Headers of one call (soft limit: larger ones are refused; hard: the connection is reset).
+# A bearer token and gRPC's own headers need well under 1 KiB.
+GRPC_METADATA_BYTES_MAX: Final = 8 * 1024
+GRPC_METADATA_BYTES_ABSOLUTE_MAX: Final = 16 * 1024
+# Calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). Above what a
+# busy client bursts on a new connection (hundreds of concurrent debits): until the client has
+# the server's SETTINGS, the streams past this are refused (UNAVAILABLE), not queued.
+GRPC_STREAMS_PER_CONNECTION_MAX: Final = 1024
+# A call's request message must arrive this soon after its headers (or its deadline, if
+# sooner): a caller that sends headers and no body holds a slot for at most this long.
+GRPC_REQUEST_READ_TIMEOUT_SECONDS: Final = 5.0
+# A unary call that carries no deadline gets this one; a stream (a watch, an event feed)
+# lives at most GRPC_STREAM_DEADLINE_SECONDS_DEFAULT and is then ended (clients resume).
+GRPC_DEADLINE_SECONDS_DEFAULT: Final = 30.0
+GRPC_STREAM_DEADLINE_SECONDS_DEFAULT: Final = 600.0
+# Health and reflection are open (no token) for load balancers and grpcurl, so they get a
+# budget of their own inside the server's: at most this many at once, the rest refused.
+GRPC_OPEN_CALLS_MAX: Final = 32
+# Connections: the server pings an idle-looking connection every KEEPALIVE_TIME and drops it
+# when no answer comes within KEEPALIVE_TIMEOUT; a client may ping at most every
+# PING_INTERVAL_MIN (more often, twice, and it is disconnected). A connection with no call for
+# IDLE_MAX is closed; any connection is asked to reconnect after AGE_MAX (spreading load over
+# replicas, and ending whatever a slow caller held), and closed AGE_GRACE later.
+GRPC_KEEPALIVE_TIME_SECONDS: Final = 60.0
+GRPC_KEEPALIVE_TIMEOUT_SECONDS: Final = 20.0
+GRPC_CLIENT_PING_INTERVAL_MIN_SECONDS: Final = 30.0
+GRPC_PING_STRIKES_MAX: Final = 2
+GRPC_CONNECTION_IDLE_MAX_SECONDS: Final = 300.0
+GRPC_CONNECTION_AGE_MAX_SECONDS: Final = 1800.0
+GRPC_CONNECTION_AGE_GRACE_SECONDS: Final = 30.0
+# Bearer tokens: at least this long (a random 24-byte token in base64 is 32 characters).
+TOKEN_LENGTH_MIN: Final = 32
+TOKENS_PER_SCOPE_MAX: Final = 16
+TOKEN_LABEL_LENGTH_MAX: Final = 32
+# The gateway's HTTP side: a request's headers must arrive within HEADERS_TIMEOUT of the
+# connection (or of the previous response), its body within BODY_TIMEOUT; at most
+# CONNECTIONS_MAX connections are open at once (more are closed at accept).
+GATEWAY_HEADERS_TIMEOUT_SECONDS: Final = 10.0
+GATEWAY_BODY_TIMEOUT_SECONDS: Final = 10.0
+GATEWAY_CONNECTIONS_MAX: Final = 256
+# A webhook's JSON may nest at most this deep (Stripe's objects nest fewer than 10 levels).
+GATEWAY_JSON_DEPTH_MAX: Final = 64
 
 
 # Start-up and the command line (the front door).
@@ -176,6 +295,23 @@ def _check() -> None:
             GATEWAY_RPC_TIMEOUT_SECONDS + GATEWAY_STRIPE_TIMEOUT_SECONDS
             < STRIPE_WEBHOOK_TIMEOUT_SECONDS
         ),
+        "EVENTS_POLL_SECONDS_MIN <= EVENTS_POLL_SECONDS_DEFAULT <= EVENTS_POLL_SECONDS_MAX": (
+            EVENTS_POLL_SECONDS_MIN <= EVENTS_POLL_SECONDS_DEFAULT <= EVENTS_POLL_SECONDS_MAX
+        ),
+        "WEBHOOK_DELIVERIES_IN_FLIGHT_MAX < EVENTS_POOL_SIZE_MAX": (
+            WEBHOOK_DELIVERIES_IN_FLIGHT_MAX < EVENTS_POOL_SIZE_MAX
+        ),
+        "WEBHOOK_RETRY_INITIAL_SECONDS <= WEBHOOK_RETRY_MAX_SECONDS <= window": (
+            WEBHOOK_RETRY_INITIAL_SECONDS
+            <= WEBHOOK_RETRY_MAX_SECONDS
+            <= WEBHOOK_RETRY_WINDOW_SECONDS
+        ),
+        "AUTO_RECHARGE tries fit in Stripe's 24 h idempotency window": (
+            AUTO_RECHARGE_TRIES_MAX * AUTO_RECHARGE_RETRY_MAX_SECONDS < 24 * 60 * 60
+        ),
+        "CREDITS_EXPIRING_LEAD_DAYS_DEFAULT <= CREDITS_EXPIRING_LEAD_DAYS_MAX": (
+            CREDITS_EXPIRING_LEAD_DAYS_DEFAULT <= CREDITS_EXPIRING_LEAD_DAYS_MAX
+        ),
         "0 <= CLIENT_RETRIES_DEFAULT <= CLIENT_RETRIES_MAX": (
             0 <= CLIENT_RETRIES_DEFAULT <= CLIENT_RETRIES_MAX
         ),
@@ -192,6 +328,25 @@ def _check() -> None:
         ),
         "0 < CLIENT_RETRY_BACKOFF_INITIAL_SECONDS <= CLIENT_RETRY_BACKOFF_MAX_SECONDS": (
             0 < CLIENT_RETRY_BACKOFF_INITIAL_SECONDS <= CLIENT_RETRY_BACKOFF_MAX_SECONDS
+        ),
+        "4 * LARGEST_REQUEST_BYTES <= GRPC_RECEIVE_BYTES_MAX <= GRPC_MESSAGE_BYTES_MAX": (
+            4 * LARGEST_REQUEST_BYTES <= GRPC_RECEIVE_BYTES_MAX <= GRPC_MESSAGE_BYTES_MAX
+        ),
+        "GRPC_METADATA_BYTES_MAX <= GRPC_METADATA_BYTES_ABSOLUTE_MAX": (
+            GRPC_METADATA_BYTES_MAX <= GRPC_METADATA_BYTES_ABSOLUTE_MAX
+        ),
+        "GRPC_OPEN_CALLS_MAX < GRPC_STREAMS_PER_CONNECTION_MAX < GRPC_CONCURRENT_RPCS_MAX": (
+            GRPC_OPEN_CALLS_MAX < GRPC_STREAMS_PER_CONNECTION_MAX < GRPC_CONCURRENT_RPCS_MAX
+        ),
+        "GRPC_REQUEST_READ_TIMEOUT_SECONDS < GRPC_DEADLINE_SECONDS_DEFAULT": (
+            GRPC_REQUEST_READ_TIMEOUT_SECONDS < GRPC_DEADLINE_SECONDS_DEFAULT
+        ),
+        "GRPC_KEEPALIVE_TIMEOUT_SECONDS < GRPC_KEEPALIVE_TIME_SECONDS": (
+            GRPC_KEEPALIVE_TIMEOUT_SECONDS < GRPC_KEEPALIVE_TIME_SECONDS
+        ),
+        "gateway header + body timeouts < Stripe's webhook timeout": (
+            GATEWAY_HEADERS_TIMEOUT_SECONDS + GATEWAY_BODY_TIMEOUT_SECONDS
+            <= STRIPE_WEBHOOK_TIMEOUT_SECONDS
         ),
     }
     broken = [name for name, holds in relations.items() if not holds]

@@ -120,6 +120,44 @@ CATALOGUE: Final = (
         "the database cannot be reached; retry with the same request_id",
     ),
     Reason("INTERNAL", INTERNAL, "a server bug, logged with the request id"),
+    # Events out (docs/events.md).
+    Reason("ENDPOINT_NOT_FOUND", NOT_FOUND, "no configured webhook endpoint", ("endpoint_id",)),
+    Reason(
+        "AUTO_RECHARGE_ATTEMPT_NOT_FOUND",
+        NOT_FOUND,
+        "no auto-recharge attempt with the attempt_id for that user",
+        ("attempt_id",),
+    ),
+    Reason(
+        "AUTO_RECHARGE_NOT_CONFIGURED",
+        FAILED_PRECONDITION,
+        "the server has no payment provider key",
+    ),
+    Reason(
+        "NO_PAYMENT_CUSTOMER",
+        FAILED_PRECONDITION,
+        "the account has no payment customer yet (no purchase linked one)",
+    ),
+    Reason(
+        "NO_DEFAULT_PAYMENT_METHOD",
+        FAILED_PRECONDITION,
+        "the account's payment customer has no default payment method",
+    ),
+    Reason(
+        "PAYMENT_PROVIDER_REFUSED",
+        FAILED_PRECONDITION,
+        "the payment provider refused the request (e.g. an unknown price or customer)",
+    ),
+    Reason(
+        "PAYMENT_PROVIDER_UNAVAILABLE",
+        UNAVAILABLE,
+        "the payment provider did not answer; retry",
+    ),
+    Reason(
+        "TOO_MANY_STREAMS",
+        RESOURCE_EXHAUSTED,
+        "the server has as many event streams open as it allows; retry later",
+    ),
 )
 
 BY_NAME: Final = {reason.name: reason for reason in CATALOGUE}

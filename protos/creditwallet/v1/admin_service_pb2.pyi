@@ -534,9 +534,11 @@ class GetRolloverProgressResponse(_message.Message):
     period: _builtins.str
     """The month read."""
     accounts_total: _builtins.int
-    """Accounts in the ledger now."""
+    """accounts_rolled_over plus the accounts with something due now (expiries or holds, and
+    ended subscription periods not settled yet: an account with both counts twice).
+    """
     accounts_rolled_over: _builtins.int
-    """Accounts whose rollover for the month has committed."""
+    """Accounts the month's runs brought up to date, as committed (counted as in accounts_total)."""
     def __init__(
         self,
         *,

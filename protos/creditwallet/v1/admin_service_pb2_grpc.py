@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from creditwallet.v1 import admin_service_pb2 as creditwallet_dot_v1_dot_admin__service__pb2
+from creditwallet.v1 import events_pb2 as creditwallet_dot_v1_dot_events__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -65,6 +66,31 @@ class AdminServiceStub:
                 request_serializer=creditwallet_dot_v1_dot_admin__service__pb2.VerifyLedgerRequest.SerializeToString,
                 response_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.VerifyLedgerResponse.FromString,
                 _registered_method=True)
+        self.SetBalanceAlert = channel.unary_unary(
+                '/creditwallet.v1.AdminService/SetBalanceAlert',
+                request_serializer=creditwallet_dot_v1_dot_events__pb2.SetBalanceAlertRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_events__pb2.SetBalanceAlertResponse.FromString,
+                _registered_method=True)
+        self.SetAutoRecharge = channel.unary_unary(
+                '/creditwallet.v1.AdminService/SetAutoRecharge',
+                request_serializer=creditwallet_dot_v1_dot_events__pb2.SetAutoRechargeRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_events__pb2.SetAutoRechargeResponse.FromString,
+                _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/creditwallet.v1.AdminService/ListEvents',
+                request_serializer=creditwallet_dot_v1_dot_events__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_events__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
+        self.ReplayEvents = channel.unary_unary(
+                '/creditwallet.v1.AdminService/ReplayEvents',
+                request_serializer=creditwallet_dot_v1_dot_events__pb2.ReplayEventsRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_events__pb2.ReplayEventsResponse.FromString,
+                _registered_method=True)
+        self.ListWebhookEndpoints = channel.unary_unary(
+                '/creditwallet.v1.AdminService/ListWebhookEndpoints',
+                request_serializer=creditwallet_dot_v1_dot_events__pb2.ListWebhookEndpointsRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_events__pb2.ListWebhookEndpointsResponse.FromString,
+                _registered_method=True)
         self.GetRolloverProgress = channel.unary_unary(
                 '/creditwallet.v1.AdminService/GetRolloverProgress',
                 request_serializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.SerializeToString,
@@ -118,6 +144,41 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetBalanceAlert(self, request, context):
+        """Sets an account's balance.low threshold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAutoRecharge(self, request, context):
+        """Sets an account's auto-recharge rule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """Lists events, newest first, with their webhook deliveries to one endpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayEvents(self, request, context):
+        """Queues webhook deliveries again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookEndpoints(self, request, context):
+        """Lists the webhook endpoints and their failure state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetRolloverProgress(self, request, context):
         """How far a month's rollover has come: accounts rolled over for it out of all accounts.
         Read while a Rollover runs (it commits chunk by chunk) to show its progress.
@@ -158,6 +219,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.VerifyLedger,
                     request_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.VerifyLedgerRequest.FromString,
                     response_serializer=creditwallet_dot_v1_dot_admin__service__pb2.VerifyLedgerResponse.SerializeToString,
+            ),
+            'SetBalanceAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBalanceAlert,
+                    request_deserializer=creditwallet_dot_v1_dot_events__pb2.SetBalanceAlertRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_events__pb2.SetBalanceAlertResponse.SerializeToString,
+            ),
+            'SetAutoRecharge': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAutoRecharge,
+                    request_deserializer=creditwallet_dot_v1_dot_events__pb2.SetAutoRechargeRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_events__pb2.SetAutoRechargeResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=creditwallet_dot_v1_dot_events__pb2.ListEventsRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_events__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'ReplayEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayEvents,
+                    request_deserializer=creditwallet_dot_v1_dot_events__pb2.ReplayEventsRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_events__pb2.ReplayEventsResponse.SerializeToString,
+            ),
+            'ListWebhookEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookEndpoints,
+                    request_deserializer=creditwallet_dot_v1_dot_events__pb2.ListWebhookEndpointsRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_events__pb2.ListWebhookEndpointsResponse.SerializeToString,
             ),
             'GetRolloverProgress': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRolloverProgress,
@@ -328,6 +414,141 @@ class AdminService:
             '/creditwallet.v1.AdminService/VerifyLedger',
             creditwallet_dot_v1_dot_admin__service__pb2.VerifyLedgerRequest.SerializeToString,
             creditwallet_dot_v1_dot_admin__service__pb2.VerifyLedgerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBalanceAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditwallet.v1.AdminService/SetBalanceAlert',
+            creditwallet_dot_v1_dot_events__pb2.SetBalanceAlertRequest.SerializeToString,
+            creditwallet_dot_v1_dot_events__pb2.SetBalanceAlertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAutoRecharge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditwallet.v1.AdminService/SetAutoRecharge',
+            creditwallet_dot_v1_dot_events__pb2.SetAutoRechargeRequest.SerializeToString,
+            creditwallet_dot_v1_dot_events__pb2.SetAutoRechargeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditwallet.v1.AdminService/ListEvents',
+            creditwallet_dot_v1_dot_events__pb2.ListEventsRequest.SerializeToString,
+            creditwallet_dot_v1_dot_events__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditwallet.v1.AdminService/ReplayEvents',
+            creditwallet_dot_v1_dot_events__pb2.ReplayEventsRequest.SerializeToString,
+            creditwallet_dot_v1_dot_events__pb2.ReplayEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditwallet.v1.AdminService/ListWebhookEndpoints',
+            creditwallet_dot_v1_dot_events__pb2.ListWebhookEndpointsRequest.SerializeToString,
+            creditwallet_dot_v1_dot_events__pb2.ListWebhookEndpointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

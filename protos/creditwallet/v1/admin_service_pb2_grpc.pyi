@@ -5,6 +5,7 @@ The operators' API (scope "admin"; an admin token may also call every other serv
 
 from collections import abc as _abc
 from creditwallet.v1 import admin_service_pb2 as _admin_service_pb2
+from creditwallet.v1 import events_pb2 as _events_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -45,6 +46,16 @@ class AdminServiceStub:
     """The operators' two summary queries."""
     VerifyLedger: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.VerifyLedgerRequest, _admin_service_pb2.VerifyLedgerResponse]
     """Checks the ledger invariants over the whole database."""
+    SetBalanceAlert: _grpc.UnaryUnaryMultiCallable[_events_pb2.SetBalanceAlertRequest, _events_pb2.SetBalanceAlertResponse]
+    """Sets an account's balance.low threshold."""
+    SetAutoRecharge: _grpc.UnaryUnaryMultiCallable[_events_pb2.SetAutoRechargeRequest, _events_pb2.SetAutoRechargeResponse]
+    """Sets an account's auto-recharge rule."""
+    ListEvents: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListEventsRequest, _events_pb2.ListEventsResponse]
+    """Lists events, newest first, with their webhook deliveries to one endpoint."""
+    ReplayEvents: _grpc.UnaryUnaryMultiCallable[_events_pb2.ReplayEventsRequest, _events_pb2.ReplayEventsResponse]
+    """Queues webhook deliveries again."""
+    ListWebhookEndpoints: _grpc.UnaryUnaryMultiCallable[_events_pb2.ListWebhookEndpointsRequest, _events_pb2.ListWebhookEndpointsResponse]
+    """Lists the webhook endpoints and their failure state."""
     GetRolloverProgress: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetRolloverProgressRequest, _admin_service_pb2.GetRolloverProgressResponse]
     """How far a month's rollover has come: accounts rolled over for it out of all accounts.
     Read while a Rollover runs (it commits chunk by chunk) to show its progress.
@@ -67,6 +78,16 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """The operators' two summary queries."""
     VerifyLedger: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.VerifyLedgerRequest, _admin_service_pb2.VerifyLedgerResponse]  # type: ignore[assignment]
     """Checks the ledger invariants over the whole database."""
+    SetBalanceAlert: _aio.UnaryUnaryMultiCallable[_events_pb2.SetBalanceAlertRequest, _events_pb2.SetBalanceAlertResponse]  # type: ignore[assignment]
+    """Sets an account's balance.low threshold."""
+    SetAutoRecharge: _aio.UnaryUnaryMultiCallable[_events_pb2.SetAutoRechargeRequest, _events_pb2.SetAutoRechargeResponse]  # type: ignore[assignment]
+    """Sets an account's auto-recharge rule."""
+    ListEvents: _aio.UnaryUnaryMultiCallable[_events_pb2.ListEventsRequest, _events_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """Lists events, newest first, with their webhook deliveries to one endpoint."""
+    ReplayEvents: _aio.UnaryUnaryMultiCallable[_events_pb2.ReplayEventsRequest, _events_pb2.ReplayEventsResponse]  # type: ignore[assignment]
+    """Queues webhook deliveries again."""
+    ListWebhookEndpoints: _aio.UnaryUnaryMultiCallable[_events_pb2.ListWebhookEndpointsRequest, _events_pb2.ListWebhookEndpointsResponse]  # type: ignore[assignment]
+    """Lists the webhook endpoints and their failure state."""
     GetRolloverProgress: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetRolloverProgressRequest, _admin_service_pb2.GetRolloverProgressResponse]  # type: ignore[assignment]
     """How far a month's rollover has come: accounts rolled over for it out of all accounts.
     Read while a Rollover runs (it commits chunk by chunk) to show its progress.
@@ -122,6 +143,46 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.VerifyLedgerResponse, _abc.Awaitable[_admin_service_pb2.VerifyLedgerResponse]]:
         """Checks the ledger invariants over the whole database."""
+
+    @_abc_1.abstractmethod
+    def SetBalanceAlert(
+        self,
+        request: _events_pb2.SetBalanceAlertRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.SetBalanceAlertResponse, _abc.Awaitable[_events_pb2.SetBalanceAlertResponse]]:
+        """Sets an account's balance.low threshold."""
+
+    @_abc_1.abstractmethod
+    def SetAutoRecharge(
+        self,
+        request: _events_pb2.SetAutoRechargeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.SetAutoRechargeResponse, _abc.Awaitable[_events_pb2.SetAutoRechargeResponse]]:
+        """Sets an account's auto-recharge rule."""
+
+    @_abc_1.abstractmethod
+    def ListEvents(
+        self,
+        request: _events_pb2.ListEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.ListEventsResponse, _abc.Awaitable[_events_pb2.ListEventsResponse]]:
+        """Lists events, newest first, with their webhook deliveries to one endpoint."""
+
+    @_abc_1.abstractmethod
+    def ReplayEvents(
+        self,
+        request: _events_pb2.ReplayEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.ReplayEventsResponse, _abc.Awaitable[_events_pb2.ReplayEventsResponse]]:
+        """Queues webhook deliveries again."""
+
+    @_abc_1.abstractmethod
+    def ListWebhookEndpoints(
+        self,
+        request: _events_pb2.ListWebhookEndpointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.ListWebhookEndpointsResponse, _abc.Awaitable[_events_pb2.ListWebhookEndpointsResponse]]:
+        """Lists the webhook endpoints and their failure state."""
 
     @_abc_1.abstractmethod
     def GetRolloverProgress(

@@ -23,38 +23,43 @@ _sym_db = _symbol_database.Default()
 
 
 from creditwallet.v1 import common_pb2 as creditwallet_dot_v1_dot_common__pb2
+from creditwallet.v1 import events_pb2 as creditwallet_dot_v1_dot_events__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%creditwallet/v1/billing_service.proto\x12\x0f\x63reditwallet.v1\x1a\x1c\x63reditwallet/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x01\n\x15RecordPurchaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0bpurchase_id\x18\x03 \x01(\t\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\x12\x10\n\x08price_id\x18\x06 \x01(\t\x12\x16\n\x0e\x63redits_micros\x18\x07 \x01(\x03\x12\x19\n\x11\x61mount_paid_minor\x18\x08 \x01(\x03\x12\x10\n\x08\x63urrency\x18\t \x01(\t\"t\n\x16RecordPurchaseResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x16\n\x0egranted_micros\x18\x02 \x01(\x03\x12\x18\n\x10\x61lready_recorded\x18\x03 \x01(\x08\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"\xaf\x01\n\nPaidPeriod\x12\x30\n\x0cperiod_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x03 \x01(\t\x12\x19\n\x11\x61mount_paid_minor\x18\x04 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\"\xca\x03\n\x17SyncSubscriptionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x33\n\x06status\x18\x05 \x01(\x0e\x32#.creditwallet.v1.SubscriptionStatus\x12\x10\n\x08price_id\x18\x06 \x01(\t\x12\x1d\n\x15period_credits_micros\x18\x07 \x01(\x03\x12\x38\n\x14\x63urrent_period_start\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63urrent_period_end\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63\x61ncel_at_period_end\x18\n \x01(\x08\x12\x34\n\x10\x65vent_created_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0bpaid_period\x18\x0c \x01(\x0b\x32\x1b.creditwallet.v1.PaidPeriod\"\x8f\x01\n\x18SyncSubscriptionResponse\x12\x33\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1d.creditwallet.v1.Subscription\x12\x16\n\x0egranted_micros\x18\x02 \x01(\x03\x12\x14\n\x0cpending_user\x18\x03 \x01(\x08\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"\xa9\x01\n\x1bRecordPaymentFailureRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x12\n\ninvoice_id\x18\x04 \x01(\t\x12\x34\n\x10\x65vent_created_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x1cRecordPaymentFailureResponse\x12\x33\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1d.creditwallet.v1.Subscription\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"p\n\x13RecordRefundRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\npayment_id\x18\x02 \x01(\t\x12\x1d\n\x15\x61mount_refunded_minor\x18\x03 \x01(\x03\x12\x12\n\nrefund_ids\x18\x04 \x03(\t\"\x84\x01\n\x14RecordRefundResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63lawed_back_micros\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65\x62t_micros\x18\x03 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x04 \x01(\x03\x12\x10\n\x08replayed\x18\x05 \x01(\x08\"!\n\x0fRolloverRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\"\xa6\x01\n\x10RolloverResponse\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x1a\n\x12\x61\x63\x63ounts_processed\x18\x02 \x01(\x03\x12\x1e\n\x16\x63redits_carried_micros\x18\x03 \x01(\x03\x12\x1e\n\x16\x63redits_expired_micros\x18\x04 \x01(\x03\x12\x16\n\x0eholds_released\x18\x05 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x06 \x01(\x03\x32\xff\x03\n\x0e\x42illingService\x12\x61\n\x0eRecordPurchase\x12&.creditwallet.v1.RecordPurchaseRequest\x1a\'.creditwallet.v1.RecordPurchaseResponse\x12g\n\x10SyncSubscription\x12(.creditwallet.v1.SyncSubscriptionRequest\x1a).creditwallet.v1.SyncSubscriptionResponse\x12s\n\x14RecordPaymentFailure\x12,.creditwallet.v1.RecordPaymentFailureRequest\x1a-.creditwallet.v1.RecordPaymentFailureResponse\x12[\n\x0cRecordRefund\x12$.creditwallet.v1.RecordRefundRequest\x1a%.creditwallet.v1.RecordRefundResponse\x12O\n\x08Rollover\x12 .creditwallet.v1.RolloverRequest\x1a!.creditwallet.v1.RolloverResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%creditwallet/v1/billing_service.proto\x12\x0f\x63reditwallet.v1\x1a\x1c\x63reditwallet/v1/common.proto\x1a\x1c\x63reditwallet/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x01\n\x15RecordPurchaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x13\n\x0bpurchase_id\x18\x03 \x01(\t\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x05 \x01(\t\x12\x10\n\x08price_id\x18\x06 \x01(\t\x12\x16\n\x0e\x63redits_micros\x18\x07 \x01(\x03\x12\x19\n\x11\x61mount_paid_minor\x18\x08 \x01(\x03\x12\x10\n\x08\x63urrency\x18\t \x01(\t\"t\n\x16RecordPurchaseResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x16\n\x0egranted_micros\x18\x02 \x01(\x03\x12\x18\n\x10\x61lready_recorded\x18\x03 \x01(\x08\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"\xaf\x01\n\nPaidPeriod\x12\x30\n\x0cperiod_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x03 \x01(\t\x12\x19\n\x11\x61mount_paid_minor\x18\x04 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\"\x97\x01\n\x0f\x42illingSchedule\x12\x38\n\x14\x62illing_cycle_anchor\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x08interval\x18\x02 \x01(\x0e\x32 .creditwallet.v1.BillingInterval\x12\x16\n\x0einterval_count\x18\x03 \x01(\x05\"\xfe\x03\n\x17SyncSubscriptionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x33\n\x06status\x18\x05 \x01(\x0e\x32#.creditwallet.v1.SubscriptionStatus\x12\x10\n\x08price_id\x18\x06 \x01(\t\x12\x1d\n\x15period_credits_micros\x18\x07 \x01(\x03\x12\x38\n\x14\x63urrent_period_start\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63urrent_period_end\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63\x61ncel_at_period_end\x18\n \x01(\x08\x12\x34\n\x10\x65vent_created_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0bpaid_period\x18\x0c \x01(\x0b\x32\x1b.creditwallet.v1.PaidPeriod\x12\x32\n\x08schedule\x18\r \x01(\x0b\x32 .creditwallet.v1.BillingSchedule\"\x8f\x01\n\x18SyncSubscriptionResponse\x12\x33\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1d.creditwallet.v1.Subscription\x12\x16\n\x0egranted_micros\x18\x02 \x01(\x03\x12\x14\n\x0cpending_user\x18\x03 \x01(\x08\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"\xa9\x01\n\x1bRecordPaymentFailureRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\x12\x12\n\ninvoice_id\x18\x04 \x01(\t\x12\x34\n\x10\x65vent_created_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x1cRecordPaymentFailureResponse\x12\x33\n\x0csubscription\x18\x01 \x01(\x0b\x32\x1d.creditwallet.v1.Subscription\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"p\n\x13RecordRefundRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\npayment_id\x18\x02 \x01(\t\x12\x1d\n\x15\x61mount_refunded_minor\x18\x03 \x01(\x03\x12\x12\n\nrefund_ids\x18\x04 \x03(\t\"\x84\x01\n\x14RecordRefundResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63lawed_back_micros\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65\x62t_micros\x18\x03 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x04 \x01(\x03\x12\x10\n\x08replayed\x18\x05 \x01(\x08\"!\n\x0fRolloverRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\"\xf7\x01\n\x10RolloverResponse\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x1a\n\x12\x61\x63\x63ounts_processed\x18\x02 \x01(\x03\x12\x1e\n\x16\x63redits_carried_micros\x18\x03 \x01(\x03\x12\x1e\n\x16\x63redits_expired_micros\x18\x04 \x01(\x03\x12\x16\n\x0eholds_released\x18\x05 \x01(\x03\x12\x0e\n\x06\x63hunks\x18\x06 \x01(\x03\x12\x17\n\x0fperiods_settled\x18\x07 \x01(\x03\x12\x17\n\x0f\x61\x63\x63ounts_capped\x18\x08 \x01(\x03\x12\x1d\n\x15\x63redits_capped_micros\x18\t \x01(\x03*\x9f\x01\n\x0f\x42illingInterval\x12 \n\x1c\x42ILLING_INTERVAL_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42ILLING_INTERVAL_DAY\x10\x01\x12\x19\n\x15\x42ILLING_INTERVAL_WEEK\x10\x02\x12\x1a\n\x16\x42ILLING_INTERVAL_MONTH\x10\x03\x12\x19\n\x15\x42ILLING_INTERVAL_YEAR\x10\x04\x32\x84\x05\n\x0e\x42illingService\x12\x61\n\x0eRecordPurchase\x12&.creditwallet.v1.RecordPurchaseRequest\x1a\'.creditwallet.v1.RecordPurchaseResponse\x12g\n\x10SyncSubscription\x12(.creditwallet.v1.SyncSubscriptionRequest\x1a).creditwallet.v1.SyncSubscriptionResponse\x12s\n\x14RecordPaymentFailure\x12,.creditwallet.v1.RecordPaymentFailureRequest\x1a-.creditwallet.v1.RecordPaymentFailureResponse\x12[\n\x0cRecordRefund\x12$.creditwallet.v1.RecordRefundRequest\x1a%.creditwallet.v1.RecordRefundResponse\x12O\n\x08Rollover\x12 .creditwallet.v1.RolloverRequest\x1a!.creditwallet.v1.RolloverResponse\x12\x82\x01\n\x19RecordAutoRechargePayment\x12\x31.creditwallet.v1.RecordAutoRechargePaymentRequest\x1a\x32.creditwallet.v1.RecordAutoRechargePaymentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'creditwallet.v1.billing_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECORDPURCHASEREQUEST']._serialized_start=122
-  _globals['_RECORDPURCHASEREQUEST']._serialized_end=331
-  _globals['_RECORDPURCHASERESPONSE']._serialized_start=333
-  _globals['_RECORDPURCHASERESPONSE']._serialized_end=449
-  _globals['_PAIDPERIOD']._serialized_start=452
-  _globals['_PAIDPERIOD']._serialized_end=627
-  _globals['_SYNCSUBSCRIPTIONREQUEST']._serialized_start=630
-  _globals['_SYNCSUBSCRIPTIONREQUEST']._serialized_end=1088
-  _globals['_SYNCSUBSCRIPTIONRESPONSE']._serialized_start=1091
-  _globals['_SYNCSUBSCRIPTIONRESPONSE']._serialized_end=1234
-  _globals['_RECORDPAYMENTFAILUREREQUEST']._serialized_start=1237
-  _globals['_RECORDPAYMENTFAILUREREQUEST']._serialized_end=1406
-  _globals['_RECORDPAYMENTFAILURERESPONSE']._serialized_start=1408
-  _globals['_RECORDPAYMENTFAILURERESPONSE']._serialized_end=1509
-  _globals['_RECORDREFUNDREQUEST']._serialized_start=1511
-  _globals['_RECORDREFUNDREQUEST']._serialized_end=1623
-  _globals['_RECORDREFUNDRESPONSE']._serialized_start=1626
-  _globals['_RECORDREFUNDRESPONSE']._serialized_end=1758
-  _globals['_ROLLOVERREQUEST']._serialized_start=1760
-  _globals['_ROLLOVERREQUEST']._serialized_end=1793
-  _globals['_ROLLOVERRESPONSE']._serialized_start=1796
-  _globals['_ROLLOVERRESPONSE']._serialized_end=1962
-  _globals['_BILLINGSERVICE']._serialized_start=1965
-  _globals['_BILLINGSERVICE']._serialized_end=2476
+  _globals['_BILLINGINTERVAL']._serialized_start=2282
+  _globals['_BILLINGINTERVAL']._serialized_end=2441
+  _globals['_RECORDPURCHASEREQUEST']._serialized_start=152
+  _globals['_RECORDPURCHASEREQUEST']._serialized_end=361
+  _globals['_RECORDPURCHASERESPONSE']._serialized_start=363
+  _globals['_RECORDPURCHASERESPONSE']._serialized_end=479
+  _globals['_PAIDPERIOD']._serialized_start=482
+  _globals['_PAIDPERIOD']._serialized_end=657
+  _globals['_BILLINGSCHEDULE']._serialized_start=660
+  _globals['_BILLINGSCHEDULE']._serialized_end=811
+  _globals['_SYNCSUBSCRIPTIONREQUEST']._serialized_start=814
+  _globals['_SYNCSUBSCRIPTIONREQUEST']._serialized_end=1324
+  _globals['_SYNCSUBSCRIPTIONRESPONSE']._serialized_start=1327
+  _globals['_SYNCSUBSCRIPTIONRESPONSE']._serialized_end=1470
+  _globals['_RECORDPAYMENTFAILUREREQUEST']._serialized_start=1473
+  _globals['_RECORDPAYMENTFAILUREREQUEST']._serialized_end=1642
+  _globals['_RECORDPAYMENTFAILURERESPONSE']._serialized_start=1644
+  _globals['_RECORDPAYMENTFAILURERESPONSE']._serialized_end=1745
+  _globals['_RECORDREFUNDREQUEST']._serialized_start=1747
+  _globals['_RECORDREFUNDREQUEST']._serialized_end=1859
+  _globals['_RECORDREFUNDRESPONSE']._serialized_start=1862
+  _globals['_RECORDREFUNDRESPONSE']._serialized_end=1994
+  _globals['_ROLLOVERREQUEST']._serialized_start=1996
+  _globals['_ROLLOVERREQUEST']._serialized_end=2029
+  _globals['_ROLLOVERRESPONSE']._serialized_start=2032
+  _globals['_ROLLOVERRESPONSE']._serialized_end=2279
+  _globals['_BILLINGSERVICE']._serialized_start=2444
+  _globals['_BILLINGSERVICE']._serialized_end=3088
 # @@protoc_insertion_point(module_scope)

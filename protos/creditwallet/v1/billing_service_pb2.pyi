@@ -11,6 +11,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -21,6 +22,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _BillingInterval:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BillingIntervalEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BillingInterval.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BILLING_INTERVAL_UNSPECIFIED: _BillingInterval.ValueType  # 0
+    """Not set."""
+    BILLING_INTERVAL_DAY: _BillingInterval.ValueType  # 1
+    """One day (86,400 seconds)."""
+    BILLING_INTERVAL_WEEK: _BillingInterval.ValueType  # 2
+    """Seven days."""
+    BILLING_INTERVAL_MONTH: _BillingInterval.ValueType  # 3
+    """One calendar month (UTC), on the anchor's day clamped to the month's length."""
+    BILLING_INTERVAL_YEAR: _BillingInterval.ValueType  # 4
+    """Twelve calendar months (UTC), on the anchor's day clamped to the month's length."""
+
+class BillingInterval(_BillingInterval, metaclass=_BillingIntervalEnumTypeWrapper):
+    """How long one billing interval is."""
+
+BILLING_INTERVAL_UNSPECIFIED: BillingInterval.ValueType  # 0
+"""Not set."""
+BILLING_INTERVAL_DAY: BillingInterval.ValueType  # 1
+"""One day (86,400 seconds)."""
+BILLING_INTERVAL_WEEK: BillingInterval.ValueType  # 2
+"""Seven days."""
+BILLING_INTERVAL_MONTH: BillingInterval.ValueType  # 3
+"""One calendar month (UTC), on the anchor's day clamped to the month's length."""
+BILLING_INTERVAL_YEAR: BillingInterval.ValueType  # 4
+"""Twelve calendar months (UTC), on the anchor's day clamped to the month's length."""
+Global___BillingInterval: _TypeAlias = BillingInterval  # noqa: Y015
 
 @_typing.final
 class RecordPurchaseRequest(_message.Message):
@@ -153,6 +186,41 @@ class PaidPeriod(_message.Message):
 Global___PaidPeriod: _TypeAlias = PaidPeriod  # noqa: Y015
 
 @_typing.final
+class BillingSchedule(_message.Message):
+    """A subscription's billing schedule as the provider reports it. Period boundary n is the
+    anchor moved by n * interval_count intervals, always counted from the anchor; every
+    period ends on a boundary (a prorated first period ends on the anchor itself).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILLING_CYCLE_ANCHOR_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    INTERVAL_COUNT_FIELD_NUMBER: _builtins.int
+    interval: Global___BillingInterval.ValueType
+    """The recurring interval of the subscription's price."""
+    interval_count: _builtins.int
+    """Intervals per billing period, 1 or more (Stripe's interval_count)."""
+    @_builtins.property
+    def billing_cycle_anchor(self) -> _timestamp_pb2.Timestamp:
+        """The provider's billing cycle anchor (Stripe's billing_cycle_anchor): boundary 0."""
+
+    def __init__(
+        self,
+        *,
+        billing_cycle_anchor: _timestamp_pb2.Timestamp | None = ...,
+        interval: Global___BillingInterval.ValueType = ...,
+        interval_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["billing_cycle_anchor", b"billing_cycle_anchor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["billing_cycle_anchor", b"billing_cycle_anchor", "interval", b"interval", "interval_count", b"interval_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BillingSchedule: _TypeAlias = BillingSchedule  # noqa: Y015
+
+@_typing.final
 class SyncSubscriptionRequest(_message.Message):
     """Request of SyncSubscription."""
 
@@ -170,6 +238,7 @@ class SyncSubscriptionRequest(_message.Message):
     CANCEL_AT_PERIOD_END_FIELD_NUMBER: _builtins.int
     EVENT_CREATED_AT_FIELD_NUMBER: _builtins.int
     PAID_PERIOD_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key: the provider's event id."""
     subscription_id: _builtins.str
@@ -202,6 +271,13 @@ class SyncSubscriptionRequest(_message.Message):
     def paid_period(self) -> Global___PaidPeriod:
         """Set when the event reports a payment for a period: that period is granted once."""
 
+    @_builtins.property
+    def schedule(self) -> Global___BillingSchedule:
+        """The subscription's schedule, when the event or the provider's API tells it: the paid
+        period's lot expires at the end of the period after its own on this schedule. Absent:
+        the schedule last recorded for the subscription, else the one the period implies.
+        """
+
     def __init__(
         self,
         *,
@@ -217,10 +293,11 @@ class SyncSubscriptionRequest(_message.Message):
         cancel_at_period_end: _builtins.bool = ...,
         event_created_at: _timestamp_pb2.Timestamp | None = ...,
         paid_period: Global___PaidPeriod | None = ...,
+        schedule: Global___BillingSchedule | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["current_period_end", b"current_period_end", "current_period_start", b"current_period_start", "event_created_at", b"event_created_at", "paid_period", b"paid_period"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["current_period_end", b"current_period_end", "current_period_start", b"current_period_start", "event_created_at", b"event_created_at", "paid_period", b"paid_period", "schedule", b"schedule"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_at_period_end", b"cancel_at_period_end", "current_period_end", b"current_period_end", "current_period_start", b"current_period_start", "customer_id", b"customer_id", "event_created_at", b"event_created_at", "paid_period", b"paid_period", "period_credits_micros", b"period_credits_micros", "price_id", b"price_id", "request_id", b"request_id", "status", b"status", "subscription_id", b"subscription_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_at_period_end", b"cancel_at_period_end", "current_period_end", b"current_period_end", "current_period_start", b"current_period_start", "customer_id", b"customer_id", "event_created_at", b"event_created_at", "paid_period", b"paid_period", "period_credits_micros", b"period_credits_micros", "price_id", b"price_id", "request_id", b"request_id", "schedule", b"schedule", "status", b"status", "subscription_id", b"subscription_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -412,7 +489,9 @@ class RolloverRequest(_message.Message):
 
     PERIOD_FIELD_NUMBER: _builtins.int
     period: _builtins.str
-    """The month, YYYY-MM; empty for the current UTC month. A future month is refused."""
+    """The month the run is recorded under, YYYY-MM; empty for the current UTC month. A future
+    month is refused. The work is always what is due as of now, whatever the month.
+    """
     def __init__(
         self,
         *,
@@ -438,18 +517,27 @@ class RolloverResponse(_message.Message):
     CREDITS_EXPIRED_MICROS_FIELD_NUMBER: _builtins.int
     HOLDS_RELEASED_FIELD_NUMBER: _builtins.int
     CHUNKS_FIELD_NUMBER: _builtins.int
+    PERIODS_SETTLED_FIELD_NUMBER: _builtins.int
+    ACCOUNTS_CAPPED_FIELD_NUMBER: _builtins.int
+    CREDITS_CAPPED_MICROS_FIELD_NUMBER: _builtins.int
     period: _builtins.str
-    """The month processed."""
+    """The month the run is recorded under."""
     accounts_processed: _builtins.int
-    """Accounts brought up to date by this call (0 when all were already processed)."""
+    """Accounts whose due expiries or holds this run recorded (0 when nothing was due)."""
     credits_carried_micros: _builtins.int
-    """Subscription micros carried into the next period."""
+    """Subscription micros carried past the ends of the periods this run settled (after the cap)."""
     credits_expired_micros: _builtins.int
-    """Micros recorded as expired."""
+    """Micros this run recorded as expired (due lots and the carry-over cap together)."""
     holds_released: _builtins.int
-    """Holds released because their TTL had passed."""
+    """Holds this run released because their TTL had passed."""
     chunks: _builtins.int
     """Chunks (transactions) the work took."""
+    periods_settled: _builtins.int
+    """Subscription periods that had ended and whose carry-over this run settled."""
+    accounts_capped: _builtins.int
+    """Accounts whose carried subscription credits this run capped at one allotment."""
+    credits_capped_micros: _builtins.int
+    """Of credits_expired_micros, the micros expired by the carry-over cap."""
     def __init__(
         self,
         *,
@@ -459,10 +547,13 @@ class RolloverResponse(_message.Message):
         credits_expired_micros: _builtins.int = ...,
         holds_released: _builtins.int = ...,
         chunks: _builtins.int = ...,
+        periods_settled: _builtins.int = ...,
+        accounts_capped: _builtins.int = ...,
+        credits_capped_micros: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_processed", b"accounts_processed", "chunks", b"chunks", "credits_carried_micros", b"credits_carried_micros", "credits_expired_micros", b"credits_expired_micros", "holds_released", b"holds_released", "period", b"period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts_capped", b"accounts_capped", "accounts_processed", b"accounts_processed", "chunks", b"chunks", "credits_capped_micros", b"credits_capped_micros", "credits_carried_micros", b"credits_carried_micros", "credits_expired_micros", b"credits_expired_micros", "holds_released", b"holds_released", "period", b"period", "periods_settled", b"periods_settled"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from creditwallet.v1 import billing_service_pb2 as creditwallet_dot_v1_dot_billing__service__pb2
+from creditwallet.v1 import events_pb2 as creditwallet_dot_v1_dot_events__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -60,6 +61,11 @@ class BillingServiceStub:
                 request_serializer=creditwallet_dot_v1_dot_billing__service__pb2.RolloverRequest.SerializeToString,
                 response_deserializer=creditwallet_dot_v1_dot_billing__service__pb2.RolloverResponse.FromString,
                 _registered_method=True)
+        self.RecordAutoRechargePayment = channel.unary_unary(
+                '/creditwallet.v1.BillingService/RecordAutoRechargePayment',
+                request_serializer=creditwallet_dot_v1_dot_events__pb2.RecordAutoRechargePaymentRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_events__pb2.RecordAutoRechargePaymentResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -101,6 +107,13 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordAutoRechargePayment(self, request, context):
+        """Records the outcome of an auto-recharge payment; a success grants its credits once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +141,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.Rollover,
                     request_deserializer=creditwallet_dot_v1_dot_billing__service__pb2.RolloverRequest.FromString,
                     response_serializer=creditwallet_dot_v1_dot_billing__service__pb2.RolloverResponse.SerializeToString,
+            ),
+            'RecordAutoRechargePayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordAutoRechargePayment,
+                    request_deserializer=creditwallet_dot_v1_dot_events__pb2.RecordAutoRechargePaymentRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_events__pb2.RecordAutoRechargePaymentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +284,33 @@ class BillingService:
             '/creditwallet.v1.BillingService/Rollover',
             creditwallet_dot_v1_dot_billing__service__pb2.RolloverRequest.SerializeToString,
             creditwallet_dot_v1_dot_billing__service__pb2.RolloverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordAutoRechargePayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditwallet.v1.BillingService/RecordAutoRechargePayment',
+            creditwallet_dot_v1_dot_events__pb2.RecordAutoRechargePaymentRequest.SerializeToString,
+            creditwallet_dot_v1_dot_events__pb2.RecordAutoRechargePaymentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,7 @@ provider events (Stripe) to these calls, with the provider's event id as request
 
 from collections import abc as _abc
 from creditwallet.v1 import billing_service_pb2 as _billing_service_pb2
+from creditwallet.v1 import events_pb2 as _events_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -45,6 +46,8 @@ class BillingServiceStub:
     """Claws back purchased credits in proportion to a (cumulative) refunded amount."""
     Rollover: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.RolloverRequest, _billing_service_pb2.RolloverResponse]
     """Brings every account's bookkeeping up to date for a month (the monthly cron)."""
+    RecordAutoRechargePayment: _grpc.UnaryUnaryMultiCallable[_events_pb2.RecordAutoRechargePaymentRequest, _events_pb2.RecordAutoRechargePaymentResponse]
+    """Records the outcome of an auto-recharge payment; a success grants its credits once."""
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -61,6 +64,8 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """Claws back purchased credits in proportion to a (cumulative) refunded amount."""
     Rollover: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.RolloverRequest, _billing_service_pb2.RolloverResponse]  # type: ignore[assignment]
     """Brings every account's bookkeeping up to date for a month (the monthly cron)."""
+    RecordAutoRechargePayment: _aio.UnaryUnaryMultiCallable[_events_pb2.RecordAutoRechargePaymentRequest, _events_pb2.RecordAutoRechargePaymentResponse]  # type: ignore[assignment]
+    """Records the outcome of an auto-recharge payment; a success grants its credits once."""
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Turns payments into credits, exactly once per business object."""
@@ -104,5 +109,13 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.RolloverResponse, _abc.Awaitable[_billing_service_pb2.RolloverResponse]]:
         """Brings every account's bookkeeping up to date for a month (the monthly cron)."""
+
+    @_abc_1.abstractmethod
+    def RecordAutoRechargePayment(
+        self,
+        request: _events_pb2.RecordAutoRechargePaymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.RecordAutoRechargePaymentResponse, _abc.Awaitable[_events_pb2.RecordAutoRechargePaymentResponse]]:
+        """Records the outcome of an auto-recharge payment; a success grants its credits once."""
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

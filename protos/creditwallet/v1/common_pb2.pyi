@@ -84,6 +84,10 @@ class _TransactionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trans
     """Credits of a debit given back to the lots they came from (positive amount)."""
     TRANSACTION_TYPE_CLAWBACK: _TransactionType.ValueType  # 5
     """Purchased credits taken back after a refund (negative amount, may create debt)."""
+    TRANSACTION_TYPE_EXPIRY_CHANGE: _TransactionType.ValueType  # 6
+    """A subscription lot's expiry moved to where the provider's next period really ends
+    (amount 0); metadata names the lot and its previous and new expiry.
+    """
 
 class TransactionType(_TransactionType, metaclass=_TransactionTypeEnumTypeWrapper):
     """The kind of a ledger history row."""
@@ -100,6 +104,10 @@ TRANSACTION_TYPE_REVERSAL: TransactionType.ValueType  # 4
 """Credits of a debit given back to the lots they came from (positive amount)."""
 TRANSACTION_TYPE_CLAWBACK: TransactionType.ValueType  # 5
 """Purchased credits taken back after a refund (negative amount, may create debt)."""
+TRANSACTION_TYPE_EXPIRY_CHANGE: TransactionType.ValueType  # 6
+"""A subscription lot's expiry moved to where the provider's next period really ends
+(amount 0); metadata names the lot and its previous and new expiry.
+"""
 Global___TransactionType: _TypeAlias = TransactionType  # noqa: Y015
 
 class _HoldStatus:

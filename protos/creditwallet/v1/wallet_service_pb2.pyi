@@ -556,22 +556,26 @@ class CaptureRequest(_message.Message):
     HOLD_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
     """The hold."""
     request_id: _builtins.str
     """Idempotency key."""
     amount_micros: _builtins.int
     """Micros to capture, at most the held amount; unset captures all."""
+    user_id: _builtins.str
+    """The account the hold belongs to; a hold of any other account is HOLD_NOT_FOUND."""
     def __init__(
         self,
         *,
         hold_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
         amount_micros: _builtins.int | None = ...,
+        user_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_amount_micros", b"_amount_micros", "amount_micros", b"amount_micros"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount_micros", b"_amount_micros", "amount_micros", b"amount_micros", "hold_id", b"hold_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amount_micros", b"_amount_micros", "amount_micros", b"amount_micros", "hold_id", b"hold_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__amount_micros: _TypeAlias = _typing.Literal["amount_micros"]  # noqa: Y015
     _WhichOneofArgType__amount_micros: _TypeAlias = _typing.Literal["_amount_micros", b"_amount_micros"]  # noqa: Y015
@@ -631,19 +635,23 @@ class VoidRequest(_message.Message):
 
     HOLD_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
     """The hold."""
     request_id: _builtins.str
     """Idempotency key."""
+    user_id: _builtins.str
+    """The account the hold belongs to; a hold of any other account is HOLD_NOT_FOUND."""
     def __init__(
         self,
         *,
         hold_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from creditwallet.v1 import events_pb2 as creditwallet_dot_v1_dot_events__pb2
 from creditwallet.v1 import wallet_service_pb2 as creditwallet_dot_v1_dot_wallet__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -90,6 +91,11 @@ class WalletServiceStub:
                 request_serializer=creditwallet_dot_v1_dot_wallet__service__pb2.RedeemReferralCodeRequest.SerializeToString,
                 response_deserializer=creditwallet_dot_v1_dot_wallet__service__pb2.RedeemReferralCodeResponse.FromString,
                 _registered_method=True)
+        self.StreamEvents = channel.unary_stream(
+                '/creditwallet.v1.WalletService/StreamEvents',
+                request_serializer=creditwallet_dot_v1_dot_events__pb2.StreamEventsRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_events__pb2.StreamEventsResponse.FromString,
+                _registered_method=True)
 
 
 class WalletServiceServicer:
@@ -174,6 +180,13 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamEvents(self, request, context):
+        """Replays events after a cursor, then follows new ones as they commit (internal consumers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WalletServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -231,6 +244,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.RedeemReferralCode,
                     request_deserializer=creditwallet_dot_v1_dot_wallet__service__pb2.RedeemReferralCodeRequest.FromString,
                     response_serializer=creditwallet_dot_v1_dot_wallet__service__pb2.RedeemReferralCodeResponse.SerializeToString,
+            ),
+            'StreamEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamEvents,
+                    request_deserializer=creditwallet_dot_v1_dot_events__pb2.StreamEventsRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_events__pb2.StreamEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -531,6 +549,33 @@ class WalletService:
             '/creditwallet.v1.WalletService/RedeemReferralCode',
             creditwallet_dot_v1_dot_wallet__service__pb2.RedeemReferralCodeRequest.SerializeToString,
             creditwallet_dot_v1_dot_wallet__service__pb2.RedeemReferralCodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/creditwallet.v1.WalletService/StreamEvents',
+            creditwallet_dot_v1_dot_events__pb2.StreamEventsRequest.SerializeToString,
+            creditwallet_dot_v1_dot_events__pb2.StreamEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

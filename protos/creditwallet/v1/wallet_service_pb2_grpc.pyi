@@ -4,6 +4,7 @@ isort:skip_file
 The agent runtimes' API: accounts, balances, debits and holds (scope "agent")."""
 
 from collections import abc as _abc
+from creditwallet.v1 import events_pb2 as _events_pb2
 from creditwallet.v1 import wallet_service_pb2 as _wallet_service_pb2
 from grpc import aio as _aio
 import abc as _abc_1
@@ -57,6 +58,8 @@ class WalletServiceStub:
     """Returns the account's referral code, creating it on the first call."""
     RedeemReferralCode: _grpc.UnaryUnaryMultiCallable[_wallet_service_pb2.RedeemReferralCodeRequest, _wallet_service_pb2.RedeemReferralCodeResponse]
     """Redeems another user's referral code for the caller's account."""
+    StreamEvents: _grpc.UnaryStreamMultiCallable[_events_pb2.StreamEventsRequest, _events_pb2.StreamEventsResponse]
+    """Replays events after a cursor, then follows new ones as they commit (internal consumers)."""
 
 @_typing.type_check_only
 class WalletServiceAsyncStub(WalletServiceStub):
@@ -87,6 +90,8 @@ class WalletServiceAsyncStub(WalletServiceStub):
     """Returns the account's referral code, creating it on the first call."""
     RedeemReferralCode: _aio.UnaryUnaryMultiCallable[_wallet_service_pb2.RedeemReferralCodeRequest, _wallet_service_pb2.RedeemReferralCodeResponse]  # type: ignore[assignment]
     """Redeems another user's referral code for the caller's account."""
+    StreamEvents: _aio.UnaryStreamMultiCallable[_events_pb2.StreamEventsRequest, _events_pb2.StreamEventsResponse]  # type: ignore[assignment]
+    """Replays events after a cursor, then follows new ones as they commit (internal consumers)."""
 
 class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
     """Debits credits for agent use and reads balances."""
@@ -180,5 +185,13 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_service_pb2.RedeemReferralCodeResponse, _abc.Awaitable[_wallet_service_pb2.RedeemReferralCodeResponse]]:
         """Redeems another user's referral code for the caller's account."""
+
+    @_abc_1.abstractmethod
+    def StreamEvents(
+        self,
+        request: _events_pb2.StreamEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_events_pb2.StreamEventsResponse], _abc.AsyncIterator[_events_pb2.StreamEventsResponse]]:
+        """Replays events after a cursor, then follows new ones as they commit (internal consumers)."""
 
 def add_WalletServiceServicer_to_server(servicer: WalletServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
