@@ -2,8 +2,9 @@
 
 Two migration runs start together on an empty database through PgBouncer, as the owner role
 (each file takes a transaction-level lock, so each is applied once even there); then the two
-replicas start through it as the runtime role, with asyncpg's statement cache off (PgBouncer before 1.21 cannot follow named prepared statements), and PgBouncer holding
-fewer server connections than the two pools together, so their transactions are multiplexed.
+replicas start through it as the runtime role, with asyncpg's statement cache off (PgBouncer
+before 1.21 cannot follow named prepared statements), and PgBouncer holding fewer server
+connections than the two pools together, so their transactions are multiplexed.
 Then the two direct scenarios run through it: every request_id sent to both replicas at once,
 and a load during which one replica is killed with SIGKILL and the callers move to the other.
 
@@ -50,7 +51,7 @@ async def behind_bouncer(
     base_dsn: str, bouncer: Bouncer, logs_dir: Path
 ) -> AsyncIterator[tuple[list[ServerProcess], str]]:
     name = f"cw_bouncer_{next(_names)}"
-    owner, runtime = await db.provision(base_dsn, name)
+    _, runtime = await db.provision(base_dsn, name)
     # As `creditwallet-migrate up` connects with DB_STATEMENT_CACHE_SIZE=0.
     through_owner = bouncer.dsn(name, db.OWNER_ROLE)
     migrators = [await asyncpg.connect(through_owner, statement_cache_size=0) for _ in range(2)]
