@@ -100,6 +100,7 @@ class Target:
     host: str
     port: int
     database: str
+    user: str
 
     @classmethod
     def of(cls, dsn: str) -> Target:
@@ -107,7 +108,7 @@ class Target:
         query = urllib.parse.parse_qs(parts.query)
         host = (query.get("host") or [parts.hostname or "127.0.0.1"])[0]
         port = int((query.get("port") or [str(parts.port or 5432)])[0])
-        return cls(host, port, parts.path.lstrip("/"))
+        return cls(host, port, parts.path.lstrip("/"), parts.username or "postgres")
 
 
 def binary() -> str:
@@ -140,7 +141,7 @@ def run(dsn: str, script: str, clients: int, seconds: float, *, threads: int = T
             f"--log-prefix={Path(folder) / 'tx'}",
             f"--host={target.host}",
             f"--port={target.port}",
-            "--username=postgres",
+            f"--username={target.user}",
             target.database,
         ]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)

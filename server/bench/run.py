@@ -102,13 +102,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def prepare(base_dsn: str) -> str:
+async def prepare(base_dsn: str) -> tuple[str, str]:
+    """The bench database, migrated and loaded by the owner role: (owner DSN, runtime DSN);
+    the server and pgbench run as the runtime role, as in production."""
     conn = await asyncpg.connect(base_dsn)
     await conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-    await conn.execute(f"CREATE DATABASE {DATABASE}")
     await conn.close()
-    dsn = db_dsn(base_dsn, DATABASE)
-    conn = await asyncpg.connect(dsn)
+    owner, runtime = await db.provision(base_dsn, DATABASE)
+    conn = await asyncpg.connect(owner)
     await migrate.migrate(conn)
     for statement in _LOAD:
         args: list[Any] = [BALANCE_MICROS]
@@ -119,7 +120,7 @@ async def prepare(base_dsn: str) -> str:
         await conn.execute(statement, *args)
     await conn.execute("VACUUM ANALYZE")
     await conn.close()
-    return dsn
+    return owner, runtime
 
 
 def db_dsn(base_dsn: str, database: str) -> str:
@@ -508,8 +509,8 @@ def main(args: argparse.Namespace) -> int:
         shutil.rmtree(data, ignore_errors=True)
     load_before = machine_load()
     base_dsn = db.start_embedded(data)
-    dsn = asyncio.run(prepare(base_dsn))
-    tokens = {s: secrets.token_urlsafe(16) for s in ("agent", "billing", "admin")}
+    owner_dsn, dsn = asyncio.run(prepare(base_dsn))
+    tokens = {s: secrets.token_urlsafe(32) for s in ("agent", "billing", "admin")}
     print(
         f"make bench: {ACCOUNTS:,} accounts, {args.seconds}s per run, median of {args.repeats}, "
         f"{args.processes} load generator processes; machine before: {load_before}",
@@ -531,7 +532,7 @@ def main(args: argparse.Namespace) -> int:
         print("  " + ", ".join(f"{k} {v}%" for k, v in breakdown.items()))
     with server_process(dsn, tokens, 1) as (target, _):
         asyncio.run(wait_ready(target, tokens["agent"], 1))
-        history = asyncio.run(history_rows(args, target, tokens["admin"], dsn))
+        history = asyncio.run(history_rows(args, target, tokens["admin"], owner_dsn))
     rollover = asyncio.run(rollover_row(base_dsn, args.rollover_accounts))
     figures = bench.figures
     r = ratios(figures)
