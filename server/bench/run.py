@@ -457,6 +457,23 @@ def targets(r: dict[str, Any], history: dict[str, Any], rollover: dict[str, Any]
     return result
 
 
+def cpu_per_debit(bench: Bench) -> dict[str, dict[str, float]]:
+    """CPU microseconds per debit of each part (the basis of the scaling projection)."""
+    out: dict[str, dict[str, float]] = {}
+    for key, per_call in (
+        ("w1/debit spread/64", 1),
+        ("w1/debit hot/64", 1),
+        (f"w1/batch {BATCH_SIZE}/16", BATCH_SIZE),
+        ("b pgbench spread/16", 1),
+        ("c pgbench batched/2", pgbench.BATCH),
+    ):
+        figure, shares = bench.figures.get(key), bench.cpu.get(key)
+        if figure and shares:
+            rate = figure.per_second * per_call
+            out[key] = {part: round(cores / rate * 1e6, 1) for part, cores in shares.items()}
+    return out
+
+
 def report(r: dict[str, Any], figures: dict[str, Figures], goals: list[Any]) -> None:
     print("\nDebit against the ceilings: (a) gRPC alone, (b) PostgreSQL alone")
     print("workers  load   n |   rate/s |  / (a) |  / (b) | p99 / (p99 a + p99 b)")
@@ -485,6 +502,9 @@ def report(r: dict[str, Any], figures: dict[str, Figures], goals: list[Any]) -> 
             f"(b) {b.per_second:.0f}/s, {b1.per_second:.0f}/s with one more pgbench thread "
             f"({b1.per_second / b.per_second:.2f}x)"
         )
+    print("\nCPU microseconds per debit (cores used / debits per second):")
+    for key, parts in r["cpu_per_debit_us"].items():
+        print(f"  {key:<24} " + ", ".join(f"{part} {us:.0f}" for part, us in parts.items()))
     print("\ntargets:")
     for g in goals:
         sign = ">=" if g["at_least"] else "<="
@@ -536,6 +556,7 @@ def main(args: argparse.Namespace) -> int:
     rollover = asyncio.run(rollover_row(base_dsn, args.rollover_accounts))
     figures = bench.figures
     r = ratios(figures)
+    r["cpu_per_debit_us"] = cpu_per_debit(bench)
     goals = targets(r, history, rollover)
     report(r, figures, goals)
     load_after = machine_load()
