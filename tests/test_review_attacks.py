@@ -374,7 +374,8 @@ async def test_a_caller_that_goes_away_mid_batch_still_gets_one_debit(
         with pytest.raises(cw.DeadlineExceeded):
             await agent.debit(user, amount_micros=CREDIT, request_id="gone-1")
         task = asyncio.ensure_future(patient.debit(user, amount_micros=CREDIT, request_id="gone-2"))
-        await _waiting_on_locks(watch, 1)
+        # Two waiters: gone-1's batch still waits on the server, and now gone-2's.
+        await _waiting_on_locks(watch, 2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -839,7 +840,6 @@ async def test_a_hold_spanning_a_downgrade_renewal_escapes_the_carry_over_cap(
     )
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 7: being fixed")
 async def test_an_earlier_end_learnt_at_the_instant_of_a_debit_is_no_violation(
     ledger: Ledger, admin: AsyncCreditWalletClient
 ) -> None:
@@ -891,7 +891,7 @@ async def test_an_expiry_change_is_not_a_clawback_event(
     )
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 6: being fixed")
+@pytest.mark.xfail(strict=False, reason="review finding 6: being fixed (a race: it may pass)")
 async def test_two_purchases_of_one_checkout_for_two_users_at_once(
     ledger: Ledger, admin: AsyncCreditWalletClient
 ) -> None:
