@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -303,3 +304,42 @@ async def test_replicas_with_different_clocks_keep_each_account_in_order(
     finally:
         await fast.close()
         await slow.close()
+
+
+async def test_verify_reports_a_debit_that_spent_a_lot_after_its_expiry(
+    base_dsn: str, data_dir: Path
+) -> None:
+    """The check that no debit is dated at or after the expiry of a lot it consumed, seen
+    failing: the history is tampered with as a buggy write would have left it (a debit dated
+    after the expiry of the lot it burnt), as the database's superuser, since the server's
+    role may not rewrite history."""
+    ledger = await harness.start_ledger(base_dsn, data_dir)
+    try:
+        admin = ledger.client("admin")
+        user = harness.new_user()
+        expires_at = ledger.clock.now() + dt.timedelta(hours=1)
+        await admin.grant(
+            user, 5 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=expires_at, create_account=True
+        )
+        spent = await admin.debit(user, amount_micros=CREDIT)
+        assert (await admin.verify_ledger()).ok
+        database = urllib.parse.urlsplit(ledger.dsn).path.lstrip("/")
+        superuser = await asyncpg.connect(harness.dsn_for(base_dsn, database))
+        try:
+            await superuser.execute(
+                "UPDATE credit_transactions SET created_at = $3 "
+                "WHERE user_id = $1 AND transaction_id = $2",
+                user,
+                int(spent.transaction_id),
+                expires_at + dt.timedelta(seconds=1),
+            )
+        finally:
+            await superuser.close()
+        report = await admin.verify_ledger()
+        assert any(
+            f"transaction {spent.transaction_id} spent lot" in v.detail
+            and "at or after its expiry" in v.detail
+            for v in report.violations
+        ), [v.detail for v in report.violations]
+    finally:
+        await ledger.close()

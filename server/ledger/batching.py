@@ -121,7 +121,14 @@ class DebitBatcher:
                 return
             log.warning("debit batch aborted; running its debits alone", extra={"size": len(batch)})
             metrics.DEBIT_BATCHES_ABORTED.inc()
-            await asyncio.gather(*(self._run([item]) for item in batch))
+            # As many at once as batches may be in flight: the pool is sized for that.
+            slots = asyncio.Semaphore(self._in_flight_max)
+
+            async def alone(item: _Item) -> None:
+                async with slots:
+                    await self._run([item])
+
+            await asyncio.gather(*(alone(item) for item in batch))
             return
         metrics.DEBIT_BATCH_SIZE.observe(len(batch))
         for item, answer in zip(batch, answers, strict=True):

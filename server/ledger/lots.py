@@ -210,8 +210,10 @@ async def grant(
     grant_key: str | None = None,
 ) -> Granted:
     """Add a lot; it pays off recorded debt first. A lot granted already expired (a paid
-    period recorded late, say) is granted and expired in the same write, both in the history."""
-    paid_debt = min(account.debt_micros, amount_micros)
+    period recorded late, say) is granted and expired in the same write, both in the history,
+    and pays no debt: expired credits are never spendable, not even on debt."""
+    born_expired = expires_at is not None and expires_at <= now
+    paid_debt = 0 if born_expired else min(account.debt_micros, amount_micros)
     tx_id = await history.append(
         conn,
         account.user_id,
@@ -236,7 +238,7 @@ async def grant(
     )
     assert row is not None
     granted = Account.from_row(row)
-    if expires_at is not None and expires_at <= now and amount_micros > paid_debt:
+    if born_expired:
         granted = await _expire_due(conn, granted, now)
     return Granted(tx_id, row["lot_id"], granted)
 

@@ -63,9 +63,12 @@ FROM credits WHERE user_id = ANY($1::text[]) AND next_expiry_at <= $2
 ORDER BY user_id FOR UPDATE
 """
 
+# Each account's time is the run's clock or the account's last write, if later.
 _DUE_HOLDS = """
-SELECT user_id, count(*) AS n FROM holds
-WHERE user_id = ANY($1::text[]) AND status = 'pending' AND expires_at <= $2 GROUP BY user_id
+SELECT h.user_id, count(*) AS n FROM holds h JOIN credits c ON c.user_id = h.user_id
+WHERE h.user_id = ANY($1::text[]) AND h.status = 'pending'
+  AND h.expires_at <= GREATEST($2::timestamptz, c.updated_at)
+GROUP BY h.user_id
 """
 
 # lots.sweep for many accounts at once: balance_after of each history row is the balance

@@ -21,16 +21,33 @@ from creditwallet.server.db import Connection
 
 INVARIANT = 5
 
-# A debit (or the hold a capture settles) dated at or after the expiry of a lot it consumed.
+# A debit (or the hold a capture settles) dated at or after the expiry of a lot it consumed,
+# as that expiry stood then: a subscription lot's expiry may be moved later (an
+# ``expiry_change`` row, after which the moved expiry holds), so what counts for a consumption
+# is the expiry before the first change committed after it (for a capture: after its hold was
+# placed), else the lot's own.
 _SPENT_AFTER_EXPIRY = """
-SELECT c.user_id, c.transaction_id, c.lot_id, l.expires_at,
-       coalesce(h.created_at, t.created_at) AS spent_at
-FROM lot_consumptions c
-JOIN credit_transactions t ON t.user_id = c.user_id AND t.transaction_id = c.transaction_id
-JOIN credit_lots l ON l.user_id = c.user_id AND l.lot_id = c.lot_id
-LEFT JOIN holds h ON h.user_id = t.user_id AND h.hold_id = t.hold_id
-WHERE l.expires_at IS NOT NULL AND coalesce(h.created_at, t.created_at) >= l.expires_at
-ORDER BY c.user_id, c.transaction_id
+WITH spent AS (
+    SELECT c.user_id, c.transaction_id, c.lot_id, l.expires_at,
+           coalesce(h.created_at, t.created_at) AS spent_at, h.created_at AS held_at
+    FROM lot_consumptions c
+    JOIN credit_transactions t ON t.user_id = c.user_id AND t.transaction_id = c.transaction_id
+    JOIN credit_lots l ON l.user_id = c.user_id AND l.lot_id = c.lot_id
+    LEFT JOIN holds h ON h.user_id = t.user_id AND h.hold_id = t.hold_id
+    WHERE l.expires_at IS NOT NULL
+), judged AS (
+    SELECT s.*, coalesce((
+        SELECT (x.metadata->>'previous_expires_at')::timestamptz FROM credit_transactions x
+        WHERE x.user_id = s.user_id AND x.type = 'expiry_change'
+          AND (x.metadata->>'lot_id')::bigint = s.lot_id
+          AND CASE WHEN s.held_at IS NULL THEN x.transaction_id > s.transaction_id
+                   ELSE x.created_at > s.held_at END
+        ORDER BY x.transaction_id LIMIT 1), s.expires_at) AS in_force
+    FROM spent s
+)
+SELECT user_id, transaction_id, lot_id, in_force AS expires_at, spent_at FROM judged
+WHERE spent_at >= in_force
+ORDER BY user_id, transaction_id
 LIMIT $1
 """
 
@@ -74,6 +91,15 @@ ORDER BY l.user_id, l.lot_id
 LIMIT $1
 """
 
+
+# The same for holds: a hold whose TTL had ended by the account's last write was released.
+_HELD_PAST_EXPIRY = """
+SELECT h.user_id, h.hold_id, h.expires_at, c.updated_at
+FROM holds h JOIN credits c ON c.user_id = h.user_id
+WHERE h.status = 'pending' AND h.expires_at <= c.updated_at
+ORDER BY h.user_id, h.hold_id
+LIMIT $1
+"""
 
 # Results of billing events are stored in the billing scope and name their account. The row
 # right after the reply's own last row, if the same database transaction wrote it, can only be
@@ -148,6 +174,15 @@ async def violations(conn: Connection, cap: int) -> list[tuple[str, str]]:
                 r["user_id"],
                 f"lot {r['lot_id']} still holds {r['remaining_micros']} micros although it "
                 f"expired at {r['expires_at'].isoformat()} and the account was written at "
+                f"{r['updated_at'].isoformat()}",
+            )
+        )
+    for r in await conn.fetch(_HELD_PAST_EXPIRY, cap):
+        found.append(
+            (
+                r["user_id"],
+                f"hold {r['hold_id']} is still pending although it expired at "
+                f"{r['expires_at'].isoformat()} and the account was written at "
                 f"{r['updated_at'].isoformat()}",
             )
         )
