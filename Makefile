@@ -72,7 +72,13 @@ run: $(STAMP)
 bench: $(STAMP)
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m creditwallet.server.bench.run $(BENCH_ARGS)
 
+# The PgBouncer scenario needs Debian's pgbouncer: installed here when missing (not by `make test`).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 faults: $(STAMP)
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || { \
+		echo "installing pgbouncer (Debian package) for the PgBouncer scenario"; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq pgbouncer; }
 	$(VENV)/bin/pytest tests/faults -o addopts="-ra -q -p no:cacheprovider" --faults-full
 
 wheel: $(STAMP)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 import shtab
-from creditwallet.client import events_cli
+from creditwallet.client import debitfile, events_cli
 from creditwallet.core import limits
 from creditwallet.core.commands import parser as command_parser
 from creditwallet.core.units import format_credits, parse_credits
@@ -117,12 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("--referral-code", default="", help="a code to redeem on creation")
 
     leaf = command(commands, "debit", "Spend a user's credits: an agent's price, or an amount.")
-    leaf.add_argument("user", metavar="USER")
-    cost = leaf.add_mutually_exclusive_group(required=True)
+    leaf.add_argument("user", metavar="USER", nargs="?")  # or --file (debitfile.check)
+    cost = leaf.add_mutually_exclusive_group()
     cost.add_argument("--agent", help="charge this agent's price times --quantity")
     cost.add_argument("--amount", help="charge this many credits, e.g. 1.5")
     leaf.add_argument("--quantity", type=_positive_int, help="units of --agent (default 1)")
     _add_request_id(leaf)
+    debitfile.add_arguments(leaf)
 
     leaf = command(
         commands,

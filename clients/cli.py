@@ -33,7 +33,7 @@ from typing import Final
 
 import grpc
 import shtab
-from creditwallet.client import devhooks, events_cli, render
+from creditwallet.client import debitfile, devhooks, events_cli, render
 from creditwallet.client.arguments import (
     LOT_SOURCES,
     PAGE_SIZE_MAX,
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "quantity", None) is not None and args.agent is None:
             parser.error("--quantity needs --agent")
         resolve_amounts(parser, args)
+        debitfile.check(parser, args)
     except SystemExit as stop:  # --help, or a usage error already printed by argparse
         return stop.code if isinstance(stop.code, int) else EXIT_USAGE
     if getattr(args, "request_id", "") is None:
@@ -275,6 +276,8 @@ def _ensure(s: Session) -> Output:
 
 
 def _debit(s: Session) -> Output:
+    if s.args.file is not None:
+        return _debit_file(s)
     reply = s.client.debit(
         s.args.user,
         agent_id=s.args.agent,
@@ -292,6 +295,16 @@ def _debit(s: Session) -> Output:
     if reply.HasField("streak_reward"):
         items += render.reward_items(reply.streak_reward, s.amounts)
     return Output(reply, render.pairs(items))
+
+
+def _debit_file(s: Session) -> Output:
+    try:
+        requests = debitfile.read(s.args.file, micros=s.args.micros)
+    except debitfile.FileError as error:
+        raise UsageError(str(error)) from None
+    reply = debitfile.send(s.client, requests)
+    view, all_done = debitfile.view(requests, reply, s.amounts)
+    return Output(reply, view, EXIT_OK if all_done else EXIT_REFUSED)
 
 
 def _grant(s: Session) -> Output:

@@ -49,6 +49,7 @@ from typing import Final, cast
 
 import grpc
 from creditwallet.core import reasons
+from creditwallet.v1 import wallet_service_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -260,6 +261,23 @@ BY_REASON: Final[Mapping[str, type[CreditWalletError]]] = {
     "PAYMENT_PROVIDER_UNAVAILABLE": PaymentProviderUnavailable,
     "TOO_MANY_STREAMS": TooManyStreams,
 }
+
+
+def from_batch_error(error: wallet_service_pb2.BatchDebitError) -> CreditWalletError:
+    """The typed exception of one refused debit of a BatchDebit: the class, code, reason and
+    metadata that Debit would have raised for it."""
+    try:
+        code = grpc.StatusCode[error.code]
+    except KeyError:
+        code = grpc.StatusCode.UNKNOWN
+    by_code = _BY_CODE.get(code, CreditWalletError)
+    cls = BY_REASON.get(error.reason, by_code)
+    reason = error.reason or code.name
+    try:
+        return cls(code, reason, error.message, dict(error.metadata))
+    except (KeyError, ValueError):
+        return by_code(code, reason, error.message, dict(error.metadata))
+
 
 _BY_CODE: Final[Mapping[grpc.StatusCode, type[CreditWalletError]]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,

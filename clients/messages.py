@@ -13,7 +13,7 @@ needs to retry across process restarts passes its own ``request_id``.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from creditwallet.v1 import admin_service_pb2 as admin_pb2
@@ -61,6 +61,14 @@ def debit(
         session_id=session_id,
         metadata=metadata,
     )
+
+
+def batch_debit(debits: Iterable[wallet_pb2.DebitRequest]) -> wallet_pb2.BatchDebitRequest:
+    """Up to 1,000 debits in one call (build each with ``debit``), each applied, replayed or
+    refused on its own: the reply's ``results`` hold one outcome per debit, in order, and a
+    refused one never fails the others (``errors.from_batch_error`` gives its exception).
+    """
+    return wallet_pb2.BatchDebitRequest(requests=list(debits))
 
 
 def authorize(

@@ -70,6 +70,9 @@ GET_BALANCE: Final = Rpc(
     WALLET_SERVICE, "GetBalance", wallet_pb2.GetBalanceRequest, wallet_pb2.GetBalanceResponse
 )
 DEBIT: Final = Rpc(WALLET_SERVICE, "Debit", wallet_pb2.DebitRequest, wallet_pb2.DebitResponse)
+BATCH_DEBIT: Final = Rpc(
+    WALLET_SERVICE, "BatchDebit", wallet_pb2.BatchDebitRequest, wallet_pb2.BatchDebitResponse
+)
 AUTHORIZE: Final = Rpc(
     WALLET_SERVICE, "Authorize", wallet_pb2.AuthorizeRequest, wallet_pb2.AuthorizeResponse
 )
@@ -198,6 +201,7 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     ENSURE_ACCOUNT,
     GET_BALANCE,
     DEBIT,
+    BATCH_DEBIT,
     AUTHORIZE,
     CAPTURE,
     VOID,
@@ -241,12 +245,19 @@ def backoff_seconds(retries_done: int, rng: random.Random) -> float:
     return rng.uniform(ceiling / 2, ceiling)
 
 
-def channel_options(message_bytes_max: int, round_robin: bool = False) -> list[tuple[str, Any]]:
+def channel_options(
+    message_bytes_max: int, round_robin: bool = False, own_connection: bool = False
+) -> list[tuple[str, Any]]:
     """Channel arguments both clients pass; sizes explicit rather than gRPC's defaults.
 
     ``round_robin``: spread calls over every address the target resolves to (e.g. a DNS name
     of several server replicas, ``dns:///ledger.internal:50051``) instead of gRPC's default
     of using the first that connects.
+
+    ``own_connection``: a connection of this channel's own. By default gRPC lets every channel
+    of a process to the same target share one connection, so all of them reach the one
+    server process that accepted it; clients with connections of their own are spread over
+    the worker processes of a server with ``GRPC_WORKERS`` > 1.
     """
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", message_bytes_max),
@@ -259,6 +270,8 @@ def channel_options(message_bytes_max: int, round_robin: bool = False) -> list[t
         ),
         ("grpc.max_reconnect_backoff_ms", int(limits.CLIENT_RECONNECT_BACKOFF_MAX_SECONDS * 1000)),
     ]
+    if own_connection:
+        options.append(("grpc.use_local_subchannel_pool", 1))
     if round_robin:
         options.append(
             ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))

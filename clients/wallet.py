@@ -69,6 +69,7 @@ class _ClientSettings:
         certificate_chain: bytes | None,
         message_bytes_max: int,
         round_robin: bool = False,
+        own_connection: bool = False,
     ) -> None:
         if not target:
             raise ValueError("target must be host:port")
@@ -88,7 +89,7 @@ class _ClientSettings:
         self.auth_metadata: tuple[tuple[str, str], ...] = (
             (AUTHORIZATION_METADATA_KEY, f"Bearer {token}"),
         )
-        self.options = rpcs.channel_options(message_bytes_max, round_robin)
+        self.options = rpcs.channel_options(message_bytes_max, round_robin, own_connection)
         self.credentials: grpc.ChannelCredentials | None = None
         if tls or root_certificates is not None or private_key is not None:
             # None roots mean the system's trust store.
@@ -121,6 +122,7 @@ class AsyncCreditWalletClient:
         certificate_chain: bytes | None = None,
         message_bytes_max: int = limits.CLIENT_MESSAGE_BYTES_MAX_DEFAULT,
         round_robin: bool = False,
+        own_connection: bool = False,
     ) -> None:
         self._settings = _ClientSettings(
             target,
@@ -133,6 +135,7 @@ class AsyncCreditWalletClient:
             certificate_chain=certificate_chain,
             message_bytes_max=message_bytes_max,
             round_robin=round_robin,
+            own_connection=own_connection,
         )
         settings = self._settings
         if settings.credentials is None:
@@ -240,6 +243,7 @@ class AsyncCreditWalletClient:
     ensure_account = AsyncMethod(rpcs.ENSURE_ACCOUNT, messages.ensure_account)
     get_balance = AsyncMethod(rpcs.GET_BALANCE, messages.get_balance)
     debit = AsyncMethod(rpcs.DEBIT, messages.debit)
+    batch_debit = AsyncMethod(rpcs.BATCH_DEBIT, messages.batch_debit)
     authorize = AsyncMethod(rpcs.AUTHORIZE, messages.authorize)
     capture = AsyncMethod(rpcs.CAPTURE, messages.capture)
     void = AsyncMethod(rpcs.VOID, messages.void)
@@ -276,6 +280,7 @@ class CreditWalletClient:
         certificate_chain: bytes | None = None,
         message_bytes_max: int = limits.CLIENT_MESSAGE_BYTES_MAX_DEFAULT,
         round_robin: bool = False,
+        own_connection: bool = False,
     ) -> None:
         self._settings = _ClientSettings(
             target,
@@ -288,6 +293,7 @@ class CreditWalletClient:
             certificate_chain=certificate_chain,
             message_bytes_max=message_bytes_max,
             round_robin=round_robin,
+            own_connection=own_connection,
         )
         settings = self._settings
         if settings.credentials is None:
@@ -352,6 +358,7 @@ class CreditWalletClient:
     ensure_account = SyncMethod(rpcs.ENSURE_ACCOUNT, messages.ensure_account)
     get_balance = SyncMethod(rpcs.GET_BALANCE, messages.get_balance)
     debit = SyncMethod(rpcs.DEBIT, messages.debit)
+    batch_debit = SyncMethod(rpcs.BATCH_DEBIT, messages.batch_debit)
     authorize = SyncMethod(rpcs.AUTHORIZE, messages.authorize)
     capture = SyncMethod(rpcs.CAPTURE, messages.capture)
     void = SyncMethod(rpcs.VOID, messages.void)

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,7 @@ ENVIRONMENT = """environment (defaults in brackets):
   TLS_CERT_PATH, TLS_KEY_PATH, TLS_CLIENT_CA_PATH   TLS, and mutual TLS with a client CA
   TRIAL_CREDITS_MICROS  trial lot of a new account [5000000]
   DEBIT_BATCHING      group commit of concurrent debits, on|off [on]
+  GRPC_WORKERS        server processes sharing GRPC_ADDRESS [one per core]
   DB_STATEMENT_CACHE_SIZE   asyncpg's prepared statements, 0 behind old PgBouncer [100]
   LOG_FORMAT, LOG_LEVEL   json|text [json], DEBUG|INFO|WARNING|ERROR [INFO]
 The README's Configuration section describes each."""
@@ -91,6 +93,10 @@ async def _serve(config: ServerConfig) -> int:
     else:  # the embedded cluster, as its runtime role (its owner role migrates it)
         _, dsn = await db.provision(start_embedded(config.data_dir), db.EMBEDDED_DATABASE)
     await wait_for_database(dsn)
+    if config.grpc_workers > 1:
+        from creditwallet.server import workers
+
+        return await _supervise(workers.supervise(config, dsn))
     try:
         running = await app.start(config, dsn=dsn)
     except ConfigError:
@@ -122,6 +128,18 @@ async def _serve(config: ServerConfig) -> int:
     log.info("shutting down")
     await running.stop()
     return 0
+
+
+async def _supervise(work: Awaitable[int]) -> int:
+    from creditwallet.server import migrate
+
+    try:
+        return await work
+    except migrate.MigrationError as error:
+        raise StartupError(
+            f"the database's schema does not match this version ({error}): restore the "
+            "migration files of the version that created it"
+        ) from None
 
 
 if __name__ == "__main__":

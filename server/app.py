@@ -39,6 +39,22 @@ from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger(__name__)
 
+
+def _options(worker: Worker | None) -> tuple[tuple[str, int], ...]:
+    """A worker shares its port with the others (SO_REUSEPORT); a lone server never does."""
+    if worker is None:
+        return SERVER_OPTIONS
+    return (*(o for o in SERVER_OPTIONS if o[0] != "grpc.so_reuseport"), ("grpc.so_reuseport", 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Worker:
+    """One of several server processes on one port: its index and its share of connections."""
+
+    index: int
+    pool_size: int
+
+
 SERVICE_NAMES = (
     wallet_service_pb2.DESCRIPTOR.services_by_name["WalletService"].full_name,
     billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
@@ -97,9 +113,20 @@ class RunningServer:
 
 
 async def start(
-    config: ServerConfig, *, dsn: str, clock: Clock | None = None, address: str | None = None
+    config: ServerConfig,
+    *,
+    dsn: str,
+    clock: Clock | None = None,
+    address: str | None = None,
+    worker: Worker | None = None,
 ) -> RunningServer:
-    pool = await db.create_pool(dsn, statement_cache_size=config.statement_cache_size)
+    """The server on a current schema; a ``worker`` of several (server/workers.py) shares its
+    port and the database's connections with the others."""
+    pool = await db.create_pool(
+        dsn,
+        statement_cache_size=config.statement_cache_size,
+        max_size=worker.pool_size if worker else limits.DB_POOL_SIZE_MAX,
+    )
     try:
         async with pool.acquire() as conn:
             await migrate.require_current(db.unwrap(conn))
@@ -115,7 +142,7 @@ async def start(
     runtime = Runtime(pool, clock, debits, config.trial_credits_micros, events)
     server = grpc.aio.server(
         interceptors=[Gate(config.tokens)],
-        options=SERVER_OPTIONS,
+        options=_options(worker),
         maximum_concurrent_rpcs=limits.GRPC_CONCURRENT_RPCS_MAX,
     )
     wgrpc.add_WalletServiceServicer_to_server(WalletService(runtime), server)

@@ -116,6 +116,8 @@ class ServerConfig:
     debit_batching: bool = True
     # asyncpg's prepared-statement cache; 0 behind PgBouncer < 1.21 in transaction mode.
     statement_cache_size: int = 100
+    # Server processes on one port (server/workers.py); from the environment, one per core.
+    grpc_workers: int = 1
     # Balance alerts, expiry notices, webhooks, auto-recharge (server/events/settings.py).
     events: EventsConfig = dataclasses.field(default_factory=EventsConfig)
 
@@ -145,6 +147,7 @@ class ServerConfig:
             log_level=log.level,
             debit_batching=env.get("DEBIT_BATCHING", "on") != "off",
             statement_cache_size=_non_negative(env, "DB_STATEMENT_CACHE_SIZE", 100),
+            grpc_workers=_workers(env),
             events=EventsConfig.from_env(env),
         )
         if not _is_host_port(cfg.grpc_address):
@@ -155,6 +158,25 @@ class ServerConfig:
             raise ConfigError("METRICS_ADDRESS must be host:port")
         _check_tls(cfg)
         return cfg
+
+
+def cores() -> int:
+    """The cores this process may run on (a container's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _workers(env: Mapping[str, str]) -> int:
+    default = min(cores(), limits.GRPC_WORKERS_MAX)
+    value = env.get("GRPC_WORKERS", "") or str(default)
+    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= limits.GRPC_WORKERS_MAX:
+        raise ConfigError(
+            f"GRPC_WORKERS must be 1-{limits.GRPC_WORKERS_MAX} server processes "
+            f"(default: one per core, {default} here), not {value!r}"
+        )
+    return int(value)
 
 
 def _check_tls(cfg: ServerConfig) -> None:

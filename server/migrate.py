@@ -1,9 +1,9 @@
 """Plain numbered SQL migrations, applied once each, in order of their numbers, under an
 advisory lock.
 
-Several replicas may start at once: the session-level advisory lock makes them apply each
-file exactly once. An applied file whose checksum changed is refused rather than ignored,
-since the database no longer matches the code that describes it.
+Several replicas may start at once: a transaction-level advisory lock around each file makes
+them apply each file exactly once. An applied file whose checksum changed is refused rather
+than ignored, since the database no longer matches the code that describes it.
 
 Migrations run as the schema's owner role (``MIGRATIONS_DATABASE_URL``), never as the
 server's. Every run ends by (re)applying the runtime role's grants (``RUNTIME_GRANTS``), so a
@@ -23,12 +23,14 @@ from pathlib import Path
 
 import asyncpg
 from creditwallet.core import commands, limits
-from creditwallet.core.settings import StartupError
+from creditwallet.core.settings import ConfigError, StartupError
 from creditwallet.core.startup import run_command
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_LOCK_KEY = 0x63726564_6974  # "credit" — arbitrary, stable
+
+_LOCK = "SELECT pg_advisory_xact_lock($1)"
 
 _CREATE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -78,33 +80,49 @@ def load_migrations() -> list[tuple[int, str, str]]:
 
 
 async def migrate(conn: asyncpg.Connection[asyncpg.Record]) -> list[str]:
-    """Apply pending migrations; return the names applied by this call."""
+    """Apply pending migrations; return the names applied by this call.
+
+    Each file is applied in a transaction of its own that first takes a transaction-level
+    advisory lock and then checks again that no one applied it meanwhile. A transaction-level
+    lock (unlike a session lock) needs nothing but the transaction, so this also works through
+    PgBouncer in transaction mode, where consecutive statements outside a transaction may run
+    on different server connections.
+    """
     applied_now: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATIONS_LOCK_KEY)
-    try:
+    async with conn.transaction():
+        await conn.execute(_LOCK, MIGRATIONS_LOCK_KEY)
         await conn.execute(_CREATE)
-        rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
-        applied = {r["version"]: r["checksum"] for r in rows}
-        for version, name, sql in load_migrations():
-            checksum = hashlib.sha256(sql.encode()).hexdigest()
-            if version in applied:
-                if applied[version] != checksum:
-                    raise MigrationError(f"applied migration {name} was edited")
-                continue
-            async with conn.transaction():
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    version,
-                    name,
-                    checksum,
-                )
-            log.info("migration applied", extra={"migration": name})
-            applied_now.append(name)
+        applied = await _applied(conn)
+    pending = []
+    for version, name, sql in load_migrations():
+        checksum = hashlib.sha256(sql.encode()).hexdigest()
+        if version not in applied:
+            pending.append((version, name, sql, checksum))
+        elif applied[version] != checksum:
+            raise MigrationError(f"applied migration {name} was edited")
+    for version, name, sql, checksum in pending:
+        async with conn.transaction():
+            await conn.execute(_LOCK, MIGRATIONS_LOCK_KEY)
+            if version in await _applied(conn):
+                continue  # another run applied it while this one waited for the lock
+            await conn.execute(sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                version,
+                name,
+                checksum,
+            )
+        log.info("migration applied", extra={"migration": name})
+        applied_now.append(name)
+    async with conn.transaction():
+        await conn.execute(_LOCK, MIGRATIONS_LOCK_KEY)
         await conn.execute(RUNTIME_GRANTS)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATIONS_LOCK_KEY)
     return applied_now
+
+
+async def _applied(conn: asyncpg.Connection[asyncpg.Record]) -> dict[int, str]:
+    rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+    return {r["version"]: r["checksum"] for r in rows}
 
 
 async def status(conn: asyncpg.Connection[asyncpg.Record]) -> list[tuple[str, str]]:
@@ -135,7 +153,8 @@ async def require_current(conn: asyncpg.Connection[asyncpg.Record]) -> None:
 ENVIRONMENT = """environment:
   MIGRATIONS_DATABASE_URL   PostgreSQL DSN of the schema's owner role (default DATABASE_URL,
                             else the embedded PostgreSQL under DATA_DIR, as its owner role)
-  DATA_DIR                  where the embedded PostgreSQL keeps its data (default .data)"""
+  DATA_DIR                  where the embedded PostgreSQL keeps its data (default .data)
+  DB_STATEMENT_CACHE_SIZE   asyncpg's prepared statements, 0 behind PgBouncer < 1.21 (100)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,7 +176,12 @@ async def _main(action: str) -> int:
         superuser = start_embedded(Path(os.environ.get("DATA_DIR") or ".data"))
         dsn, _ = await db.provision(superuser, db.EMBEDDED_DATABASE)
     await wait_for_database(dsn)
-    conn = await asyncpg.connect(dsn, timeout=limits.DB_CONNECT_TIMEOUT_SECONDS)
+    cache = os.environ.get("DB_STATEMENT_CACHE_SIZE", "100")
+    if not cache.isascii() or not cache.isdigit():
+        raise ConfigError("DB_STATEMENT_CACHE_SIZE must be a non-negative integer")
+    conn = await asyncpg.connect(
+        dsn, timeout=limits.DB_CONNECT_TIMEOUT_SECONDS, statement_cache_size=int(cache)
+    )
     try:
         if action == "up":
             try:

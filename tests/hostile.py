@@ -149,6 +149,9 @@ def fill(message: Message, values: dict[str, Any]) -> Message:
         field = message.DESCRIPTOR.fields_by_name[name]
         if _is_map(field):
             getattr(message, name).update(value)
+        elif field.is_repeated and field.type == FD.TYPE_MESSAGE:
+            for item in value:
+                fill(getattr(message, name).add(), item)
         elif field.is_repeated:
             getattr(message, name).extend(value)
         elif field.type == FD.TYPE_MESSAGE and isinstance(value, dict):

@@ -33,6 +33,8 @@ READS = {
     "ListWebhookEndpoints",
     "GetRolloverProgress",
 }
+# Batches: each item is a request with its own request_id.
+BATCHES = {"BatchDebit": "requests"}
 
 
 def methods() -> list[descriptor.MethodDescriptor]:
@@ -68,7 +70,12 @@ def test_enums_have_prefixed_values_and_unspecified_zero() -> None:
 def test_mutating_requests_take_request_id_and_lists_page() -> None:
     for m in methods():
         fields = m.input_type.fields_by_name
-        if m.name in READS or m.name in NATURALLY_IDEMPOTENT:
+        if m.name in BATCHES:
+            items = fields[BATCHES[m.name]]
+            assert items.is_repeated
+            assert items.message_type is not None
+            assert "request_id" in items.message_type.fields_by_name
+        elif m.name in READS or m.name in NATURALLY_IDEMPOTENT:
             assert "request_id" not in fields or m.name not in READS
         else:
             assert "request_id" in fields, m.name

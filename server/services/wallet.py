@@ -19,7 +19,7 @@ from creditwallet.server.ledger import (
     referrals,
     streaks,
 )
-from creditwallet.server.services import Runtime, guard
+from creditwallet.server.services import Runtime, batch, guard
 from creditwallet.v1 import wallet_service_pb2 as wpb
 from creditwallet.v1 import wallet_service_pb2_grpc as wgrpc
 
@@ -67,6 +67,14 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
         return convert.balance(await balances.balance(self.rt.pool, self.rt.clock, user_id))
 
     async def Debit(self, request: wpb.DebitRequest, context: Context) -> wpb.DebitResponse:
+        return await self._debit(request)
+
+    async def BatchDebit(
+        self, request: wpb.BatchDebitRequest, context: Context
+    ) -> wpb.BatchDebitResponse:
+        return await batch.batch_debit(request, self._debit)
+
+    async def _debit(self, request: wpb.DebitRequest) -> wpb.DebitResponse:
         cmd = debit.DebitCommand(
             user_id=validate.user_id(request.user_id),
             request_id=validate.request_id(request.request_id),

@@ -48,6 +48,9 @@ def server_env(dsn: str, port: int, **extra: str) -> dict[str, str]:
         "BILLING_TOKEN": TOKENS["billing"],
         "ADMIN_TOKEN": TOKENS["admin"],
         "LOG_LEVEL": "DEBUG",
+        # One process, so that a scenario's kill, metrics and log are those of the server;
+        # several workers are tests/test_workers.py's (pass GRPC_WORKERS to override).
+        "GRPC_WORKERS": "1",
     }
     env.update(extra)
     return env

@@ -62,6 +62,13 @@ async def answer(client: AsyncCreditWalletClient, user: str, request_id: str) ->
 async def test_migrations_once_and_no_double_debit_across_replicas(
     replicas: list[ServerProcess], scale: Scale, record: list[str]
 ) -> None:
+    await race_both_replicas(replicas, replicas[0].dsn, scale, record, "2 replicas")
+
+
+async def race_both_replicas(
+    replicas: list[ServerProcess], dsn: str, scale: Scale, record: list[str], label: str
+) -> None:
+    """Each request_id to both replicas at once; the audit reads the ledger at ``dsn``."""
     versions = [v for v, _, _ in migrate.load_migrations()]
     applied_lines = sum(p.log_text().count('"migration applied"') for p in replicas)
     assert applied_lines == 0, "a server never migrates (it runs as the runtime role)"
@@ -95,7 +102,7 @@ async def test_migrations_once_and_no_double_debit_across_replicas(
         if pair[0][0].isdigit() and not pair[0][1] and not pair[1][1]
     ]
     assert not fresh_both, ("applied by both replicas", fresh_both[:5])
-    conn = await asyncpg.connect(replicas[0].dsn)
+    conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch(
             "SELECT user_id, count(*) AS n, count(DISTINCT request_id) AS ids "
@@ -111,7 +118,7 @@ async def test_migrations_once_and_no_double_debit_across_replicas(
     assert report.ok, [v.detail for v in report.violations][:5]
     accepted = sum(1 for pair in answers if pair[0][0].isdigit())
     record.append(
-        f"2 replicas: attempted={len(jobs)} request_ids x2 sends, acknowledged={accepted}, "
+        f"{label}: attempted={len(jobs)} request_ids x2 sends, acknowledged={accepted}, "
         f"found_in_ledger={sum(r['n'] for r in rows)}, applied_twice=0, "
         f"refused_insufficient={len(jobs) - accepted}, invariant_violations="
         f"{len(report.violations)}, migrations={migrations}"

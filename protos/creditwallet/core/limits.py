@@ -80,6 +80,25 @@ DEBIT_BATCH_MAX: Final = 64
 DEBIT_BATCHES_IN_FLIGHT_MAX: Final = 2
 
 
+# Performance: batches of debits in one call, worker processes, their connections.
+# BatchDebit takes at most this many debits (each its own request_id and outcome); a full
+# batch of debits with 16 metadata keys of full length stays under GRPC_MESSAGE_BYTES_MAX only
+# with short values, so large batches should carry little metadata.
+BATCH_DEBIT_ITEMS_MAX: Final = 1000
+# GRPC_WORKERS: server processes on one port (SO_REUSEPORT); default one per core, at most
+# this many (past it, PostgreSQL is the limit: run more servers behind PgBouncer instead).
+GRPC_WORKERS_MAX: Final = 10
+# The database connections of one server, all its workers together: each worker's pool gets
+# an equal share, at most DB_POOL_SIZE_MAX and at least DB_POOL_SIZE_WORKER_MIN (its debit
+# batches in flight, plus reads). PostgreSQL serves best at a few active connections per core
+# of its own; past that, more connections only queue inside it (put PgBouncer in front of
+# many servers).
+DB_CONNECTIONS_PER_SERVER_MAX: Final = 40
+DB_POOL_SIZE_WORKER_MIN: Final = DEBIT_BATCHES_IN_FLIGHT_MAX + 2
+# How long the supervisor of the workers waits for all of them to stop after a signal.
+GRPC_WORKERS_STOP_SECONDS: Final = GRPC_SHUTDOWN_GRACE_SECONDS + 10.0
+
+
 # Events out (server/events/): the outbox's sequencer, webhook delivery, the event stream and
 # auto-recharge. Background loops poll the database at most this often (no LISTEN/NOTIFY,
 # which would serialize every committing writer on the notification queue's lock).
@@ -265,6 +284,13 @@ def _check() -> None:
         "DEBIT_BATCHES_IN_FLIGHT_MAX < DB_POOL_SIZE_MAX": (
             DEBIT_BATCHES_IN_FLIGHT_MAX < DB_POOL_SIZE_MAX
         ),
+        "DB_POOL_SIZE_MIN <= DB_POOL_SIZE_WORKER_MIN <= DB_POOL_SIZE_MAX": (
+            DB_POOL_SIZE_MIN <= DB_POOL_SIZE_WORKER_MIN <= DB_POOL_SIZE_MAX
+        ),
+        "GRPC_WORKERS_MAX * DB_POOL_SIZE_WORKER_MIN <= DB_CONNECTIONS_PER_SERVER_MAX": (
+            GRPC_WORKERS_MAX * DB_POOL_SIZE_WORKER_MIN <= DB_CONNECTIONS_PER_SERVER_MAX
+        ),
+        "DEBIT_BATCH_MAX <= BATCH_DEBIT_ITEMS_MAX": DEBIT_BATCH_MAX <= BATCH_DEBIT_ITEMS_MAX,
         "gateway RPC + Stripe API deadlines < Stripe's webhook timeout": (
             GATEWAY_RPC_TIMEOUT_SECONDS + GATEWAY_STRIPE_TIMEOUT_SECONDS
             < STRIPE_WEBHOOK_TIMEOUT_SECONDS

@@ -27,7 +27,7 @@ from creditwallet.v1 import events_pb2 as creditwallet_dot_v1_dot_events__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$creditwallet/v1/wallet_service.proto\x12\x0f\x63reditwallet.v1\x1a\x1c\x63reditwallet/v1/common.proto\x1a\x1c\x63reditwallet/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"v\n\x07\x42\x61lance\x12\x18\n\x10\x61vailable_micros\x18\x01 \x01(\x03\x12\x13\n\x0bheld_micros\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65\x62t_micros\x18\x03 \x01(\x03\x12\'\n\x04lots\x18\x04 \x03(\x0b\x32\x19.creditwallet.v1.LotGroup\">\n\x14\x45nsureAccountRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x15\n\rreferral_code\x18\x02 \x01(\t\"S\n\x15\x45nsureAccountResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\x12)\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x18.creditwallet.v1.Balance\"$\n\x11GetBalanceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xf0\x01\n\x12GetBalanceResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10\x61vailable_micros\x18\x02 \x01(\x03\x12\x13\n\x0bheld_micros\x18\x03 \x01(\x03\x12\x13\n\x0b\x64\x65\x62t_micros\x18\x04 \x01(\x03\x12\'\n\x04lots\x18\x05 \x03(\x0b\x32\x19.creditwallet.v1.LotGroup\x12\x33\n\x0csubscription\x18\x06 \x01(\x0b\x32\x1d.creditwallet.v1.Subscription\x12\'\n\x06streak\x18\x07 \x01(\x0b\x32\x17.creditwallet.v1.Streak\"\x84\x02\n\x0c\x44\x65\x62itRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x15\n\x08quantity\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\ramount_micros\x18\x05 \x01(\x03\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12=\n\x08metadata\x18\x07 \x03(\x0b\x32+.creditwallet.v1.DebitRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_quantity\"\xa1\x01\n\rDebitResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63harged_micros\x18\x02 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x03 \x01(\x03\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x12\x34\n\rstreak_reward\x18\x05 \x01(\x0b\x32\x1d.creditwallet.v1.StreakReward\"\xa1\x02\n\x10\x41uthorizeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x15\n\x08quantity\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\ramount_micros\x18\x05 \x01(\x03\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x41\n\x08metadata\x18\x07 \x03(\x0b\x32/.creditwallet.v1.AuthorizeRequest.MetadataEntry\x12\x13\n\x0bttl_seconds\x18\x08 \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_quantity\"\x95\x01\n\x11\x41uthorizeResponse\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bheld_micros\x18\x03 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x04 \x01(\x03\x12\x10\n\x08replayed\x18\x05 \x01(\x08\"t\n\x0e\x43\x61ptureRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x1a\n\ramount_micros\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07user_id\x18\x04 \x01(\tB\x10\n\x0e_amount_micros\"\xbc\x01\n\x0f\x43\x61ptureResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63harged_micros\x18\x02 \x01(\x03\x12\x17\n\x0freleased_micros\x18\x03 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x04 \x01(\x03\x12\x10\n\x08replayed\x18\x05 \x01(\x08\x12\x34\n\rstreak_reward\x18\x06 \x01(\x0b\x32\x1d.creditwallet.v1.StreakReward\"C\n\x0bVoidRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\"S\n\x0cVoidResponse\x12\x17\n\x0freleased_micros\x18\x01 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x02 \x01(\x03\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\x81\x01\n\x17ListTransactionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12.\n\x04type\x18\x04 \x01(\x0e\x32 .creditwallet.v1.TransactionType\"g\n\x18ListTransactionsResponse\x12\x32\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x1c.creditwallet.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x10GetStreakRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"<\n\x11GetStreakResponse\x12\'\n\x06streak\x18\x01 \x01(\x0b\x32\x17.creditwallet.v1.Streak\")\n\x16GetReferralCodeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"@\n\x17GetReferralCodeResponse\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x17\n\x0frewards_granted\x18\x02 \x01(\x05\"N\n\x19RedeemReferralCodeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\"x\n\x1aRedeemReferralCodeResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x16\n\x0egranted_micros\x18\x02 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x03 \x01(\x03\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x32\xe6\x07\n\rWalletService\x12^\n\rEnsureAccount\x12%.creditwallet.v1.EnsureAccountRequest\x1a&.creditwallet.v1.EnsureAccountResponse\x12U\n\nGetBalance\x12\".creditwallet.v1.GetBalanceRequest\x1a#.creditwallet.v1.GetBalanceResponse\x12\x46\n\x05\x44\x65\x62it\x12\x1d.creditwallet.v1.DebitRequest\x1a\x1e.creditwallet.v1.DebitResponse\x12R\n\tAuthorize\x12!.creditwallet.v1.AuthorizeRequest\x1a\".creditwallet.v1.AuthorizeResponse\x12L\n\x07\x43\x61pture\x12\x1f.creditwallet.v1.CaptureRequest\x1a .creditwallet.v1.CaptureResponse\x12\x43\n\x04Void\x12\x1c.creditwallet.v1.VoidRequest\x1a\x1d.creditwallet.v1.VoidResponse\x12g\n\x10ListTransactions\x12(.creditwallet.v1.ListTransactionsRequest\x1a).creditwallet.v1.ListTransactionsResponse\x12R\n\tGetStreak\x12!.creditwallet.v1.GetStreakRequest\x1a\".creditwallet.v1.GetStreakResponse\x12\x64\n\x0fGetReferralCode\x12\'.creditwallet.v1.GetReferralCodeRequest\x1a(.creditwallet.v1.GetReferralCodeResponse\x12m\n\x12RedeemReferralCode\x12*.creditwallet.v1.RedeemReferralCodeRequest\x1a+.creditwallet.v1.RedeemReferralCodeResponse\x12]\n\x0cStreamEvents\x12$.creditwallet.v1.StreamEventsRequest\x1a%.creditwallet.v1.StreamEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$creditwallet/v1/wallet_service.proto\x12\x0f\x63reditwallet.v1\x1a\x1c\x63reditwallet/v1/common.proto\x1a\x1c\x63reditwallet/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"v\n\x07\x42\x61lance\x12\x18\n\x10\x61vailable_micros\x18\x01 \x01(\x03\x12\x13\n\x0bheld_micros\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65\x62t_micros\x18\x03 \x01(\x03\x12\'\n\x04lots\x18\x04 \x03(\x0b\x32\x19.creditwallet.v1.LotGroup\">\n\x14\x45nsureAccountRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x15\n\rreferral_code\x18\x02 \x01(\t\"S\n\x15\x45nsureAccountResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\x12)\n\x07\x62\x61lance\x18\x02 \x01(\x0b\x32\x18.creditwallet.v1.Balance\"$\n\x11GetBalanceRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\xf0\x01\n\x12GetBalanceResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10\x61vailable_micros\x18\x02 \x01(\x03\x12\x13\n\x0bheld_micros\x18\x03 \x01(\x03\x12\x13\n\x0b\x64\x65\x62t_micros\x18\x04 \x01(\x03\x12\'\n\x04lots\x18\x05 \x03(\x0b\x32\x19.creditwallet.v1.LotGroup\x12\x33\n\x0csubscription\x18\x06 \x01(\x0b\x32\x1d.creditwallet.v1.Subscription\x12\'\n\x06streak\x18\x07 \x01(\x0b\x32\x17.creditwallet.v1.Streak\"\x84\x02\n\x0c\x44\x65\x62itRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x15\n\x08quantity\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\ramount_micros\x18\x05 \x01(\x03\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12=\n\x08metadata\x18\x07 \x03(\x0b\x32+.creditwallet.v1.DebitRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_quantity\"\xa1\x01\n\rDebitResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63harged_micros\x18\x02 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x03 \x01(\x03\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x12\x34\n\rstreak_reward\x18\x05 \x01(\x0b\x32\x1d.creditwallet.v1.StreakReward\"D\n\x11\x42\x61tchDebitRequest\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.creditwallet.v1.DebitRequest\"H\n\x12\x42\x61tchDebitResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.creditwallet.v1.BatchDebitResult\"\x81\x01\n\x10\x42\x61tchDebitResult\x12/\n\x05\x64\x65\x62it\x18\x01 \x01(\x0b\x32\x1e.creditwallet.v1.DebitResponseH\x00\x12\x31\n\x05\x65rror\x18\x02 \x01(\x0b\x32 .creditwallet.v1.BatchDebitErrorH\x00\x42\t\n\x07outcome\"\xb3\x01\n\x0f\x42\x61tchDebitError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12@\n\x08metadata\x18\x04 \x03(\x0b\x32..creditwallet.v1.BatchDebitError.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa1\x02\n\x10\x41uthorizeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x15\n\x08quantity\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\ramount_micros\x18\x05 \x01(\x03\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x41\n\x08metadata\x18\x07 \x03(\x0b\x32/.creditwallet.v1.AuthorizeRequest.MetadataEntry\x12\x13\n\x0bttl_seconds\x18\x08 \x01(\x05\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_quantity\"\x95\x01\n\x11\x41uthorizeResponse\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bheld_micros\x18\x03 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x04 \x01(\x03\x12\x10\n\x08replayed\x18\x05 \x01(\x08\"t\n\x0e\x43\x61ptureRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x1a\n\ramount_micros\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x0f\n\x07user_id\x18\x04 \x01(\tB\x10\n\x0e_amount_micros\"\xbc\x01\n\x0f\x43\x61ptureResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63harged_micros\x18\x02 \x01(\x03\x12\x17\n\x0freleased_micros\x18\x03 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x04 \x01(\x03\x12\x10\n\x08replayed\x18\x05 \x01(\x08\x12\x34\n\rstreak_reward\x18\x06 \x01(\x0b\x32\x1d.creditwallet.v1.StreakReward\"C\n\x0bVoidRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\"S\n\x0cVoidResponse\x12\x17\n\x0freleased_micros\x18\x01 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x02 \x01(\x03\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\x81\x01\n\x17ListTransactionsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12.\n\x04type\x18\x04 \x01(\x0e\x32 .creditwallet.v1.TransactionType\"g\n\x18ListTransactionsResponse\x12\x32\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x1c.creditwallet.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x10GetStreakRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"<\n\x11GetStreakResponse\x12\'\n\x06streak\x18\x01 \x01(\x0b\x32\x17.creditwallet.v1.Streak\")\n\x16GetReferralCodeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"@\n\x17GetReferralCodeResponse\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x17\n\x0frewards_granted\x18\x02 \x01(\x05\"N\n\x19RedeemReferralCodeRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\"x\n\x1aRedeemReferralCodeResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x16\n\x0egranted_micros\x18\x02 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x03 \x01(\x03\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x32\xbd\x08\n\rWalletService\x12^\n\rEnsureAccount\x12%.creditwallet.v1.EnsureAccountRequest\x1a&.creditwallet.v1.EnsureAccountResponse\x12U\n\nGetBalance\x12\".creditwallet.v1.GetBalanceRequest\x1a#.creditwallet.v1.GetBalanceResponse\x12\x46\n\x05\x44\x65\x62it\x12\x1d.creditwallet.v1.DebitRequest\x1a\x1e.creditwallet.v1.DebitResponse\x12U\n\nBatchDebit\x12\".creditwallet.v1.BatchDebitRequest\x1a#.creditwallet.v1.BatchDebitResponse\x12R\n\tAuthorize\x12!.creditwallet.v1.AuthorizeRequest\x1a\".creditwallet.v1.AuthorizeResponse\x12L\n\x07\x43\x61pture\x12\x1f.creditwallet.v1.CaptureRequest\x1a .creditwallet.v1.CaptureResponse\x12\x43\n\x04Void\x12\x1c.creditwallet.v1.VoidRequest\x1a\x1d.creditwallet.v1.VoidResponse\x12g\n\x10ListTransactions\x12(.creditwallet.v1.ListTransactionsRequest\x1a).creditwallet.v1.ListTransactionsResponse\x12R\n\tGetStreak\x12!.creditwallet.v1.GetStreakRequest\x1a\".creditwallet.v1.GetStreakResponse\x12\x64\n\x0fGetReferralCode\x12\'.creditwallet.v1.GetReferralCodeRequest\x1a(.creditwallet.v1.GetReferralCodeResponse\x12m\n\x12RedeemReferralCode\x12*.creditwallet.v1.RedeemReferralCodeRequest\x1a+.creditwallet.v1.RedeemReferralCodeResponse\x12]\n\x0cStreamEvents\x12$.creditwallet.v1.StreamEventsRequest\x1a%.creditwallet.v1.StreamEventsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DEBITREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_DEBITREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_BATCHDEBITERROR_METADATAENTRY']._loaded_options = None
+  _globals['_BATCHDEBITERROR_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_AUTHORIZEREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_AUTHORIZEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_BALANCE']._serialized_start=150
@@ -54,36 +56,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEBITREQUEST_METADATAENTRY']._serialized_end=948
   _globals['_DEBITRESPONSE']._serialized_start=964
   _globals['_DEBITRESPONSE']._serialized_end=1125
-  _globals['_AUTHORIZEREQUEST']._serialized_start=1128
-  _globals['_AUTHORIZEREQUEST']._serialized_end=1417
+  _globals['_BATCHDEBITREQUEST']._serialized_start=1127
+  _globals['_BATCHDEBITREQUEST']._serialized_end=1195
+  _globals['_BATCHDEBITRESPONSE']._serialized_start=1197
+  _globals['_BATCHDEBITRESPONSE']._serialized_end=1269
+  _globals['_BATCHDEBITRESULT']._serialized_start=1272
+  _globals['_BATCHDEBITRESULT']._serialized_end=1401
+  _globals['_BATCHDEBITERROR']._serialized_start=1404
+  _globals['_BATCHDEBITERROR']._serialized_end=1583
+  _globals['_BATCHDEBITERROR_METADATAENTRY']._serialized_start=901
+  _globals['_BATCHDEBITERROR_METADATAENTRY']._serialized_end=948
+  _globals['_AUTHORIZEREQUEST']._serialized_start=1586
+  _globals['_AUTHORIZEREQUEST']._serialized_end=1875
   _globals['_AUTHORIZEREQUEST_METADATAENTRY']._serialized_start=901
   _globals['_AUTHORIZEREQUEST_METADATAENTRY']._serialized_end=948
-  _globals['_AUTHORIZERESPONSE']._serialized_start=1420
-  _globals['_AUTHORIZERESPONSE']._serialized_end=1569
-  _globals['_CAPTUREREQUEST']._serialized_start=1571
-  _globals['_CAPTUREREQUEST']._serialized_end=1687
-  _globals['_CAPTURERESPONSE']._serialized_start=1690
-  _globals['_CAPTURERESPONSE']._serialized_end=1878
-  _globals['_VOIDREQUEST']._serialized_start=1880
-  _globals['_VOIDREQUEST']._serialized_end=1947
-  _globals['_VOIDRESPONSE']._serialized_start=1949
-  _globals['_VOIDRESPONSE']._serialized_end=2032
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=2035
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=2164
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=2166
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=2269
-  _globals['_GETSTREAKREQUEST']._serialized_start=2271
-  _globals['_GETSTREAKREQUEST']._serialized_end=2306
-  _globals['_GETSTREAKRESPONSE']._serialized_start=2308
-  _globals['_GETSTREAKRESPONSE']._serialized_end=2368
-  _globals['_GETREFERRALCODEREQUEST']._serialized_start=2370
-  _globals['_GETREFERRALCODEREQUEST']._serialized_end=2411
-  _globals['_GETREFERRALCODERESPONSE']._serialized_start=2413
-  _globals['_GETREFERRALCODERESPONSE']._serialized_end=2477
-  _globals['_REDEEMREFERRALCODEREQUEST']._serialized_start=2479
-  _globals['_REDEEMREFERRALCODEREQUEST']._serialized_end=2557
-  _globals['_REDEEMREFERRALCODERESPONSE']._serialized_start=2559
-  _globals['_REDEEMREFERRALCODERESPONSE']._serialized_end=2679
-  _globals['_WALLETSERVICE']._serialized_start=2682
-  _globals['_WALLETSERVICE']._serialized_end=3680
+  _globals['_AUTHORIZERESPONSE']._serialized_start=1878
+  _globals['_AUTHORIZERESPONSE']._serialized_end=2027
+  _globals['_CAPTUREREQUEST']._serialized_start=2029
+  _globals['_CAPTUREREQUEST']._serialized_end=2145
+  _globals['_CAPTURERESPONSE']._serialized_start=2148
+  _globals['_CAPTURERESPONSE']._serialized_end=2336
+  _globals['_VOIDREQUEST']._serialized_start=2338
+  _globals['_VOIDREQUEST']._serialized_end=2405
+  _globals['_VOIDRESPONSE']._serialized_start=2407
+  _globals['_VOIDRESPONSE']._serialized_end=2490
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=2493
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=2622
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=2624
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=2727
+  _globals['_GETSTREAKREQUEST']._serialized_start=2729
+  _globals['_GETSTREAKREQUEST']._serialized_end=2764
+  _globals['_GETSTREAKRESPONSE']._serialized_start=2766
+  _globals['_GETSTREAKRESPONSE']._serialized_end=2826
+  _globals['_GETREFERRALCODEREQUEST']._serialized_start=2828
+  _globals['_GETREFERRALCODEREQUEST']._serialized_end=2869
+  _globals['_GETREFERRALCODERESPONSE']._serialized_start=2871
+  _globals['_GETREFERRALCODERESPONSE']._serialized_end=2935
+  _globals['_REDEEMREFERRALCODEREQUEST']._serialized_start=2937
+  _globals['_REDEEMREFERRALCODEREQUEST']._serialized_end=3015
+  _globals['_REDEEMREFERRALCODERESPONSE']._serialized_start=3017
+  _globals['_REDEEMREFERRALCODERESPONSE']._serialized_end=3137
+  _globals['_WALLETSERVICE']._serialized_start=3140
+  _globals['_WALLETSERVICE']._serialized_end=4225
 # @@protoc_insertion_point(module_scope)

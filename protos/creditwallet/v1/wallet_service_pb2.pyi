@@ -295,6 +295,145 @@ class DebitResponse(_message.Message):
 Global___DebitResponse: _TypeAlias = DebitResponse  # noqa: Y015
 
 @_typing.final
+class BatchDebitRequest(_message.Message):
+    """Request of BatchDebit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___DebitRequest]:
+        """The debits, 1 to 1,000, each exactly what Debit takes (its own request_id included).
+        Debits of one account are applied in an unspecified order; send them in separate calls
+        when their order matters.
+        """
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___DebitRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchDebitRequest: _TypeAlias = BatchDebitRequest  # noqa: Y015
+
+@_typing.final
+class BatchDebitResponse(_message.Message):
+    """Response of BatchDebit: one result per request, in the order of the requests."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchDebitResult]:
+        """The outcome of each request."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___BatchDebitResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchDebitResponse: _TypeAlias = BatchDebitResponse  # noqa: Y015
+
+@_typing.final
+class BatchDebitResult(_message.Message):
+    """The outcome of one debit of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEBIT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def debit(self) -> Global___DebitResponse:
+        """What Debit answers for it; replayed is set for the stored outcome of its request_id."""
+
+    @_builtins.property
+    def error(self) -> Global___BatchDebitError:
+        """Why it was refused; nothing of it was applied."""
+
+    def __init__(
+        self,
+        *,
+        debit: Global___DebitResponse | None = ...,
+        error: Global___BatchDebitError | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["debit", b"debit", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["debit", b"debit", "error", b"error", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["debit", "error"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___BatchDebitResult: _TypeAlias = BatchDebitResult  # noqa: Y015
+
+@_typing.final
+class BatchDebitError(_message.Message):
+    """A refused debit of a batch: the status Debit would have answered for it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """The gRPC status code's name, e.g. FAILED_PRECONDITION."""
+    reason: _builtins.str
+    """The reason, e.g. INSUFFICIENT_CREDITS (the reasons of Debit's errors)."""
+    message: _builtins.str
+    """A message for people."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The reason's metadata, e.g. available_micros and required_micros."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "metadata", b"metadata", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchDebitError: _TypeAlias = BatchDebitError  # noqa: Y015
+
+@_typing.final
 class AuthorizeRequest(_message.Message):
     """Request of Authorize."""
 

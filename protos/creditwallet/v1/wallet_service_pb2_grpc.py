@@ -51,6 +51,11 @@ class WalletServiceStub:
                 request_serializer=creditwallet_dot_v1_dot_wallet__service__pb2.DebitRequest.SerializeToString,
                 response_deserializer=creditwallet_dot_v1_dot_wallet__service__pb2.DebitResponse.FromString,
                 _registered_method=True)
+        self.BatchDebit = channel.unary_unary(
+                '/creditwallet.v1.WalletService/BatchDebit',
+                request_serializer=creditwallet_dot_v1_dot_wallet__service__pb2.BatchDebitRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_wallet__service__pb2.BatchDebitResponse.FromString,
+                _registered_method=True)
         self.Authorize = channel.unary_unary(
                 '/creditwallet.v1.WalletService/Authorize',
                 request_serializer=creditwallet_dot_v1_dot_wallet__service__pb2.AuthorizeRequest.SerializeToString,
@@ -113,6 +118,14 @@ class WalletServiceServicer:
 
     def Debit(self, request, context):
         """Spends credits, all or nothing, never overdrawing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchDebit(self, request, context):
+        """Up to 1,000 debits in one call, each on its own: applied, replayed or refused as Debit
+        would answer it, never all or nothing across them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -191,6 +204,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.Debit,
                     request_deserializer=creditwallet_dot_v1_dot_wallet__service__pb2.DebitRequest.FromString,
                     response_serializer=creditwallet_dot_v1_dot_wallet__service__pb2.DebitResponse.SerializeToString,
+            ),
+            'BatchDebit': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchDebit,
+                    request_deserializer=creditwallet_dot_v1_dot_wallet__service__pb2.BatchDebitRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_wallet__service__pb2.BatchDebitResponse.SerializeToString,
             ),
             'Authorize': grpc.unary_unary_rpc_method_handler(
                     servicer.Authorize,
@@ -315,6 +333,33 @@ class WalletService:
             '/creditwallet.v1.WalletService/Debit',
             creditwallet_dot_v1_dot_wallet__service__pb2.DebitRequest.SerializeToString,
             creditwallet_dot_v1_dot_wallet__service__pb2.DebitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchDebit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditwallet.v1.WalletService/BatchDebit',
+            creditwallet_dot_v1_dot_wallet__service__pb2.BatchDebitRequest.SerializeToString,
+            creditwallet_dot_v1_dot_wallet__service__pb2.BatchDebitResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,10 @@ class WalletServiceStub:
     """Reads the available and held credits, the live lots, the subscription and the streak."""
     Debit: _grpc.UnaryUnaryMultiCallable[_wallet_service_pb2.DebitRequest, _wallet_service_pb2.DebitResponse]
     """Spends credits, all or nothing, never overdrawing."""
+    BatchDebit: _grpc.UnaryUnaryMultiCallable[_wallet_service_pb2.BatchDebitRequest, _wallet_service_pb2.BatchDebitResponse]
+    """Up to 1,000 debits in one call, each on its own: applied, replayed or refused as Debit
+    would answer it, never all or nothing across them.
+    """
     Authorize: _grpc.UnaryUnaryMultiCallable[_wallet_service_pb2.AuthorizeRequest, _wallet_service_pb2.AuthorizeResponse]
     """Reserves credits for a later Capture or Void."""
     Capture: _grpc.UnaryUnaryMultiCallable[_wallet_service_pb2.CaptureRequest, _wallet_service_pb2.CaptureResponse]
@@ -68,6 +72,10 @@ class WalletServiceAsyncStub(WalletServiceStub):
     """Reads the available and held credits, the live lots, the subscription and the streak."""
     Debit: _aio.UnaryUnaryMultiCallable[_wallet_service_pb2.DebitRequest, _wallet_service_pb2.DebitResponse]  # type: ignore[assignment]
     """Spends credits, all or nothing, never overdrawing."""
+    BatchDebit: _aio.UnaryUnaryMultiCallable[_wallet_service_pb2.BatchDebitRequest, _wallet_service_pb2.BatchDebitResponse]  # type: ignore[assignment]
+    """Up to 1,000 debits in one call, each on its own: applied, replayed or refused as Debit
+    would answer it, never all or nothing across them.
+    """
     Authorize: _aio.UnaryUnaryMultiCallable[_wallet_service_pb2.AuthorizeRequest, _wallet_service_pb2.AuthorizeResponse]  # type: ignore[assignment]
     """Reserves credits for a later Capture or Void."""
     Capture: _aio.UnaryUnaryMultiCallable[_wallet_service_pb2.CaptureRequest, _wallet_service_pb2.CaptureResponse]  # type: ignore[assignment]
@@ -111,6 +119,16 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_service_pb2.DebitResponse, _abc.Awaitable[_wallet_service_pb2.DebitResponse]]:
         """Spends credits, all or nothing, never overdrawing."""
+
+    @_abc_1.abstractmethod
+    def BatchDebit(
+        self,
+        request: _wallet_service_pb2.BatchDebitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_service_pb2.BatchDebitResponse, _abc.Awaitable[_wallet_service_pb2.BatchDebitResponse]]:
+        """Up to 1,000 debits in one call, each on its own: applied, replayed or refused as Debit
+        would answer it, never all or nothing across them.
+        """
 
     @_abc_1.abstractmethod
     def Authorize(
