@@ -10,6 +10,11 @@ carrying the server's ``ErrorInfo`` reason and metadata, and exact integer micro
 - ``clients.cli``: the ``creditwallet`` console script (grammar in ``clients.arguments``,
   views in ``clients.render``, local webhooks in ``clients.devhooks``).
 
+How a keyword call becomes an RPC: ``clients.builders`` builds the request message,
+``clients.binding`` binds each builder to its entry of ``clients.rpc_table`` (the table of
+every RPC, with the call policy), and ``clients.raw`` gives the same RPCs as raw methods, one
+namespace per service (``client.wallet.Debit(request)``).
+
 Credits <-> micros, exactly, is ``creditwallet.core.units``.
 """
 

@@ -42,6 +42,7 @@ from creditwallet.client.arguments import (
     flag_for,
     resolve_amounts,
 )
+from creditwallet.client.builders import new_request_id
 from creditwallet.client.errors import (
     AccountNotFound,
     AgentNotFound,
@@ -50,7 +51,6 @@ from creditwallet.client.errors import (
     InvalidArgument,
     Unauthenticated,
 )
-from creditwallet.client.messages import new_request_id
 from creditwallet.client.render import Amounts
 from creditwallet.client.wallet import CreditWalletClient
 from creditwallet.core import limits, protojson

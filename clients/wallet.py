@@ -7,14 +7,14 @@ Both expose the same API:
   ``get_referral_code``, ``redeem_referral_code``, ``rollover``, ``grant``, ``reverse_debit``,
   ``set_agent_price``, ``list_agent_prices``, ``get_stats``, ``verify_ledger``,
   ``get_rollover_progress`` (signatures and
-  docs in ``clients.messages``);
+  docs in ``clients.builders``);
 - every RPC raw, taking its request message: ``client.wallet.Debit(request)``,
   ``client.billing.RecordPurchase(request)``, ``client.admin.Grant(request)``;
-- ``call(rpc, request)`` for any entry of ``clients.rpcs``.
+- ``call(rpc, request)`` for any entry of ``clients.rpc_table``.
 
 Every attempt carries the bearer token and a deadline of ``timeout_seconds``. A call that fails
 with ``UNAVAILABLE`` is sent again, the identical message (so the same ``request_id``), at most
-``retries`` times with jittered exponential backoff (``clients.rpcs``); every other failure
+``retries`` times with jittered exponential backoff (``clients.rpc_table``); every other failure
 raises at once as the typed exception of ``clients.errors``. Worst case, a call takes
 ``(retries + 1) * timeout_seconds`` plus the backoff pauses.
 
@@ -34,11 +34,10 @@ from typing import Any, Final, Self
 
 import grpc
 import grpc.aio
-from creditwallet.client import messages, rpcs
+from creditwallet.client import builders, rpc_table
+from creditwallet.client.binding import AsyncMethod, SyncMethod
 from creditwallet.client.errors import from_rpc_error
-from creditwallet.client.methods import AsyncMethod, SyncMethod
-from creditwallet.client.rpcs import RequestT, ResponseT, Rpc
-from creditwallet.client.services import (
+from creditwallet.client.raw import (
     AsyncAdminRpcs,
     AsyncBillingRpcs,
     AsyncWalletRpcs,
@@ -46,6 +45,7 @@ from creditwallet.client.services import (
     SyncBillingRpcs,
     SyncWalletRpcs,
 )
+from creditwallet.client.rpc_table import RequestT, ResponseT, Rpc
 from creditwallet.core import limits
 from creditwallet.v1 import events_pb2
 
@@ -89,7 +89,7 @@ class _ClientSettings:
         self.auth_metadata: tuple[tuple[str, str], ...] = (
             (AUTHORIZATION_METADATA_KEY, f"Bearer {token}"),
         )
-        self.options = rpcs.channel_options(message_bytes_max, round_robin, own_connection)
+        self.options = rpc_table.channel_options(message_bytes_max, round_robin, own_connection)
         self.credentials: grpc.ChannelCredentials | None = None
         if tls or root_certificates is not None or private_key is not None:
             # None roots mean the system's trust store.
@@ -164,9 +164,9 @@ class AsyncCreditWalletClient:
                 )
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error)
-                if not rpcs.should_retry(error.code, retries_done, settings.retries):
+                if not rpc_table.should_retry(error.code, retries_done, settings.retries):
                     raise error from rpc_error
-                await asyncio.sleep(rpcs.backoff_seconds(retries_done, settings.rng))
+                await asyncio.sleep(rpc_table.backoff_seconds(retries_done, settings.rng))
                 retries_done += 1
             else:
                 return rpc.checked_response(response)
@@ -212,7 +212,7 @@ class AsyncCreditWalletClient:
         skipped and nothing comes twice. Not retried here; errors raise ``CreditWalletError``.
         """
         call = self._channel.unary_stream(
-            f"/{rpcs.WALLET_SERVICE}/StreamEvents",
+            f"/{rpc_table.WALLET_SERVICE}/StreamEvents",
             request_serializer=events_pb2.StreamEventsRequest.SerializeToString,
             response_deserializer=events_pb2.StreamEventsResponse.FromString,
         )
@@ -240,25 +240,29 @@ class AsyncCreditWalletClient:
     ) -> None:
         await self.close()
 
-    ensure_account = AsyncMethod(rpcs.ENSURE_ACCOUNT, messages.ensure_account)
-    get_balance = AsyncMethod(rpcs.GET_BALANCE, messages.get_balance)
-    debit = AsyncMethod(rpcs.DEBIT, messages.debit)
-    batch_debit = AsyncMethod(rpcs.BATCH_DEBIT, messages.batch_debit)
-    authorize = AsyncMethod(rpcs.AUTHORIZE, messages.authorize)
-    capture = AsyncMethod(rpcs.CAPTURE, messages.capture)
-    void = AsyncMethod(rpcs.VOID, messages.void)
-    list_transactions = AsyncMethod(rpcs.LIST_TRANSACTIONS, messages.list_transactions)
-    get_streak = AsyncMethod(rpcs.GET_STREAK, messages.get_streak)
-    get_referral_code = AsyncMethod(rpcs.GET_REFERRAL_CODE, messages.get_referral_code)
-    redeem_referral_code = AsyncMethod(rpcs.REDEEM_REFERRAL_CODE, messages.redeem_referral_code)
-    rollover = AsyncMethod(rpcs.ROLLOVER, messages.rollover)
-    grant = AsyncMethod(rpcs.GRANT, messages.grant)
-    reverse_debit = AsyncMethod(rpcs.REVERSE_DEBIT, messages.reverse_debit)
-    set_agent_price = AsyncMethod(rpcs.SET_AGENT_PRICE, messages.set_agent_price)
-    list_agent_prices = AsyncMethod(rpcs.LIST_AGENT_PRICES, messages.list_agent_prices)
-    get_stats = AsyncMethod(rpcs.GET_STATS, messages.get_stats)
-    verify_ledger = AsyncMethod(rpcs.VERIFY_LEDGER, messages.verify_ledger)
-    get_rollover_progress = AsyncMethod(rpcs.GET_ROLLOVER_PROGRESS, messages.get_rollover_progress)
+    ensure_account = AsyncMethod(rpc_table.ENSURE_ACCOUNT, builders.ensure_account)
+    get_balance = AsyncMethod(rpc_table.GET_BALANCE, builders.get_balance)
+    debit = AsyncMethod(rpc_table.DEBIT, builders.debit)
+    batch_debit = AsyncMethod(rpc_table.BATCH_DEBIT, builders.batch_debit)
+    authorize = AsyncMethod(rpc_table.AUTHORIZE, builders.authorize)
+    capture = AsyncMethod(rpc_table.CAPTURE, builders.capture)
+    void = AsyncMethod(rpc_table.VOID, builders.void)
+    list_transactions = AsyncMethod(rpc_table.LIST_TRANSACTIONS, builders.list_transactions)
+    get_streak = AsyncMethod(rpc_table.GET_STREAK, builders.get_streak)
+    get_referral_code = AsyncMethod(rpc_table.GET_REFERRAL_CODE, builders.get_referral_code)
+    redeem_referral_code = AsyncMethod(
+        rpc_table.REDEEM_REFERRAL_CODE, builders.redeem_referral_code
+    )
+    rollover = AsyncMethod(rpc_table.ROLLOVER, builders.rollover)
+    grant = AsyncMethod(rpc_table.GRANT, builders.grant)
+    reverse_debit = AsyncMethod(rpc_table.REVERSE_DEBIT, builders.reverse_debit)
+    set_agent_price = AsyncMethod(rpc_table.SET_AGENT_PRICE, builders.set_agent_price)
+    list_agent_prices = AsyncMethod(rpc_table.LIST_AGENT_PRICES, builders.list_agent_prices)
+    get_stats = AsyncMethod(rpc_table.GET_STATS, builders.get_stats)
+    verify_ledger = AsyncMethod(rpc_table.VERIFY_LEDGER, builders.verify_ledger)
+    get_rollover_progress = AsyncMethod(
+        rpc_table.GET_ROLLOVER_PROGRESS, builders.get_rollover_progress
+    )
 
 
 class CreditWalletClient:
@@ -322,9 +326,9 @@ class CreditWalletClient:
                 )
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error)
-                if not rpcs.should_retry(error.code, retries_done, settings.retries):
+                if not rpc_table.should_retry(error.code, retries_done, settings.retries):
                     raise error from rpc_error
-                time.sleep(rpcs.backoff_seconds(retries_done, settings.rng))
+                time.sleep(rpc_table.backoff_seconds(retries_done, settings.rng))
                 retries_done += 1
             else:
                 return rpc.checked_response(response)
@@ -355,22 +359,24 @@ class CreditWalletClient:
     ) -> None:
         self.close()
 
-    ensure_account = SyncMethod(rpcs.ENSURE_ACCOUNT, messages.ensure_account)
-    get_balance = SyncMethod(rpcs.GET_BALANCE, messages.get_balance)
-    debit = SyncMethod(rpcs.DEBIT, messages.debit)
-    batch_debit = SyncMethod(rpcs.BATCH_DEBIT, messages.batch_debit)
-    authorize = SyncMethod(rpcs.AUTHORIZE, messages.authorize)
-    capture = SyncMethod(rpcs.CAPTURE, messages.capture)
-    void = SyncMethod(rpcs.VOID, messages.void)
-    list_transactions = SyncMethod(rpcs.LIST_TRANSACTIONS, messages.list_transactions)
-    get_streak = SyncMethod(rpcs.GET_STREAK, messages.get_streak)
-    get_referral_code = SyncMethod(rpcs.GET_REFERRAL_CODE, messages.get_referral_code)
-    redeem_referral_code = SyncMethod(rpcs.REDEEM_REFERRAL_CODE, messages.redeem_referral_code)
-    rollover = SyncMethod(rpcs.ROLLOVER, messages.rollover)
-    grant = SyncMethod(rpcs.GRANT, messages.grant)
-    reverse_debit = SyncMethod(rpcs.REVERSE_DEBIT, messages.reverse_debit)
-    set_agent_price = SyncMethod(rpcs.SET_AGENT_PRICE, messages.set_agent_price)
-    list_agent_prices = SyncMethod(rpcs.LIST_AGENT_PRICES, messages.list_agent_prices)
-    get_stats = SyncMethod(rpcs.GET_STATS, messages.get_stats)
-    verify_ledger = SyncMethod(rpcs.VERIFY_LEDGER, messages.verify_ledger)
-    get_rollover_progress = SyncMethod(rpcs.GET_ROLLOVER_PROGRESS, messages.get_rollover_progress)
+    ensure_account = SyncMethod(rpc_table.ENSURE_ACCOUNT, builders.ensure_account)
+    get_balance = SyncMethod(rpc_table.GET_BALANCE, builders.get_balance)
+    debit = SyncMethod(rpc_table.DEBIT, builders.debit)
+    batch_debit = SyncMethod(rpc_table.BATCH_DEBIT, builders.batch_debit)
+    authorize = SyncMethod(rpc_table.AUTHORIZE, builders.authorize)
+    capture = SyncMethod(rpc_table.CAPTURE, builders.capture)
+    void = SyncMethod(rpc_table.VOID, builders.void)
+    list_transactions = SyncMethod(rpc_table.LIST_TRANSACTIONS, builders.list_transactions)
+    get_streak = SyncMethod(rpc_table.GET_STREAK, builders.get_streak)
+    get_referral_code = SyncMethod(rpc_table.GET_REFERRAL_CODE, builders.get_referral_code)
+    redeem_referral_code = SyncMethod(rpc_table.REDEEM_REFERRAL_CODE, builders.redeem_referral_code)
+    rollover = SyncMethod(rpc_table.ROLLOVER, builders.rollover)
+    grant = SyncMethod(rpc_table.GRANT, builders.grant)
+    reverse_debit = SyncMethod(rpc_table.REVERSE_DEBIT, builders.reverse_debit)
+    set_agent_price = SyncMethod(rpc_table.SET_AGENT_PRICE, builders.set_agent_price)
+    list_agent_prices = SyncMethod(rpc_table.LIST_AGENT_PRICES, builders.list_agent_prices)
+    get_stats = SyncMethod(rpc_table.GET_STATS, builders.get_stats)
+    verify_ledger = SyncMethod(rpc_table.VERIFY_LEDGER, builders.verify_ledger)
+    get_rollover_progress = SyncMethod(
+        rpc_table.GET_ROLLOVER_PROGRESS, builders.get_rollover_progress
+    )

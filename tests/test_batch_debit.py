@@ -11,8 +11,8 @@ import asyncio
 import random
 
 import pytest
+from creditwallet.client import builders
 from creditwallet.client import errors as cw
-from creditwallet.client import messages
 from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.core import limits
 from creditwallet.v1 import common_pb2 as pb
@@ -173,7 +173,7 @@ async def test_the_size_of_a_batch_is_bounded(
 async def test_a_batch_needs_the_agent_scope(ledger: Ledger) -> None:
     billing = ledger.client("billing")
     with pytest.raises(cw.PermissionDenied):
-        await billing.wallet.BatchDebit(messages.batch_debit([item(new_user(), "r")]))
+        await billing.wallet.BatchDebit(builders.batch_debit([item(new_user(), "r")]))
 
 
 async def test_batches_raced_against_single_debits_on_the_same_accounts(

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import grpc
 import grpc.aio
 import pytest
-from creditwallet.client import errors, messages, rpcs
+from creditwallet.client import builders, errors, rpc_table
 from creditwallet.client.arguments import build_parser
 from creditwallet.client.cli import COMMANDS, main
 from creditwallet.client.wallet import AsyncCreditWalletClient, CreditWalletClient
@@ -233,19 +233,19 @@ def test_rpc_table_matches_the_compiled_services() -> None:
         for method in service.methods
         if not method.server_streaming  # StreamEvents: the async client's stream_events
     }
-    assert sorted(methods) == sorted(rpc.path for rpc in rpcs.ALL_RPCS)
-    for rpc in rpcs.ALL_RPCS:
+    assert sorted(methods) == sorted(rpc.path for rpc in rpc_table.ALL_RPCS)
+    for rpc in rpc_table.ALL_RPCS:
         method = methods[rpc.path]
         assert method.input_type.full_name == rpc.request_type.DESCRIPTOR.full_name
         assert method.output_type.full_name == rpc.response_type.DESCRIPTOR.full_name
 
 
 def test_only_unavailable_is_retried_and_only_while_retries_last() -> None:
-    assert rpcs.should_retry(grpc.StatusCode.UNAVAILABLE, 0, 3)
-    assert not rpcs.should_retry(grpc.StatusCode.UNAVAILABLE, 3, 3)
+    assert rpc_table.should_retry(grpc.StatusCode.UNAVAILABLE, 0, 3)
+    assert not rpc_table.should_retry(grpc.StatusCode.UNAVAILABLE, 3, 3)
     for code in grpc.StatusCode:
         if code != grpc.StatusCode.UNAVAILABLE:
-            assert not rpcs.should_retry(code, 0, 3)
+            assert not rpc_table.should_retry(code, 0, 3)
 
 
 def test_backoff_grows_jittered_and_capped() -> None:
@@ -256,7 +256,7 @@ def test_backoff_grows_jittered_and_capped() -> None:
             * limits.CLIENT_RETRY_BACKOFF_MULTIPLIER**retries_done,
             limits.CLIENT_RETRY_BACKOFF_MAX_SECONDS,
         )
-        pause = rpcs.backoff_seconds(retries_done, rng)
+        pause = rpc_table.backoff_seconds(retries_done, rng)
         assert ceiling / 2 <= pause <= ceiling <= limits.CLIENT_RETRY_BACKOFF_MAX_SECONDS
 
 
@@ -278,18 +278,18 @@ def test_json_is_the_protobuf_mapping_camel_case_and_int64_strings() -> None:
 
 
 def test_builders_generate_one_request_id_and_respect_timezones() -> None:
-    first, second = messages.debit("u", amount_micros=1), messages.debit("u", amount_micros=1)
+    first, second = builders.debit("u", amount_micros=1), builders.debit("u", amount_micros=1)
     assert first.request_id
     assert first.request_id != second.request_id
-    assert messages.debit("u", amount_micros=1, request_id="mine").request_id == "mine"
-    assert not messages.debit("u", agent_id="a").HasField("quantity")
+    assert builders.debit("u", amount_micros=1, request_id="mine").request_id == "mine"
+    assert not builders.debit("u", agent_id="a").HasField("quantity")
     paris = timezone(timedelta(hours=2))
-    grant = messages.grant(
+    grant = builders.grant(
         "u", 1, common_pb2.LOT_SOURCE_PROMO, expires_at=datetime(2030, 1, 1, 2, tzinfo=paris)
     )
     assert grant.expires_at.ToDatetime(tzinfo=UTC) == datetime(2030, 1, 1, tzinfo=UTC)
     with pytest.raises(ValueError, match="timezone"):
-        messages.grant("u", 1, common_pb2.LOT_SOURCE_PROMO, expires_at=datetime(2030, 1, 1))
+        builders.grant("u", 1, common_pb2.LOT_SOURCE_PROMO, expires_at=datetime(2030, 1, 1))
 
 
 def test_every_cli_command_has_a_function() -> None:
@@ -383,7 +383,7 @@ async def fake_server() -> AsyncIterator[FakeServer]:
     )
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler(rpcs.WALLET_SERVICE, {"Debit": debit})]
+        [grpc.method_handlers_generic_handler(rpc_table.WALLET_SERVICE, {"Debit": debit})]
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from creditwallet.client import rpcs
+from creditwallet.client import rpc_table
 from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.core import limits
 from creditwallet.v1 import common_pb2 as pb
@@ -67,7 +67,7 @@ async def channel(ledger: Ledger) -> AsyncIterator[grpc.aio.Channel]:
         yield opened
 
 
-async def code_of(channel: grpc.aio.Channel, rpc: rpcs.Rpc[Any, Any], request: Message) -> Any:
+async def code_of(channel: grpc.aio.Channel, rpc: rpc_table.Rpc[Any, Any], request: Message) -> Any:
     call = channel.unary_unary(
         rpc.path,
         request_serializer=rpc.request_type.SerializeToString,
@@ -80,13 +80,13 @@ async def code_of(channel: grpc.aio.Channel, rpc: rpcs.Rpc[Any, Any], request: M
     return grpc.StatusCode.OK
 
 
-@pytest.mark.parametrize("rpc", rpcs.ALL_RPCS, ids=[r.name for r in rpcs.ALL_RPCS])
+@pytest.mark.parametrize("rpc", rpc_table.ALL_RPCS, ids=[r.name for r in rpc_table.ALL_RPCS])
 @given(data=st.data())
 async def test_hostile_requests_get_spec_codes_and_change_nothing(
     ledger: Ledger,
     channel: grpc.aio.Channel,
     known: list[str],
-    rpc: rpcs.Rpc[Any, Any],
+    rpc: rpc_table.Rpc[Any, Any],
     data: st.DataObject,
 ) -> None:
     request = data.draw(hostile.requests(rpc.request_type, known), label="request")
@@ -110,7 +110,7 @@ async def test_price_times_quantity_overflowing_int64_is_invalid(
         request = wpb.DebitRequest(
             user_id=rich, request_id=f"overflow-{quantity}", agent_id="maxed", quantity=quantity
         )
-        assert await code_of(channel, rpcs.DEBIT, request) == grpc.StatusCode.INVALID_ARGUMENT
+        assert await code_of(channel, rpc_table.DEBIT, request) == grpc.StatusCode.INVALID_ARGUMENT
     assert await snapshot(ledger) == before
 
 
@@ -125,7 +125,7 @@ async def test_oversized_message_is_refused_and_the_server_keeps_serving(
         metadata={"blob": "x" * (limits.GRPC_MESSAGE_BYTES_MAX + 1)},
     )
     before = await snapshot(ledger)
-    assert await code_of(channel, rpcs.DEBIT, huge) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await code_of(channel, rpc_table.DEBIT, huge) == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert await snapshot(ledger) == before
     balance = wpb.GetBalanceRequest(user_id=rich)
-    assert await code_of(channel, rpcs.GET_BALANCE, balance) == grpc.StatusCode.OK
+    assert await code_of(channel, rpc_table.GET_BALANCE, balance) == grpc.StatusCode.OK

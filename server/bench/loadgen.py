@@ -156,7 +156,7 @@ async def _closed_loop(client: Any, job: _Run) -> tuple[list[float], float]:
 
 
 def _caller(client: Any, call: Call) -> Any:
-    from creditwallet.client.rpcs import Rpc
+    from creditwallet.client.rpc_table import Rpc
     from creditwallet.v1 import wallet_service_pb2 as wpb
     from grpc_health.v1 import health_pb2
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from creditwallet.client.rpcs import WALLET_SERVICE, Rpc
+from creditwallet.client.rpc_table import WALLET_SERVICE, Rpc
 from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.server import db, migrate
 from creditwallet.server.bench import capture, cpu, pgbench, profile

@@ -4,7 +4,7 @@
 that builds the request and awaits ``self.call(rpc, request)``; ``SyncMethod`` does the same
 for a blocking ``call``. ``ParamSpec`` carries the builder's parameters into the method's type,
 so ``client.debit(user_id, amount_micros=5)`` is checked by mypy although ``debit`` is written
-once (in ``clients.messages``) for both clients. ``as_is(rpc)`` is the builder of the raw
+once (in ``clients.builders``) for both clients. ``as_is(rpc)`` is the builder of the raw
 methods, which take the request message itself.
 
 Why descriptors instead of 2 x 37 hand-written wrappers: the wrappers would all be the same two
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, ParamSpec, Protocol, Self, overload
 
-from creditwallet.client.rpcs import RequestT, ResponseT, Rpc
+from creditwallet.client.rpc_table import RequestT, ResponseT, Rpc
 
 P = ParamSpec("P")
 
