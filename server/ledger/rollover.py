@@ -90,7 +90,8 @@ WITH old AS (
     INSERT INTO credit_transactions (user_id, type, source, amount_micros, balance_after_micros,
                                      metadata, created_at)
     SELECT old.user_id, 'expire', old.source, -old.remaining_micros, c.balance_micros - old.upto,
-           jsonb_build_object('lot_id', old.lot_id::text, 'reason', 'rollover'), old.at
+           jsonb_build_object('lot_id', old.lot_id::text, 'reason', 'rollover',
+                              'expired_at', old.expires_at), old.at
     FROM old JOIN credits c ON c.user_id = old.user_id
     ORDER BY old.user_id, old.expires_at, old.lot_id
     RETURNING user_id, transaction_id

@@ -27,7 +27,7 @@ from creditwallet.v1 import events_pb2 as creditwallet_dot_v1_dot_events__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#creditwallet/v1/admin_service.proto\x12\x0f\x63reditwallet.v1\x1a\x1c\x63reditwallet/v1/common.proto\x1a\x1c\x63reditwallet/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x02\n\x0cGrantRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12*\n\x06source\x18\x03 \x01(\x0e\x32\x1a.creditwallet.v1.LotSource\x12\x15\n\ramount_micros\x18\x04 \x01(\x03\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x08metadata\x18\x06 \x03(\x0b\x32+.creditwallet.v1.GrantRequest.MetadataEntry\x12\x16\n\x0e\x63reate_account\x18\x07 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"v\n\rGrantResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12!\n\x03lot\x18\x02 \x01(\x0b\x32\x14.creditwallet.v1.Lot\x12\x18\n\x10\x61vailable_micros\x18\x03 \x01(\x03\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"\xf7\x01\n\x13ReverseDebitRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\x12\x1a\n\ramount_micros\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x44\n\x08metadata\x18\x05 \x03(\x0b\x32\x32.creditwallet.v1.ReverseDebitRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x10\n\x0e_amount_micros\"s\n\x14ReverseDebitResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x17\n\x0freversed_micros\x18\x02 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x03 \x01(\x03\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"\\\n\x14SetAgentPriceRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cprice_micros\x18\x02 \x01(\x03\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\"C\n\x15SetAgentPriceResponse\x12*\n\x05price\x18\x01 \x01(\x0b\x32\x1b.creditwallet.v1.AgentPrice\"?\n\x16ListAgentPricesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x17ListAgentPricesResponse\x12+\n\x06prices\x18\x01 \x03(\x0b\x32\x1b.creditwallet.v1.AgentPrice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x11\n\x0fGetStatsRequest\"r\n\x14TransactionTypeTotal\x12.\n\x04type\x18\x01 \x01(\x0e\x32 .creditwallet.v1.TransactionType\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x1b\n\x13total_amount_micros\x18\x03 \x01(\x03\"\x9a\x01\n\x10GetStatsResponse\x12\x13\n\x0btotal_users\x18\x01 \x01(\x03\x12\x1c\n\x14total_credits_micros\x18\x02 \x01(\x03\x12\x1a\n\x12\x61vg_balance_micros\x18\x03 \x01(\x03\x12\x37\n\x08last_day\x18\x04 \x03(\x0b\x32%.creditwallet.v1.TransactionTypeTotal\"\x15\n\x13VerifyLedgerRequest\"E\n\x0fLedgerViolation\x12\x11\n\tinvariant\x18\x01 \x01(\x05\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"r\n\x14VerifyLedgerResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x18\n\x10\x61\x63\x63ounts_checked\x18\x02 \x01(\x03\x12\x34\n\nviolations\x18\x03 \x03(\x0b\x32 .creditwallet.v1.LedgerViolation\",\n\x1aGetRolloverProgressRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\"c\n\x1bGetRolloverProgressResponse\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63\x63ounts_total\x18\x02 \x01(\x03\x12\x1c\n\x14\x61\x63\x63ounts_rolled_over\x18\x03 \x01(\x03\x32\x8e\t\n\x0c\x41\x64minService\x12\x46\n\x05Grant\x12\x1d.creditwallet.v1.GrantRequest\x1a\x1e.creditwallet.v1.GrantResponse\x12[\n\x0cReverseDebit\x12$.creditwallet.v1.ReverseDebitRequest\x1a%.creditwallet.v1.ReverseDebitResponse\x12^\n\rSetAgentPrice\x12%.creditwallet.v1.SetAgentPriceRequest\x1a&.creditwallet.v1.SetAgentPriceResponse\x12\x64\n\x0fListAgentPrices\x12\'.creditwallet.v1.ListAgentPricesRequest\x1a(.creditwallet.v1.ListAgentPricesResponse\x12O\n\x08GetStats\x12 .creditwallet.v1.GetStatsRequest\x1a!.creditwallet.v1.GetStatsResponse\x12[\n\x0cVerifyLedger\x12$.creditwallet.v1.VerifyLedgerRequest\x1a%.creditwallet.v1.VerifyLedgerResponse\x12\x64\n\x0fSetBalanceAlert\x12\'.creditwallet.v1.SetBalanceAlertRequest\x1a(.creditwallet.v1.SetBalanceAlertResponse\x12\x64\n\x0fSetAutoRecharge\x12\'.creditwallet.v1.SetAutoRechargeRequest\x1a(.creditwallet.v1.SetAutoRechargeResponse\x12U\n\nListEvents\x12\".creditwallet.v1.ListEventsRequest\x1a#.creditwallet.v1.ListEventsResponse\x12[\n\x0cReplayEvents\x12$.creditwallet.v1.ReplayEventsRequest\x1a%.creditwallet.v1.ReplayEventsResponse\x12s\n\x14ListWebhookEndpoints\x12,.creditwallet.v1.ListWebhookEndpointsRequest\x1a-.creditwallet.v1.ListWebhookEndpointsResponse\x12p\n\x13GetRolloverProgress\x12+.creditwallet.v1.GetRolloverProgressRequest\x1a,.creditwallet.v1.GetRolloverProgressResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#creditwallet/v1/admin_service.proto\x12\x0f\x63reditwallet.v1\x1a\x1c\x63reditwallet/v1/common.proto\x1a\x1c\x63reditwallet/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x02\n\x0cGrantRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12*\n\x06source\x18\x03 \x01(\x0e\x32\x1a.creditwallet.v1.LotSource\x12\x15\n\ramount_micros\x18\x04 \x01(\x03\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12=\n\x08metadata\x18\x06 \x03(\x0b\x32+.creditwallet.v1.GrantRequest.MetadataEntry\x12\x16\n\x0e\x63reate_account\x18\x07 \x01(\x08\x12\x15\n\x08priority\x18( \x01(\x05H\x00\x88\x01\x01\x12\x11\n\tagent_ids\x18) \x03(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_priority\"v\n\rGrantResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12!\n\x03lot\x18\x02 \x01(\x0b\x32\x14.creditwallet.v1.Lot\x12\x18\n\x10\x61vailable_micros\x18\x03 \x01(\x03\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"\xf7\x01\n\x13ReverseDebitRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\x12\x1a\n\ramount_micros\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x44\n\x08metadata\x18\x05 \x03(\x0b\x32\x32.creditwallet.v1.ReverseDebitRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x10\n\x0e_amount_micros\"s\n\x14ReverseDebitResponse\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x17\n\x0freversed_micros\x18\x02 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x03 \x01(\x03\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"\\\n\x14SetAgentPriceRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cprice_micros\x18\x02 \x01(\x03\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\"C\n\x15SetAgentPriceResponse\x12*\n\x05price\x18\x01 \x01(\x0b\x32\x1b.creditwallet.v1.AgentPrice\"?\n\x16ListAgentPricesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x17ListAgentPricesResponse\x12+\n\x06prices\x18\x01 \x03(\x0b\x32\x1b.creditwallet.v1.AgentPrice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x11\n\x0fGetStatsRequest\"r\n\x14TransactionTypeTotal\x12.\n\x04type\x18\x01 \x01(\x0e\x32 .creditwallet.v1.TransactionType\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x1b\n\x13total_amount_micros\x18\x03 \x01(\x03\"\x9a\x01\n\x10GetStatsResponse\x12\x13\n\x0btotal_users\x18\x01 \x01(\x03\x12\x1c\n\x14total_credits_micros\x18\x02 \x01(\x03\x12\x1a\n\x12\x61vg_balance_micros\x18\x03 \x01(\x03\x12\x37\n\x08last_day\x18\x04 \x03(\x0b\x32%.creditwallet.v1.TransactionTypeTotal\"\x15\n\x13VerifyLedgerRequest\"E\n\x0fLedgerViolation\x12\x11\n\tinvariant\x18\x01 \x01(\x05\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"r\n\x14VerifyLedgerResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x18\n\x10\x61\x63\x63ounts_checked\x18\x02 \x01(\x03\x12\x34\n\nviolations\x18\x03 \x03(\x0b\x32 .creditwallet.v1.LedgerViolation\"A\n\x18SetOverdraftLimitRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0climit_micros\x18\x02 \x01(\x03\"`\n\x19SetOverdraftLimitResponse\x12\x14\n\x0climit_micros\x18\x01 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x02 \x01(\x03\x12\x13\n\x0b\x64\x65\x62t_micros\x18\x03 \x01(\x03\",\n\x1aGetRolloverProgressRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\"c\n\x1bGetRolloverProgressResponse\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63\x63ounts_total\x18\x02 \x01(\x03\x12\x1c\n\x14\x61\x63\x63ounts_rolled_over\x18\x03 \x01(\x03\x32\xfa\t\n\x0c\x41\x64minService\x12\x46\n\x05Grant\x12\x1d.creditwallet.v1.GrantRequest\x1a\x1e.creditwallet.v1.GrantResponse\x12[\n\x0cReverseDebit\x12$.creditwallet.v1.ReverseDebitRequest\x1a%.creditwallet.v1.ReverseDebitResponse\x12^\n\rSetAgentPrice\x12%.creditwallet.v1.SetAgentPriceRequest\x1a&.creditwallet.v1.SetAgentPriceResponse\x12\x64\n\x0fListAgentPrices\x12\'.creditwallet.v1.ListAgentPricesRequest\x1a(.creditwallet.v1.ListAgentPricesResponse\x12O\n\x08GetStats\x12 .creditwallet.v1.GetStatsRequest\x1a!.creditwallet.v1.GetStatsResponse\x12[\n\x0cVerifyLedger\x12$.creditwallet.v1.VerifyLedgerRequest\x1a%.creditwallet.v1.VerifyLedgerResponse\x12\x64\n\x0fSetBalanceAlert\x12\'.creditwallet.v1.SetBalanceAlertRequest\x1a(.creditwallet.v1.SetBalanceAlertResponse\x12\x64\n\x0fSetAutoRecharge\x12\'.creditwallet.v1.SetAutoRechargeRequest\x1a(.creditwallet.v1.SetAutoRechargeResponse\x12U\n\nListEvents\x12\".creditwallet.v1.ListEventsRequest\x1a#.creditwallet.v1.ListEventsResponse\x12[\n\x0cReplayEvents\x12$.creditwallet.v1.ReplayEventsRequest\x1a%.creditwallet.v1.ReplayEventsResponse\x12s\n\x14ListWebhookEndpoints\x12,.creditwallet.v1.ListWebhookEndpointsRequest\x1a-.creditwallet.v1.ListWebhookEndpointsResponse\x12p\n\x13GetRolloverProgress\x12+.creditwallet.v1.GetRolloverProgressRequest\x1a,.creditwallet.v1.GetRolloverProgressResponse\x12j\n\x11SetOverdraftLimit\x12).creditwallet.v1.SetOverdraftLimitRequest\x1a*.creditwallet.v1.SetOverdraftLimitResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,41 +39,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVERSEDEBITREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_REVERSEDEBITREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_GRANTREQUEST']._serialized_start=150
-  _globals['_GRANTREQUEST']._serialized_end=452
-  _globals['_GRANTREQUEST_METADATAENTRY']._serialized_start=405
-  _globals['_GRANTREQUEST_METADATAENTRY']._serialized_end=452
-  _globals['_GRANTRESPONSE']._serialized_start=454
-  _globals['_GRANTRESPONSE']._serialized_end=572
-  _globals['_REVERSEDEBITREQUEST']._serialized_start=575
-  _globals['_REVERSEDEBITREQUEST']._serialized_end=822
-  _globals['_REVERSEDEBITREQUEST_METADATAENTRY']._serialized_start=405
-  _globals['_REVERSEDEBITREQUEST_METADATAENTRY']._serialized_end=452
-  _globals['_REVERSEDEBITRESPONSE']._serialized_start=824
-  _globals['_REVERSEDEBITRESPONSE']._serialized_end=939
-  _globals['_SETAGENTPRICEREQUEST']._serialized_start=941
-  _globals['_SETAGENTPRICEREQUEST']._serialized_end=1033
-  _globals['_SETAGENTPRICERESPONSE']._serialized_start=1035
-  _globals['_SETAGENTPRICERESPONSE']._serialized_end=1102
-  _globals['_LISTAGENTPRICESREQUEST']._serialized_start=1104
-  _globals['_LISTAGENTPRICESREQUEST']._serialized_end=1167
-  _globals['_LISTAGENTPRICESRESPONSE']._serialized_start=1169
-  _globals['_LISTAGENTPRICESRESPONSE']._serialized_end=1264
-  _globals['_GETSTATSREQUEST']._serialized_start=1266
-  _globals['_GETSTATSREQUEST']._serialized_end=1283
-  _globals['_TRANSACTIONTYPETOTAL']._serialized_start=1285
-  _globals['_TRANSACTIONTYPETOTAL']._serialized_end=1399
-  _globals['_GETSTATSRESPONSE']._serialized_start=1402
-  _globals['_GETSTATSRESPONSE']._serialized_end=1556
-  _globals['_VERIFYLEDGERREQUEST']._serialized_start=1558
-  _globals['_VERIFYLEDGERREQUEST']._serialized_end=1579
-  _globals['_LEDGERVIOLATION']._serialized_start=1581
-  _globals['_LEDGERVIOLATION']._serialized_end=1650
-  _globals['_VERIFYLEDGERRESPONSE']._serialized_start=1652
-  _globals['_VERIFYLEDGERRESPONSE']._serialized_end=1766
-  _globals['_GETROLLOVERPROGRESSREQUEST']._serialized_start=1768
-  _globals['_GETROLLOVERPROGRESSREQUEST']._serialized_end=1812
-  _globals['_GETROLLOVERPROGRESSRESPONSE']._serialized_start=1814
-  _globals['_GETROLLOVERPROGRESSRESPONSE']._serialized_end=1913
-  _globals['_ADMINSERVICE']._serialized_start=1916
-  _globals['_ADMINSERVICE']._serialized_end=3082
+  _globals['_GRANTREQUEST']._serialized_end=507
+  _globals['_GRANTREQUEST_METADATAENTRY']._serialized_start=447
+  _globals['_GRANTREQUEST_METADATAENTRY']._serialized_end=494
+  _globals['_GRANTRESPONSE']._serialized_start=509
+  _globals['_GRANTRESPONSE']._serialized_end=627
+  _globals['_REVERSEDEBITREQUEST']._serialized_start=630
+  _globals['_REVERSEDEBITREQUEST']._serialized_end=877
+  _globals['_REVERSEDEBITREQUEST_METADATAENTRY']._serialized_start=447
+  _globals['_REVERSEDEBITREQUEST_METADATAENTRY']._serialized_end=494
+  _globals['_REVERSEDEBITRESPONSE']._serialized_start=879
+  _globals['_REVERSEDEBITRESPONSE']._serialized_end=994
+  _globals['_SETAGENTPRICEREQUEST']._serialized_start=996
+  _globals['_SETAGENTPRICEREQUEST']._serialized_end=1088
+  _globals['_SETAGENTPRICERESPONSE']._serialized_start=1090
+  _globals['_SETAGENTPRICERESPONSE']._serialized_end=1157
+  _globals['_LISTAGENTPRICESREQUEST']._serialized_start=1159
+  _globals['_LISTAGENTPRICESREQUEST']._serialized_end=1222
+  _globals['_LISTAGENTPRICESRESPONSE']._serialized_start=1224
+  _globals['_LISTAGENTPRICESRESPONSE']._serialized_end=1319
+  _globals['_GETSTATSREQUEST']._serialized_start=1321
+  _globals['_GETSTATSREQUEST']._serialized_end=1338
+  _globals['_TRANSACTIONTYPETOTAL']._serialized_start=1340
+  _globals['_TRANSACTIONTYPETOTAL']._serialized_end=1454
+  _globals['_GETSTATSRESPONSE']._serialized_start=1457
+  _globals['_GETSTATSRESPONSE']._serialized_end=1611
+  _globals['_VERIFYLEDGERREQUEST']._serialized_start=1613
+  _globals['_VERIFYLEDGERREQUEST']._serialized_end=1634
+  _globals['_LEDGERVIOLATION']._serialized_start=1636
+  _globals['_LEDGERVIOLATION']._serialized_end=1705
+  _globals['_VERIFYLEDGERRESPONSE']._serialized_start=1707
+  _globals['_VERIFYLEDGERRESPONSE']._serialized_end=1821
+  _globals['_SETOVERDRAFTLIMITREQUEST']._serialized_start=1823
+  _globals['_SETOVERDRAFTLIMITREQUEST']._serialized_end=1888
+  _globals['_SETOVERDRAFTLIMITRESPONSE']._serialized_start=1890
+  _globals['_SETOVERDRAFTLIMITRESPONSE']._serialized_end=1986
+  _globals['_GETROLLOVERPROGRESSREQUEST']._serialized_start=1988
+  _globals['_GETROLLOVERPROGRESSREQUEST']._serialized_end=2032
+  _globals['_GETROLLOVERPROGRESSRESPONSE']._serialized_start=2034
+  _globals['_GETROLLOVERPROGRESSRESPONSE']._serialized_end=2133
+  _globals['_ADMINSERVICE']._serialized_start=2136
+  _globals['_ADMINSERVICE']._serialized_end=3410
 # @@protoc_insertion_point(module_scope)

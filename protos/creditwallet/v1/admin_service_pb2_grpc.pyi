@@ -60,6 +60,8 @@ class AdminServiceStub:
     """How far a month's rollover has come: accounts rolled over for it out of all accounts.
     Read while a Rollover runs (it commits chunk by chunk) to show its progress.
     """
+    SetOverdraftLimit: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetOverdraftLimitRequest, _admin_service_pb2.SetOverdraftLimitResponse]
+    """Sets how far below zero an account's debits may take its available balance, as debt."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -92,6 +94,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """How far a month's rollover has come: accounts rolled over for it out of all accounts.
     Read while a Rollover runs (it commits chunk by chunk) to show its progress.
     """
+    SetOverdraftLimit: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetOverdraftLimitRequest, _admin_service_pb2.SetOverdraftLimitResponse]  # type: ignore[assignment]
+    """Sets how far below zero an account's debits may take its available balance, as debt."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Grants, corrections, prices, statistics and the ledger check."""
@@ -193,5 +197,13 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """How far a month's rollover has come: accounts rolled over for it out of all accounts.
         Read while a Rollover runs (it commits chunk by chunk) to show its progress.
         """
+
+    @_abc_1.abstractmethod
+    def SetOverdraftLimit(
+        self,
+        request: _admin_service_pb2.SetOverdraftLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.SetOverdraftLimitResponse, _abc.Awaitable[_admin_service_pb2.SetOverdraftLimitResponse]]:
+        """Sets how far below zero an account's debits may take its available balance, as debt."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
