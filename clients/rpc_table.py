@@ -164,6 +164,12 @@ GET_ROLLOVER_PROGRESS: Final = Rpc(
     admin_pb2.GetRolloverProgressRequest,
     admin_pb2.GetRolloverProgressResponse,
 )
+SET_OVERDRAFT_LIMIT: Final = Rpc(
+    ADMIN_SERVICE,
+    "SetOverdraftLimit",
+    admin_pb2.SetOverdraftLimitRequest,
+    admin_pb2.SetOverdraftLimitResponse,
+)
 
 # Events (server-streaming StreamEvents is not in this table: see the async client).
 RECORD_AUTO_RECHARGE_PAYMENT: Final = Rpc(
@@ -227,6 +233,7 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     REPLAY_EVENTS,
     LIST_WEBHOOK_ENDPOINTS,
     GET_ROLLOVER_PROGRESS,
+    SET_OVERDRAFT_LIMIT,
 )
 
 

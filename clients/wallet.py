@@ -6,7 +6,7 @@ Both expose the same API:
   ``authorize``, ``capture``, ``void``, ``list_transactions``, ``get_streak``,
   ``get_referral_code``, ``redeem_referral_code``, ``rollover``, ``grant``, ``reverse_debit``,
   ``set_agent_price``, ``list_agent_prices``, ``get_stats``, ``verify_ledger``,
-  ``get_rollover_progress`` (signatures and
+  ``get_rollover_progress``, ``set_overdraft_limit`` (signatures and
   docs in ``clients.builders``);
 - every RPC raw, taking its request message: ``client.wallet.Debit(request)``,
   ``client.billing.RecordPurchase(request)``, ``client.admin.Grant(request)``;
@@ -257,6 +257,9 @@ class AsyncCreditWalletClient:
     grant = AsyncMethod(rpc_table.GRANT, builders.grant)
     reverse_debit = AsyncMethod(rpc_table.REVERSE_DEBIT, builders.reverse_debit)
     set_agent_price = AsyncMethod(rpc_table.SET_AGENT_PRICE, builders.set_agent_price)
+    set_overdraft_limit = AsyncMethod(
+        rpc_table.SET_OVERDRAFT_LIMIT, builders.set_overdraft_limit
+    )
     list_agent_prices = AsyncMethod(rpc_table.LIST_AGENT_PRICES, builders.list_agent_prices)
     get_stats = AsyncMethod(rpc_table.GET_STATS, builders.get_stats)
     verify_ledger = AsyncMethod(rpc_table.VERIFY_LEDGER, builders.verify_ledger)
@@ -374,6 +377,7 @@ class CreditWalletClient:
     grant = SyncMethod(rpc_table.GRANT, builders.grant)
     reverse_debit = SyncMethod(rpc_table.REVERSE_DEBIT, builders.reverse_debit)
     set_agent_price = SyncMethod(rpc_table.SET_AGENT_PRICE, builders.set_agent_price)
+    set_overdraft_limit = SyncMethod(rpc_table.SET_OVERDRAFT_LIMIT, builders.set_overdraft_limit)
     list_agent_prices = SyncMethod(rpc_table.LIST_AGENT_PRICES, builders.list_agent_prices)
     get_stats = SyncMethod(rpc_table.GET_STATS, builders.get_stats)
     verify_ledger = SyncMethod(rpc_table.VERIFY_LEDGER, builders.verify_ledger)

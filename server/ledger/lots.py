@@ -158,12 +158,13 @@ RETURNING (SELECT lot_id FROM lot), {Account.COLUMNS}
 _EXPIRED_HOLDS = """
 UPDATE holds SET status = 'expired', finalized_at = $2
 WHERE user_id = $1 AND status = 'pending' AND expires_at <= $2
-RETURNING hold_id, amount_micros, expires_at
+RETURNING hold_id, amount_micros
 """
 
 _HOLD_PORTIONS = """
-SELECT lot_id, sum(amount_micros)::bigint AS amount FROM hold_lots
-WHERE user_id = $1 AND hold_id = ANY($2::uuid[]) GROUP BY lot_id
+SELECT hl.lot_id, h.expires_at AS released_at, sum(hl.amount_micros)::bigint AS amount
+FROM hold_lots hl JOIN holds h ON h.user_id = hl.user_id AND h.hold_id = hl.hold_id
+WHERE hl.user_id = $1 AND hl.hold_id = ANY($2::uuid[]) GROUP BY hl.lot_id, h.expires_at
 """
 
 _RELEASE_HELD = f"""
@@ -367,63 +368,72 @@ async def grant(
 
 
 async def sweep(conn: Connection, account: Account, now: dt.datetime) -> Account:
-    """Record the expiry of lots past their expires_at and release expired holds.
+    """Release expired holds and record the expiry of lots past their expires_at.
 
-    Lots expire first, then the holds' credits go back to their lots; what lands in a lot
-    that has expired expires in a row of its own, dated in its metadata at the later of the
-    lot's and the hold's expiry: until then those credits were held, not gone. So each
-    expire row says when its credits really stopped being spendable (``expired_at``), however
-    late the sweep that recorded it ran, and a balance as of a past moment is exact.
+    The holds' credits go back to their lots first; a lot's expiry then records what it
+    holds. Each expire row says in its metadata when its credits really stopped being
+    spendable (``expired_at``), however late the sweep that recorded it ran: the lot's expiry,
+    except for what a hold gave back to it after that, which was held until the hold's own
+    expiry and gets a row of its own dated then. So a balance as of a past moment is exact.
     """
     user_id = account.user_id
-    account = await _expire_due(conn, account, now)
     holds = await conn.fetch(_EXPIRED_HOLDS, user_id, now)
-    if not holds:
-        return account
-    row = await conn.fetchrow(_RELEASE_HELD, user_id, sum(h["amount_micros"] for h in holds), now)
-    assert row is not None
-    account = Account.from_row(row)
-    # In the order the holds expired: each one's credits came back at its own expiry.
-    for released_at in sorted({h["expires_at"] for h in holds}):
-        ids = [h["hold_id"] for h in holds if h["expires_at"] == released_at]
-        portions = await conn.fetch(_HOLD_PORTIONS, user_id, ids)
-        await conn.execute(
-            _RESTORE,
-            user_id,
-            [p["lot_id"] for p in portions],
-            [p["amount"] for p in portions],
-            now,
-        )
-        account = await _expire_due(conn, account, now, since=released_at)
-    return await settle_debt(conn, account, now)
+    returns: dict[int, list[tuple[dt.datetime, int]]] = {}
+    if holds:
+        released = sum(h["amount_micros"] for h in holds)
+        portions = await conn.fetch(_HOLD_PORTIONS, user_id, [h["hold_id"] for h in holds])
+        row = await conn.fetchrow(_RELEASE_HELD, user_id, released, now)
+        assert row is not None
+        for p in portions:
+            returns.setdefault(p["lot_id"], []).append((p["released_at"], p["amount"]))
+        # One amount per lot: an UPDATE ... FROM joins each lot once.
+        per_lot = {lot_id: sum(a for _, a in back) for lot_id, back in returns.items()}
+        await conn.execute(_RESTORE, user_id, list(per_lot), list(per_lot.values()), now)
+        account = Account.from_row(row)
+    account = await _expire_due(conn, account, now, returns=returns)
+    return await settle_debt(conn, account, now) if holds else account
 
 
 async def _expire_due(
-    conn: Connection, account: Account, now: dt.datetime, *, since: dt.datetime | None = None
+    conn: Connection,
+    account: Account,
+    now: dt.datetime,
+    *,
+    since: dt.datetime | None = None,
+    returns: Mapping[int, Sequence[tuple[dt.datetime, int]]] | None = None,
 ) -> Account:
-    """Record one ``expire`` row per lot past its expires_at that still holds credits.
+    """Record the ``expire`` rows of every lot past its expires_at that still holds credits.
 
-    ``expired_at`` in its metadata is when those credits stopped being spendable: the lot's
-    expiry, or ``since`` if they came into the lot later (given back at ``since``)."""
+    ``expired_at`` in each row's metadata is when its credits stopped being spendable: the
+    lot's expiry, or ``since`` if they all came into the lot later (given back at ``since``);
+    ``returns`` are the (moment, amount) that expired holds gave back to each lot, which
+    expire at the later of that moment and the lot's expiry."""
     user_id = account.user_id
     expired = await conn.fetch(_EXPIRE_LOTS, user_id, now)
     balance = account.balance_micros
     last_tx: int | None = None
     for lot in sorted(expired, key=lambda r: (r["expires_at"], r["lot_id"])):
-        balance -= lot["remaining_micros"]
-        last_tx = await history.append(
-            conn,
-            user_id,
-            "expire",
-            -lot["remaining_micros"],
-            balance,
-            now,
-            source=lot["source"],
-            metadata={
-                "lot_id": str(lot["lot_id"]),
-                "expired_at": max(lot["expires_at"], since or lot["expires_at"]).isoformat(),
-            },
+        ends = lot["expires_at"] if since is None else max(lot["expires_at"], since)
+        late = sorted(
+            (at, amount)
+            for at, amount in (returns or {}).get(lot["lot_id"], ())
+            if at > ends
         )
+        parts = [(ends, lot["remaining_micros"] - sum(a for _, a in late)), *late]
+        for at, amount in parts:
+            if amount <= 0:
+                continue
+            balance -= amount
+            last_tx = await history.append(
+                conn,
+                user_id,
+                "expire",
+                -amount,
+                balance,
+                now,
+                source=lot["source"],
+                metadata={"lot_id": str(lot["lot_id"]), "expired_at": at.isoformat()},
+            )
     next_expiry = await conn.fetchval(_NEXT_EXPIRY, user_id)
     row = await conn.fetchrow(
         _AFTER_EXPIRY, user_id, account.balance_micros - balance, next_expiry, now, last_tx
