@@ -77,6 +77,11 @@ async def test_past_balances_are_exact_however_late_expiries_were_recorded(
     await checkpoint()
     clock.set(t0 + dt.timedelta(seconds=10))  # the lot expires now: 2 left in it, 2 held
     await checkpoint()
+    clock.set(t0 + dt.timedelta(seconds=11))
+    for user in twins:
+        # Reserves 1 of the top-up until 16: back in that live lot from then on.
+        await admin.authorize(user, amount_micros=CREDIT, ttl_seconds=5)
+    await checkpoint()
     clock.set(t0 + dt.timedelta(seconds=20))
     await checkpoint()
     clock.set(t0 + dt.timedelta(seconds=30))  # the hold expires now; its 2 expire with it
@@ -104,7 +109,7 @@ async def test_past_balances_are_exact_however_late_expiries_were_recorded(
             assert figures(past) == expected, (user == lazy, at - t0)
             assert past.as_of.ToDatetime(tzinfo=dt.UTC) == at
     # Moments between the writes, where nothing changed but an expiry.
-    for seconds, balance, held in ((9, 9, 2), (10, 7, 2), (29, 7, 2), (30, 5, 0)):
+    for seconds, balance, held in ((9, 9, 2), (10, 7, 2), (15, 7, 3), (16, 7, 2), (30, 5, 0)):
         past = await admin.get_balance(lazy, as_of=t0 + dt.timedelta(seconds=seconds))
         assert (past.balance_micros, past.held_micros) == (balance * CREDIT, held * CREDIT)
 
