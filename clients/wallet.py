@@ -257,9 +257,7 @@ class AsyncCreditWalletClient:
     grant = AsyncMethod(rpc_table.GRANT, builders.grant)
     reverse_debit = AsyncMethod(rpc_table.REVERSE_DEBIT, builders.reverse_debit)
     set_agent_price = AsyncMethod(rpc_table.SET_AGENT_PRICE, builders.set_agent_price)
-    set_overdraft_limit = AsyncMethod(
-        rpc_table.SET_OVERDRAFT_LIMIT, builders.set_overdraft_limit
-    )
+    set_overdraft_limit = AsyncMethod(rpc_table.SET_OVERDRAFT_LIMIT, builders.set_overdraft_limit)
     list_agent_prices = AsyncMethod(rpc_table.LIST_AGENT_PRICES, builders.list_agent_prices)
     get_stats = AsyncMethod(rpc_table.GET_STATS, builders.get_stats)
     verify_ledger = AsyncMethod(rpc_table.VERIFY_LEDGER, builders.verify_ledger)

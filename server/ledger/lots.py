@@ -415,9 +415,7 @@ async def _expire_due(
     for lot in sorted(expired, key=lambda r: (r["expires_at"], r["lot_id"])):
         ends = lot["expires_at"] if since is None else max(lot["expires_at"], since)
         late = sorted(
-            (at, amount)
-            for at, amount in (returns or {}).get(lot["lot_id"], ())
-            if at > ends
+            (at, amount) for at, amount in (returns or {}).get(lot["lot_id"], ()) if at > ends
         )
         parts = [(ends, lot["remaining_micros"] - sum(a for _, a in late)), *late]
         for at, amount in parts:
