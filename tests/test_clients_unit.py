@@ -303,6 +303,7 @@ def test_every_cli_command_has_a_function() -> None:
         ["history", "u"],
         ["prices", "set", "a", "0.5"],
         ["prices", "list"],
+        ["overdraft", "set", "u", "0"],
         ["stats"],
         ["verify"],
         ["rollover"],
