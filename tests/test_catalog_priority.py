@@ -6,6 +6,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -60,7 +61,7 @@ async def test_a_checkout_of_a_priced_top_up_grants_a_lot_with_its_priority(
     runner, gateway = await sf.start_gateway(config)
     try:
         user = new_user()
-        obj = {
+        obj: dict[str, Any] = {
             "id": sf.new_id("cs"),
             "mode": "payment",
             "payment_status": "paid",
