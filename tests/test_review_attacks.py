@@ -813,7 +813,6 @@ async def _paid(
     )
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 2: being fixed")
 async def test_a_hold_spanning_a_downgrade_renewal_escapes_the_carry_over_cap(
     ledger: Ledger, admin: AsyncCreditWalletClient
 ) -> None:
