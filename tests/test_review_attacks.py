@@ -1094,7 +1094,6 @@ async def test_two_rollovers_at_once_and_debits_racing_them(quiet: Ledger) -> No
     assert await _verify(admin) == []
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 1: being fixed")
 async def test_refunding_a_period_whose_credits_expired_claws_back_only_what_was_spent(
     ledger: Ledger, admin: AsyncCreditWalletClient
 ) -> None:

@@ -10,6 +10,11 @@ Where the credits come from: the payment's own lot first; what was already spent
 debt, which the account's other live lots pay at once in burn-down order
 (``lots.settle_debt``); what they cannot cover stays as debt, which later grants pay off
 (``lots.grant``) and which blocks debits meanwhile.
+
+What expired unused is not spent: credits the payment's lot lost to expiry (its own expiry,
+the carry-over cap) were already taken from the user once, so the clawback never reaches
+them. The target is capped at the lot's credits that did not expire (``_EXPIRED``): a refund
+of a period whose credits mostly expired claws back only what is left and what was spent.
 """
 
 from __future__ import annotations
@@ -63,6 +68,15 @@ SELECT remaining_micros FROM credit_lots
 WHERE user_id = $1 AND lot_id = $2 AND (expires_at IS NULL OR expires_at > $3)
 """
 
+# What the payment's lot lost to expiry so far (the account's due expiries are recorded by
+# the lock first). Read from the history: one ``expire`` row per expiry, naming its lot.
+_EXPIRED = """
+SELECT coalesce(-sum(amount_micros), 0)::bigint FROM credit_transactions
+WHERE user_id = $1 AND type = 'expire' AND metadata->>'lot_id' = $2::bigint::text
+"""
+
+_LOT_AMOUNT = "SELECT amount_micros FROM credit_lots WHERE user_id = $1 AND lot_id = $2"
+
 _TAKE_FROM_LOT = """
 UPDATE credit_lots SET remaining_micros = remaining_micros - $3 WHERE user_id = $1 AND lot_id = $2
 """
@@ -111,6 +125,7 @@ async def apply(conn: Connection, payment_id: str, clock: Clock) -> RefundResult
     row = (await conn.fetch(_PAYMENT, payment_id))[0]
     paid = row["amount_paid_minor"]
     target = row["credits_micros"] * min(refunded or 0, paid) // paid if paid > 0 else 0
+    target = min(target, await _not_expired(conn, row["user_id"], row["lot_id"]))
     delta = target - row["clawed_back_micros"]
     if delta <= 0:
         return RefundResult(row["user_id"], 0, Balances.of(account))
@@ -122,6 +137,13 @@ async def apply(conn: Connection, payment_id: str, clock: Clock) -> RefundResult
     else:
         await conn.execute(_SET_PERIOD, row["key"], row["period_start"], target)
     return RefundResult(row["user_id"], delta, Balances.of(account))
+
+
+async def _not_expired(conn: Connection, user_id: str, lot_id: int) -> int:
+    """The lot's credits that did not expire: what a clawback may take or make debt."""
+    amount = await conn.fetchval(_LOT_AMOUNT, user_id, lot_id)
+    expired = await conn.fetchval(_EXPIRED, user_id, lot_id)
+    return int(amount) - int(expired)
 
 
 async def claw_back(

@@ -13,6 +13,7 @@ from creditwallet.core import limits
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger import (
     verify_carry,
+    verify_refunds,
     verify_rewards,
     verify_subscriptions,
     verify_time,
@@ -134,6 +135,8 @@ async def verify(conn: Connection) -> tuple[int, list[Violation]]:
         found.append(Violation(invariant, user_id, detail))
     for user_id, detail in await verify_carry.violations(conn, cap):
         found.append(Violation(verify_carry.INVARIANT, user_id, detail))
+    for user_id, detail in await verify_refunds.violations(conn, cap):
+        found.append(Violation(verify_refunds.INVARIANT, user_id, detail))
     totals = await conn.fetchrow(_TOTALS)
     assert totals is not None
     if totals["history"] != totals["balances"]:

@@ -16,59 +16,13 @@ import asyncpg
 import pytest
 from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.server.ledger import periods
-from creditwallet.v1 import billing_service_pb2 as bpb
-from creditwallet.v1 import common_pb2 as pb
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests import harness
+from tests.billing.paid import paid
 from tests.harness import Ledger
 
 CREDIT = 1_000_000
 DAY = dt.timedelta(days=1)
-
-
-def _ts(value: dt.datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
-async def _paid(
-    admin: AsyncCreditWalletClient,
-    sub: str,
-    user: str,
-    start: dt.datetime,
-    end: dt.datetime,
-    credits: int,
-    anchor: dt.datetime,
-) -> None:
-    """invoice.paid of [start, end) on a monthly schedule anchored at ``anchor``."""
-    await admin.billing.SyncSubscription(
-        bpb.SyncSubscriptionRequest(
-            request_id=f"evt_{uuid.uuid4().hex}",
-            subscription_id=sub,
-            customer_id=f"cus_{sub}",
-            user_id=user,
-            status=pb.SUBSCRIPTION_STATUS_ACTIVE,
-            price_id="price_monthly",
-            period_credits_micros=credits * CREDIT,
-            current_period_start=_ts(start),
-            current_period_end=_ts(end),
-            event_created_at=_ts(start),
-            schedule=bpb.BillingSchedule(
-                billing_cycle_anchor=_ts(anchor),
-                interval=bpb.BILLING_INTERVAL_MONTH,
-                interval_count=1,
-            ),
-            paid_period=bpb.PaidPeriod(
-                period_start=_ts(start),
-                period_end=_ts(end),
-                payment_id=f"pi_{uuid.uuid4().hex}",
-                amount_paid_minor=999,
-                currency="usd",
-            ),
-        )
-    )
 
 
 async def _violations(admin: AsyncCreditWalletClient, user: str) -> list[tuple[int, str]]:
@@ -103,12 +57,12 @@ class Downgrade:
 
     async def first_period(self) -> None:
         self.ledger.clock.set(self.anchor + dt.timedelta(minutes=1))
-        await _paid(self.admin, self.sub, self.user, self.anchor, self.p1_end, 1000, self.anchor)
+        await paid(self.admin, self.sub, self.user, self.anchor, self.p1_end, 1000, self.anchor)
         self.ledger.clock.set(self.p1_end - dt.timedelta(hours=1))
 
     async def renewal(self) -> None:
         self.ledger.clock.set(self.p1_end + dt.timedelta(minutes=1))
-        await _paid(self.admin, self.sub, self.user, self.p1_end, self.p2_end, 100, self.anchor)
+        await paid(self.admin, self.sub, self.user, self.p1_end, self.p2_end, 100, self.anchor)
 
     async def available(self) -> int:
         return (await self.admin.get_balance(self.user)).available_micros // CREDIT
