@@ -192,7 +192,6 @@ class OneBatch:
 # events: balance alerts
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 4: being fixed")
 async def test_void_whose_credits_expire_at_once_fires_no_balance_alert(
     ledger: Ledger, admin: AsyncCreditWalletClient
 ) -> None:
@@ -218,7 +217,6 @@ async def test_void_whose_credits_expire_at_once_fires_no_balance_alert(
     assert await _verify(admin, user) == []
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 4: being fixed")
 async def test_reversal_into_an_expired_lot_fires_no_balance_alert(
     ledger: Ledger, admin: AsyncCreditWalletClient
 ) -> None:
