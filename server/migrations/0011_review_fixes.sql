@@ -85,3 +85,48 @@ CREATE CONSTRAINT TRIGGER events_available_changed AFTER UPDATE ON credits
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
     WHEN (NEW.balance_micros - NEW.held_micros IS DISTINCT FROM OLD.balance_micros - OLD.held_micros)
     EXECUTE FUNCTION cw_events_available_changed();
+
+-- One event per history row, each type named: credits.debited (captures too), .expired,
+-- .reversed, .clawed_back, and credits.expiry_changed for an expiry_change row (a
+-- subscription lot's expiry corrected: nothing was taken). No row type falls through to
+-- another's event: a type without an event refuses the write, loudly, rather than mislabel it.
+DROP TRIGGER events_transactions ON credit_transactions;
+DROP FUNCTION cw_events_transaction();
+
+CREATE FUNCTION cw_events_history_row() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    event_type text := CASE NEW.type WHEN 'debit' THEN 'credits.debited'
+                                     WHEN 'expire' THEN 'credits.expired'
+                                     WHEN 'reversal' THEN 'credits.reversed'
+                                     WHEN 'clawback' THEN 'credits.clawed_back'
+                                     WHEN 'expiry_change' THEN 'credits.expiry_changed' END;
+    body jsonb := jsonb_build_object(
+        'transaction_id', NEW.transaction_id::text,
+        'balance_after_micros', NEW.balance_after_micros,
+        'source', NEW.source,
+        'metadata', NEW.metadata);
+BEGIN
+    IF event_type IS NULL THEN
+        RAISE EXCEPTION 'history rows of type % have no event type', NEW.type;
+    END IF;
+    IF NEW.type = 'expiry_change' THEN
+        body := body || jsonb_build_object(
+            'lot_id', NEW.metadata->>'lot_id',
+            'expires_at', NEW.metadata->>'expires_at',
+            'previous_expires_at', NEW.metadata->>'previous_expires_at');
+    ELSE
+        body := body || jsonb_build_object(
+            'amount_micros', abs(NEW.amount_micros),
+            'request_id', NEW.request_id,
+            'agent_id', NEW.agent_id,
+            'quantity', NEW.quantity,
+            'session_id', NEW.session_id,
+            'hold_id', NEW.hold_id,
+            'related_transaction_id', NEW.related_transaction_id::text);
+    END IF;
+    PERFORM cw_emit_event(NEW.user_id, event_type, NEW.created_at, jsonb_strip_nulls(body), false);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER events_history_rows AFTER INSERT ON credit_transactions FOR EACH ROW
+    WHEN (NEW.type <> 'grant') EXECUTE FUNCTION cw_events_history_row();
