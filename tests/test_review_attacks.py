@@ -887,15 +887,22 @@ async def test_an_expiry_change_is_not_a_clawback_event(
     )
 
 
-@pytest.mark.xfail(strict=False, reason="review finding 6: being fixed (a race: it may pass)")
 async def test_two_purchases_of_one_checkout_for_two_users_at_once(
     ledger: Ledger, admin: AsyncCreditWalletClient
 ) -> None:
     """Two RecordPurchase calls naming the same purchase_id (a forged or misrouted session)
     for two different users, at once: one grants; the other must be answered (already
-    recorded or a clear refusal), never INTERNAL, and nothing is granted twice."""
+    recorded or a clear refusal), never INTERNAL, and nothing is granted twice.
+
+    The interleaving is forced: the test holds the key each call's first-payment record
+    needs (``paid_accounts`` of both users, inserted in an open transaction), so a call that
+    has recorded its purchase row waits there, uncommitted. Without a lock on the purchase,
+    both calls find no purchase row, both insert one, and the second fails on the first's
+    key; with it, the second waits for the first to commit and then finds its row."""
     purchase = f"cs-{uuid.uuid4().hex[:12]}"
     users = [_user("buyer"), _user("buyer")]
+    for user in users:
+        await admin.ensure_account(user)
     requests = [
         bpb.RecordPurchaseRequest(
             request_id=f"evt-{uuid.uuid4().hex}",
@@ -908,14 +915,30 @@ async def test_two_purchases_of_one_checkout_for_two_users_at_once(
         )
         for u in users
     ]
-    answers = await asyncio.gather(
-        *(admin.billing.RecordPurchase(r) for r in requests), return_exceptions=True
-    )
+    watch = await _connect(ledger)
+    park = await _connect(ledger)
+    try:
+        await park.execute("BEGIN")
+        await park.execute(
+            "INSERT INTO paid_accounts (user_id, first_paid_at)"
+            " SELECT u, now() FROM unnest($1::text[]) u",
+            users,
+        )
+        calls = [asyncio.ensure_future(admin.billing.RecordPurchase(r)) for r in requests]
+        await _waiting_on_locks(watch, 2)  # the first parked after its insert, the second behind
+        await park.execute("ROLLBACK")
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await park.close()
+        await watch.close()
+    assert not any(isinstance(a, BaseException) for a in answers), answers
     granted = await _fetch(
         ledger, "SELECT user_id FROM credit_lots WHERE grant_key = $1", f"purchase:{purchase}"
     )
     assert len(granted) == 1
-    assert not any(isinstance(a, cw.Internal) for a in answers), answers
+    first = users.index(granted[0]["user_id"])
+    assert [a.already_recorded for a in answers] == [i != first for i in range(2)], answers
+    assert await _verify(admin, *users) == []
 
 
 # ---------------------------------------------------------------------------------------------
