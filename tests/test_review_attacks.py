@@ -937,7 +937,8 @@ async def test_two_purchases_of_one_checkout_for_two_users_at_once(
     )
     assert len(granted) == 1
     first = users.index(granted[0]["user_id"])
-    assert [a.already_recorded for a in answers] == [i != first for i in range(2)], answers
+    recorded = [a.already_recorded for a in answers if not isinstance(a, BaseException)]
+    assert recorded == [i != first for i in range(2)], answers
     assert await _verify(admin, *users) == []
 
 
