@@ -971,7 +971,6 @@ async def gateway(ledger: Ledger, stripe_api: tuple[Any, str]) -> AsyncIterator[
     await runner.cleanup()
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 3: being fixed")
 @pytest.mark.parametrize("invoice_first", [False, True])
 async def test_a_subscription_checkout_with_a_one_off_item_grants_the_same_in_any_order(
     ledger: Ledger,
