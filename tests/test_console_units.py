@@ -111,7 +111,11 @@ def test_forms_read_exact_credits_and_refuse_what_they_cannot_read() -> None:
 
 
 def _row(
-    day: dt.date, kind: int, amount: int, balance: int, agent: str = ""
+    day: dt.date,
+    kind: common_pb2.TransactionType.ValueType,
+    amount: int,
+    balance: int,
+    agent: str = "",
 ) -> common_pb2.Transaction:
     created = Timestamp()
     created.FromDatetime(dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC))
