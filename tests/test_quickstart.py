@@ -210,6 +210,7 @@ def test_make_run_starts_the_console_and_prints_where_and_how_to_sign_in(
     assert answer.value.code == 303
     assert answer.value.headers["Location"] == "/accounts"
     assert "HttpOnly" in answer.value.headers["Set-Cookie"]
+    answer.value.close()
 
 
 def test_make_run_wrote_and_printed_dev_env_and_stops_cleanly(dev_run: DevRun) -> None:
