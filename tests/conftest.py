@@ -9,15 +9,11 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from creditwallet.client.console.app import serving
-from creditwallet.client.console.config import ConsoleConfig
 from creditwallet.client.wallet import AsyncCreditWalletClient
-from creditwallet.core.settings import Secret
 from creditwallet.server import db
 from hypothesis import HealthCheck, settings
-from playwright.async_api import Browser, async_playwright
 
-from tests import console_kit, harness
+from tests import harness
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
@@ -72,28 +68,3 @@ async def verified(ledger: harness.Ledger, admin: AsyncCreditWalletClient) -> As
     yield
     report = await admin.verify_ledger()
     assert report.ok, [f"{v.invariant} {v.user_id}: {v.detail}" for v in report.violations]
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def console(ledger: harness.Ledger) -> AsyncIterator[str]:
-    """The operators' console in front of the module's ledger: its base URL."""
-    config = ConsoleConfig(
-        host="127.0.0.1",
-        port=0,
-        ledger_target=ledger.target,
-        admin_token=Secret(harness.TOKENS["admin"]),
-    )
-    async with serving(config) as (_, port):
-        yield f"http://127.0.0.1:{port}"
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def browser() -> AsyncIterator[Browser]:
-    """One headless Chromium (Debian's) per module; each test opens its own contexts."""
-    executable = console_kit.ensure_chromium()
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(executable), args=console_kit.CHROMIUM_ARGS
-        )
-        yield launched
-        await launched.close()

@@ -18,7 +18,7 @@ from creditwallet.core.units import MICROS_PER_CREDIT
 from playwright.async_api import Browser, Page, expect
 
 from tests import harness
-from tests.console_kit import dialogs_of, new_page, shoot, sign_in
+from tests.console.kit import dialogs_of, new_page, shoot, sign_in
 
 CREDIT = MICROS_PER_CREDIT
 SCRIPT = "<script>alert('user id')</script>"

@@ -16,8 +16,9 @@ from creditwallet.core.units import MICROS_PER_CREDIT, format_credits
 from creditwallet.v1 import common_pb2
 from playwright.async_api import Browser, Page, expect
 
-from tests import console_kit, harness
-from tests.console_kit import new_page, shoot, sign_in
+from tests import harness
+from tests.console import kit
+from tests.console.kit import new_page, shoot, sign_in
 
 CREDIT = MICROS_PER_CREDIT
 
@@ -104,7 +105,7 @@ async def test_sign_in_search_and_an_account_with_lots_holds_and_history(
     await expect(phone.locator("#available")).to_be_visible()
     # Nothing wider than the phone's screen but the tables' own scrolling boxes.
     width = await phone.evaluate("document.documentElement.scrollWidth")
-    assert width <= console_kit.PHONE["width"]
+    assert width <= kit.PHONE["width"]
     await shoot(phone, tmp_path, "account-phone")
     await context.close()
 

@@ -17,7 +17,7 @@ from playwright.async_api import Browser, BrowserContext, Dialog, Page, Viewport
 
 from tests import harness
 
-REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 SCREENSHOTS: Final = REPO_ROOT / "docs" / "screenshots"
 CHROMIUM: Final = Path("/usr/bin/chromium")
 CHROMIUM_ARGS: Final = [
