@@ -77,7 +77,8 @@ async def main() -> None:
                     began = time.perf_counter()
                     async with http.get(f"{base}/accounts/{user}") as reply:
                         body = await reply.text()
-                        assert reply.status == 200 and "Balances" in body, body[:500]
+                        if reply.status != 200 or "Balances" not in body:
+                            raise RuntimeError(f"not the account page: {body[:500]}")
                     times.append((time.perf_counter() - began) * 1000)
                 print(
                     f"history {size + 1:>6} rows: account page median "
