@@ -92,11 +92,11 @@ async def test_sign_in_search_and_an_account_with_lots_holds_and_history(
     assert f"{today} translator: 4.5 credits (4500000 micros)" in titles
     dots = await _texts(page, "#balance-chart-caption ~ svg circle title")
     assert dots[-1] == f"{today}: {_credits(balance.available_micros + balance.held_micros)}"
+    await shoot(page, tmp_path, "account")
     # The type filter.
     await page.get_by_label("Type", exact=True).select_option("grant")
     await page.get_by_role("button", name="Filter").click()
     assert await page.locator("#history tbody tr").count() == 3
-    await shoot(page, tmp_path, "account")
     await context.close()
 
     context, phone = await new_page(browser, phone=True)
