@@ -287,7 +287,7 @@ async def grant(request: web.Request) -> web.StreamResponse:
                 [
                     f"Grant {charts.amount_text(grant.amount_micros)}",
                     f"as a new {grant.source.replace('_', ' ')} lot",
-                    f"expiring {_expiry_text(grant.expires_at)}",
+                    f"expiry: {_expiry_text(grant.expires_at)}",
                     f"note: {grant.note.get(forms.NOTE_KEY, '(none)')}",
                 ],
                 back + "/grant",
