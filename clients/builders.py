@@ -130,6 +130,40 @@ def list_transactions(
     )
 
 
+def get_usage(
+    user_id: str,
+    *,
+    start_time: datetime,
+    end_time: datetime,
+    group_by: Iterable[str | wallet_pb2.UsageGroupBy.ValueType] = (),
+    page_size: int = 0,
+    page_token: str = "",
+) -> wallet_pb2.GetUsageRequest:
+    """Credits spent (net of reversals) and counts per group over whole UTC days.
+
+    ``start_time`` and ``end_time`` (excluded) are UTC midnights; ``group_by`` names keys
+    (``"day"``, ``"agent"``, ``"member"``, ``"session"``, or ``UsageGroupBy`` values), none
+    for one total; ``page_size`` 0 means the server's 100.
+    """
+    return wallet_pb2.GetUsageRequest(
+        user_id=user_id,
+        start_time=timestamp(start_time),
+        end_time=timestamp(end_time),
+        group_by=[usage_group_by(g) for g in group_by],
+        page_size=page_size,
+        page_token=page_token,
+    )
+
+
+def usage_group_by(
+    key: str | wallet_pb2.UsageGroupBy.ValueType,
+) -> wallet_pb2.UsageGroupBy.ValueType:
+    """``"agent"`` (any case) or ``USAGE_GROUP_BY_AGENT`` as the enum value."""
+    if isinstance(key, str):
+        return wallet_pb2.UsageGroupBy.Value("USAGE_GROUP_BY_" + key.strip().upper())
+    return key
+
+
 def get_streak(user_id: str) -> wallet_pb2.GetStreakRequest:
     """Reads the Smart Streaks state."""
     return wallet_pb2.GetStreakRequest(user_id=user_id)

@@ -86,6 +86,9 @@ LIST_TRANSACTIONS: Final = Rpc(
     wallet_pb2.ListTransactionsRequest,
     wallet_pb2.ListTransactionsResponse,
 )
+GET_USAGE: Final = Rpc(
+    WALLET_SERVICE, "GetUsage", wallet_pb2.GetUsageRequest, wallet_pb2.GetUsageResponse
+)
 GET_STREAK: Final = Rpc(
     WALLET_SERVICE, "GetStreak", wallet_pb2.GetStreakRequest, wallet_pb2.GetStreakResponse
 )
@@ -206,6 +209,7 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     CAPTURE,
     VOID,
     LIST_TRANSACTIONS,
+    GET_USAGE,
     GET_STREAK,
     GET_REFERRAL_CODE,
     REDEEM_REFERRAL_CODE,

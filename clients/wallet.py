@@ -3,7 +3,7 @@
 Both expose the same API:
 
 - keyword methods for the common calls — ``ensure_account``, ``get_balance``, ``debit``,
-  ``authorize``, ``capture``, ``void``, ``list_transactions``, ``get_streak``,
+  ``authorize``, ``capture``, ``void``, ``list_transactions``, ``get_usage``, ``get_streak``,
   ``get_referral_code``, ``redeem_referral_code``, ``rollover``, ``grant``, ``reverse_debit``,
   ``set_agent_price``, ``list_agent_prices``, ``get_stats``, ``verify_ledger``,
   ``get_rollover_progress`` (signatures and
@@ -248,6 +248,7 @@ class AsyncCreditWalletClient:
     capture = AsyncMethod(rpc_table.CAPTURE, builders.capture)
     void = AsyncMethod(rpc_table.VOID, builders.void)
     list_transactions = AsyncMethod(rpc_table.LIST_TRANSACTIONS, builders.list_transactions)
+    get_usage = AsyncMethod(rpc_table.GET_USAGE, builders.get_usage)
     get_streak = AsyncMethod(rpc_table.GET_STREAK, builders.get_streak)
     get_referral_code = AsyncMethod(rpc_table.GET_REFERRAL_CODE, builders.get_referral_code)
     redeem_referral_code = AsyncMethod(
@@ -367,6 +368,7 @@ class CreditWalletClient:
     capture = SyncMethod(rpc_table.CAPTURE, builders.capture)
     void = SyncMethod(rpc_table.VOID, builders.void)
     list_transactions = SyncMethod(rpc_table.LIST_TRANSACTIONS, builders.list_transactions)
+    get_usage = SyncMethod(rpc_table.GET_USAGE, builders.get_usage)
     get_streak = SyncMethod(rpc_table.GET_STREAK, builders.get_streak)
     get_referral_code = SyncMethod(rpc_table.GET_REFERRAL_CODE, builders.get_referral_code)
     redeem_referral_code = SyncMethod(rpc_table.REDEEM_REFERRAL_CODE, builders.redeem_referral_code)

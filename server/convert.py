@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 from creditwallet.server import errors
-from creditwallet.server.ledger import balances, stats, streaks
+from creditwallet.server.ledger import balances, stats, streaks, usage
 from creditwallet.server.ledger.types import (
     LOT_SOURCES,
     SUBSCRIPTION_STATUSES,
@@ -179,4 +179,18 @@ def stats_reply(value: stats.Stats) -> apb.GetStatsResponse:
             )
             for t in value.last_day
         ],
+    )
+
+
+def usage_group(row: usage.UsageRow) -> wpb.UsageGroup:
+    return wpb.UsageGroup(
+        day=row.day.isoformat() if row.day else "",
+        agent_id=row.agent_id,
+        member_id=row.member_id,
+        session_id=row.session_id,
+        net_micros=row.net_micros,
+        debited_micros=row.debited_micros,
+        reversed_micros=row.reversed_micros,
+        debit_count=row.debits,
+        reversal_count=row.reversals,
     )

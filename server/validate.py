@@ -91,6 +91,14 @@ def page_size(value: int, default: int) -> int:
     return value
 
 
+def page_size_within(value: int, default: int, maximum: int) -> int:
+    if value == 0:
+        return default
+    if not 0 < value <= maximum:
+        raise errors.invalid("page_size", f"page_size must be between 1 and {maximum}")
+    return value
+
+
 def hold_id(value: str) -> uuid.UUID:
     try:
         if len(value) > limits.HOLD_ID_LENGTH_MAX:
@@ -129,3 +137,11 @@ def timestamp(value: Timestamp, field: str) -> dt.datetime:
     if not TIMESTAMP_MIN <= moment < TIMESTAMP_MAX:
         raise errors.invalid(field, f"{field} must be between 2000 and 2200")
     return moment
+
+
+def utc_day(value: Timestamp, field: str) -> dt.date:
+    """A timestamp that must be a UTC midnight (reports count whole UTC days)."""
+    moment = timestamp(value, field)
+    if value.nanos or moment.time() != dt.time(0):
+        raise errors.invalid(field, f"{field} must be a UTC midnight (reports count whole days)")
+    return moment.date()
