@@ -161,6 +161,12 @@ VERIFY_LEDGER: Final = Rpc(
     admin_pb2.VerifyLedgerRequest,
     admin_pb2.VerifyLedgerResponse,
 )
+SET_MEMBER: Final = Rpc(
+    ADMIN_SERVICE, "SetMember", admin_pb2.SetMemberRequest, admin_pb2.SetMemberResponse
+)
+LIST_MEMBERS: Final = Rpc(
+    ADMIN_SERVICE, "ListMembers", admin_pb2.ListMembersRequest, admin_pb2.ListMembersResponse
+)
 GET_ROLLOVER_PROGRESS: Final = Rpc(
     ADMIN_SERVICE,
     "GetRolloverProgress",
@@ -231,6 +237,8 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     REPLAY_EVENTS,
     LIST_WEBHOOK_ENDPOINTS,
     GET_ROLLOVER_PROGRESS,
+    SET_MEMBER,
+    LIST_MEMBERS,
 )
 
 

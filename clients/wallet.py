@@ -5,9 +5,8 @@ Both expose the same API:
 - keyword methods for the common calls — ``ensure_account``, ``get_balance``, ``debit``,
   ``authorize``, ``capture``, ``void``, ``list_transactions``, ``get_usage``, ``get_streak``,
   ``get_referral_code``, ``redeem_referral_code``, ``rollover``, ``grant``, ``reverse_debit``,
-  ``set_agent_price``, ``list_agent_prices``, ``get_stats``, ``verify_ledger``,
-  ``get_rollover_progress`` (signatures and
-  docs in ``clients.builders``);
+  ``set_agent_price``, ``list_agent_prices``, ``get_stats``, ``set_member``, ``list_members``,
+  ``verify_ledger``, ``get_rollover_progress`` (signatures and docs in ``clients.builders``);
 - every RPC raw, taking its request message: ``client.wallet.Debit(request)``,
   ``client.billing.RecordPurchase(request)``, ``client.admin.Grant(request)``;
 - ``call(rpc, request)`` for any entry of ``clients.rpc_table``.
@@ -260,6 +259,8 @@ class AsyncCreditWalletClient:
     set_agent_price = AsyncMethod(rpc_table.SET_AGENT_PRICE, builders.set_agent_price)
     list_agent_prices = AsyncMethod(rpc_table.LIST_AGENT_PRICES, builders.list_agent_prices)
     get_stats = AsyncMethod(rpc_table.GET_STATS, builders.get_stats)
+    set_member = AsyncMethod(rpc_table.SET_MEMBER, builders.set_member)
+    list_members = AsyncMethod(rpc_table.LIST_MEMBERS, builders.list_members)
     verify_ledger = AsyncMethod(rpc_table.VERIFY_LEDGER, builders.verify_ledger)
     get_rollover_progress = AsyncMethod(
         rpc_table.GET_ROLLOVER_PROGRESS, builders.get_rollover_progress
@@ -378,6 +379,8 @@ class CreditWalletClient:
     set_agent_price = SyncMethod(rpc_table.SET_AGENT_PRICE, builders.set_agent_price)
     list_agent_prices = SyncMethod(rpc_table.LIST_AGENT_PRICES, builders.list_agent_prices)
     get_stats = SyncMethod(rpc_table.GET_STATS, builders.get_stats)
+    set_member = SyncMethod(rpc_table.SET_MEMBER, builders.set_member)
+    list_members = SyncMethod(rpc_table.LIST_MEMBERS, builders.list_members)
     verify_ledger = SyncMethod(rpc_table.VERIFY_LEDGER, builders.verify_ledger)
     get_rollover_progress = SyncMethod(
         rpc_table.GET_ROLLOVER_PROGRESS, builders.get_rollover_progress

@@ -26,6 +26,11 @@ def agent_id(value: str, field: str = "agent_id") -> str:
     return identifier(value, field, limits.AGENT_ID_LENGTH_MAX)
 
 
+def optional_member_id(value: str) -> str | None:
+    """A debit's or hold's member: empty for the account itself."""
+    return identifier(value, "member_id", limits.MEMBER_ID_LENGTH_MAX) if value else None
+
+
 def identifier(value: str, field: str, length_max: int) -> str:
     if not 1 <= len(value) <= length_max or not _ID.fullmatch(value):
         raise errors.invalid(field, f"{field} must be 1-{length_max} chars of [A-Za-z0-9._:@-]")

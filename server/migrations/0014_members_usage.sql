@@ -125,10 +125,16 @@ BEGIN
             SELECT cw_utc_day(h.created_at) INTO v_spend_day FROM holds h
             WHERE h.user_id = NEW.user_id AND h.hold_id = v_hold;
         END IF;
-        INSERT INTO member_spend AS s (user_id, member_id, day, spent_micros)
-        VALUES (NEW.user_id, v_member, v_spend_day, v_debited - v_reversed)
-        ON CONFLICT (user_id, member_id, day) DO UPDATE SET
-            spent_micros = s.spent_micros + EXCLUDED.spent_micros;
+        IF v_reversed = 0 THEN
+            INSERT INTO member_spend AS s (user_id, member_id, day, spent_micros)
+            VALUES (NEW.user_id, v_member, v_spend_day, v_debited)
+            ON CONFLICT (user_id, member_id, day) DO UPDATE SET
+                spent_micros = s.spent_micros + EXCLUDED.spent_micros;
+        ELSE
+            -- The debit's row exists: its spend counted there (a CHECK refuses going below 0).
+            UPDATE member_spend SET spent_micros = spent_micros - v_reversed
+            WHERE user_id = NEW.user_id AND member_id = v_member AND day = v_spend_day;
+        END IF;
     END IF;
     RETURN NULL;
 END $$;

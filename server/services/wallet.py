@@ -83,6 +83,7 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
                 request.session_id, "session_id", limits.SESSION_ID_LENGTH_MAX
             ),
             metadata=validate.metadata(request.metadata),
+            member_id=validate.optional_member_id(request.member_id),
             **_cost(request),
         )
         outcome = await self.rt.debit(cmd, request)
@@ -109,6 +110,7 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
             ),
             metadata=validate.metadata(request.metadata),
             ttl_seconds=validate.ttl_seconds(request.ttl_seconds),
+            member_id=validate.optional_member_id(request.member_id),
             **_cost(request),
         )
         outcome = await self.rt.execute(

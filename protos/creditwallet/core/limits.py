@@ -44,9 +44,8 @@ USAGE_PAGE_SIZE_MAX: Final = 1000
 USAGE_RANGE_DAYS_MAX: Final = 366
 # GetUsage's page token carries the last group's keys (a day and three ids) and the request's.
 USAGE_PAGE_TOKEN_LENGTH_MAX: Final = 2048
-# Team wallets: a member's id, its cap, and ListMembers' default page.
+# Team wallets: a member's id (a cap is an amount: AMOUNT_MICROS_MAX), ListMembers' page.
 MEMBER_ID_LENGTH_MAX: Final = 128
-MEMBER_CAP_MICROS_MAX: Final = AMOUNT_MICROS_MAX
 MEMBERS_PAGE_SIZE_DEFAULT: Final = 100
 
 # Idempotency records are kept this long; the promise to callers is at least 7 days.
@@ -291,7 +290,6 @@ def _check() -> None:
             USAGE_PAGE_SIZE_DEFAULT <= USAGE_PAGE_SIZE_MAX
         ),
         "MEMBERS_PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX": MEMBERS_PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX,
-        "MEMBER_CAP_MICROS_MAX < INT64_MAX": MEMBER_CAP_MICROS_MAX < INT64_MAX,
         "DB_POOL_SIZE_MIN <= DB_POOL_SIZE_MAX": DB_POOL_SIZE_MIN <= DB_POOL_SIZE_MAX,
         "IDEMPOTENCY_RETENTION_DAYS >= 7": IDEMPOTENCY_RETENTION_DAYS >= 7,
         "HEALTH_PROBE_TIMEOUT_SECONDS <= HEALTH_PROBE_INTERVAL_SECONDS": (

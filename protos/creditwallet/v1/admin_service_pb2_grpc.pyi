@@ -60,6 +60,12 @@ class AdminServiceStub:
     """How far a month's rollover has come: accounts rolled over for it out of all accounts.
     Read while a Rollover runs (it commits chunk by chunk) to show its progress.
     """
+    SetMember: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetMemberRequest, _admin_service_pb2.SetMemberResponse]
+    """Creates or replaces a member of an account (a team wallet): its spending cap per UTC day
+    or month, and whether it may spend. Debits and holds that name it count against the cap.
+    """
+    ListMembers: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListMembersRequest, _admin_service_pb2.ListMembersResponse]
+    """Lists an account's members by member_id, with what each spent in its current period."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -92,6 +98,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """How far a month's rollover has come: accounts rolled over for it out of all accounts.
     Read while a Rollover runs (it commits chunk by chunk) to show its progress.
     """
+    SetMember: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetMemberRequest, _admin_service_pb2.SetMemberResponse]  # type: ignore[assignment]
+    """Creates or replaces a member of an account (a team wallet): its spending cap per UTC day
+    or month, and whether it may spend. Debits and holds that name it count against the cap.
+    """
+    ListMembers: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListMembersRequest, _admin_service_pb2.ListMembersResponse]  # type: ignore[assignment]
+    """Lists an account's members by member_id, with what each spent in its current period."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Grants, corrections, prices, statistics and the ledger check."""
@@ -193,5 +205,23 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """How far a month's rollover has come: accounts rolled over for it out of all accounts.
         Read while a Rollover runs (it commits chunk by chunk) to show its progress.
         """
+
+    @_abc_1.abstractmethod
+    def SetMember(
+        self,
+        request: _admin_service_pb2.SetMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.SetMemberResponse, _abc.Awaitable[_admin_service_pb2.SetMemberResponse]]:
+        """Creates or replaces a member of an account (a team wallet): its spending cap per UTC day
+        or month, and whether it may spend. Debits and holds that name it count against the cap.
+        """
+
+    @_abc_1.abstractmethod
+    def ListMembers(
+        self,
+        request: _admin_service_pb2.ListMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListMembersResponse, _abc.Awaitable[_admin_service_pb2.ListMembersResponse]]:
+        """Lists an account's members by member_id, with what each spent in its current period."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -252,6 +252,7 @@ class DebitRequest(_message.Message):
     AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The account."""
     request_id: _builtins.str
@@ -264,6 +265,10 @@ class DebitRequest(_message.Message):
     """An explicit cost in micros. Excludes agent_id."""
     session_id: _builtins.str
     """The caller's session, recorded with the transaction."""
+    member_id: _builtins.str
+    """The member of the account that spends (a team wallet), counted against its cap; empty
+    for the account itself.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Annotations recorded with the transaction (at most 16 keys)."""
@@ -278,10 +283,11 @@ class DebitRequest(_message.Message):
         amount_micros: _builtins.int = ...,
         session_id: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        member_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "quantity", b"quantity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "agent_id", b"agent_id", "amount_micros", b"amount_micros", "metadata", b"metadata", "quantity", b"quantity", "request_id", b"request_id", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "agent_id", b"agent_id", "amount_micros", b"amount_micros", "member_id", b"member_id", "metadata", b"metadata", "quantity", b"quantity", "request_id", b"request_id", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__quantity: _TypeAlias = _typing.Literal["quantity"]  # noqa: Y015
     _WhichOneofArgType__quantity: _TypeAlias = _typing.Literal["_quantity", b"_quantity"]  # noqa: Y015
@@ -502,6 +508,7 @@ class AuthorizeRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The account."""
     request_id: _builtins.str
@@ -516,6 +523,10 @@ class AuthorizeRequest(_message.Message):
     """The caller's session."""
     ttl_seconds: _builtins.int
     """Seconds until the hold is released if not captured; 0 means 900, at most 86400."""
+    member_id: _builtins.str
+    """The member that spends: the held amount counts against its cap from now on, in today's
+    period, and the capture replaces it; empty for the account itself.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Annotations recorded with the eventual debit."""
@@ -531,10 +542,11 @@ class AuthorizeRequest(_message.Message):
         session_id: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ttl_seconds: _builtins.int = ...,
+        member_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "quantity", b"quantity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "agent_id", b"agent_id", "amount_micros", b"amount_micros", "metadata", b"metadata", "quantity", b"quantity", "request_id", b"request_id", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "agent_id", b"agent_id", "amount_micros", b"amount_micros", "member_id", b"member_id", "metadata", b"metadata", "quantity", b"quantity", "request_id", b"request_id", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__quantity: _TypeAlias = _typing.Literal["quantity"]  # noqa: Y015
     _WhichOneofArgType__quantity: _TypeAlias = _typing.Literal["_quantity", b"_quantity"]  # noqa: Y015
