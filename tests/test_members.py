@@ -62,7 +62,8 @@ async def test_set_and_list_members(ledger: Ledger, admin: AsyncCreditWalletClie
     user = await team(admin)
     reply = await admin.set_member(user, "alice", cap_micros=10 * CREDIT, cap_period="day")
     assert reply.member.cap_period == apb.MEMBER_CAP_PERIOD_DAY
-    assert reply.member.active and reply.member.spent_micros == 0
+    assert reply.member.active
+    assert reply.member.spent_micros == 0
     tomorrow = ledger.clock.now().date() + dt.timedelta(days=1)
     assert reply.member.period_end.ToDatetime(tzinfo=dt.UTC) == dt.datetime(
         tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=dt.UTC

@@ -12,7 +12,7 @@ account's newest history row when it was made). Then:
   cap then in force. A capture is bounded by its hold, which was checked when it was placed
   (the history does not record the holds pending at each moment, so this check is the
   necessary condition: spend, without the holds, within the cap);
-- the counters equal the history: per member and day, spent = debits − their reversals, and
+- the counters equal the history: per member and day, spent = debits - their reversals, and
   held = the member's pending holds placed that day.
 """
 
