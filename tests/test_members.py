@@ -81,7 +81,9 @@ async def test_set_and_list_members(ledger: Ledger, admin: AsyncCreditWalletClie
     with pytest.raises(cw.AccountNotFound):
         await admin.set_member(new_user(), "alice", cap_micros=CREDIT)
     with pytest.raises(cw.InvalidArgument) as caught:
-        await admin.set_member(user, "alice", cap_micros=CREDIT, cap_period=0)
+        await admin.set_member(
+            user, "alice", cap_micros=CREDIT, cap_period=apb.MEMBER_CAP_PERIOD_UNSPECIFIED
+        )
     assert caught.value.metadata["field"] == "cap_period"
     with pytest.raises(cw.InvalidArgument) as caught:
         await admin.set_member(user, "alice", cap_micros=0)
