@@ -287,3 +287,20 @@ async def test_a_reversal_gives_back_to_the_period_of_its_debit(
         ("rev", 0, 1),
         ("rev", 3 * CREDIT, 1),
     ]
+
+
+async def test_an_expired_hold_gives_its_amount_back_to_the_cap(
+    ledger: Ledger, admin: AsyncCreditWalletClient, agent: AsyncCreditWalletClient
+) -> None:
+    user = await team(admin)
+    await admin.set_member(user, "slow", cap_micros=2 * CREDIT, cap_period="month")
+    hold = await agent.authorize(user, amount_micros=2 * CREDIT, member_id="slow", ttl_seconds=60)
+    with pytest.raises(cw.MemberCapExceeded):
+        await agent.debit(user, amount_micros=1, member_id="slow")
+    ledger.clock.advance(seconds=61)
+    # The debit's own lock releases the due hold first, then finds the room it left.
+    await agent.debit(user, amount_micros=2 * CREDIT, member_id="slow")
+    with pytest.raises(cw.HoldExpired):
+        await agent.capture(user, hold.hold_id)
+    (member,) = (await admin.list_members(user)).members
+    assert (member.spent_micros, member.held_micros) == (2 * CREDIT, 0)
