@@ -30,12 +30,7 @@ from rich.text import Text
 Result = tuple[Message, RenderableType, int]
 Command = Callable[[CreditWalletClient, argparse.Namespace], Result]
 
-USAGE_DAYS_DEFAULT: Final = 30
 USAGE_KEYS: Final = ("day", "agent", "member", "session")
-# Width of the longest bar of the chart, in characters.
-CHART_WIDTH: Final = 40
-# Pages of groups read for one report (each up to limits.USAGE_PAGE_SIZE_MAX groups).
-USAGE_PAGES_MAX: Final = 100
 
 
 def add_commands(
@@ -103,9 +98,9 @@ def _midnight(day: dt.date) -> dt.datetime:
 
 def _usage(client: CreditWalletClient, args: argparse.Namespace) -> Result:
     last = args.last_day or dt.datetime.now(dt.UTC).date()
-    first = args.first_day or last - dt.timedelta(days=USAGE_DAYS_DEFAULT - 1)
+    first = args.first_day or last - dt.timedelta(days=limits.CLI_USAGE_DAYS_DEFAULT - 1)
     merged = wallet_pb2.GetUsageResponse()
-    for _ in range(USAGE_PAGES_MAX):
+    for _ in range(limits.CLI_PAGES_MAX):
         page = client.get_usage(
             args.user,
             start_time=_midnight(first),
@@ -177,7 +172,7 @@ def day_totals(
     ]
 
 
-def bar(value: int, largest: int, width: int = CHART_WIDTH) -> str:
+def bar(value: int, largest: int, width: int = limits.CLI_USAGE_CHART_WIDTH) -> str:
     """A bar of whole blocks, in integers only: a positive value never shows as empty."""
     if value <= 0 or largest <= 0:
         return ""
@@ -239,7 +234,7 @@ def _members_set(client: CreditWalletClient, args: argparse.Namespace) -> Result
 
 def _members_list(client: CreditWalletClient, args: argparse.Namespace) -> Result:
     merged = admin_pb2.ListMembersResponse()
-    for _ in range(USAGE_PAGES_MAX):
+    for _ in range(limits.CLI_PAGES_MAX):
         page = client.list_members(
             args.user, page_size=limits.PAGE_SIZE_MAX, page_token=merged.next_page_token
         )

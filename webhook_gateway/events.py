@@ -25,7 +25,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from creditwallet.core import limits
 from creditwallet.gateway import catalog
@@ -38,15 +38,12 @@ from google.protobuf.message import Message
 
 log = logging.getLogger(__name__)
 
-STATUS = {
-    "active": pb.SUBSCRIPTION_STATUS_ACTIVE,
-    "trialing": pb.SUBSCRIPTION_STATUS_TRIALING,
-    "past_due": pb.SUBSCRIPTION_STATUS_PAST_DUE,
-    "unpaid": pb.SUBSCRIPTION_STATUS_UNPAID,
-    "incomplete": pb.SUBSCRIPTION_STATUS_INCOMPLETE,
-    "incomplete_expired": pb.SUBSCRIPTION_STATUS_INCOMPLETE_EXPIRED,
-    "canceled": pb.SUBSCRIPTION_STATUS_CANCELED,
-    "paused": pb.SUBSCRIPTION_STATUS_PAUSED,
+# Stripe's subscription statuses are the enum's names in lower case ("past_due" is
+# SUBSCRIPTION_STATUS_PAST_DUE): the table is the proto's, read off it, not written again.
+STATUS: Final = {
+    name.removeprefix("SUBSCRIPTION_STATUS_").lower(): value
+    for name, value in pb.SubscriptionStatus.items()
+    if value != pb.SUBSCRIPTION_STATUS_UNSPECIFIED
 }
 HANDLED = (
     "checkout.session.completed",
