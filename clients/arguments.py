@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 import shtab
-from creditwallet.client import debitfile, events_cli
+from creditwallet.client import debitfile, events_cli, teams_cli
 from creditwallet.core import limits
 from creditwallet.core.commands import parser as command_parser
 from creditwallet.core.units import INT64_MAX, format_credits, parse_credits
@@ -42,7 +42,12 @@ TRANSACTION_TYPES: Final = {
 }
 
 # Amount arguments: destination -> how it is shown in messages (the flag, or the positional).
-AMOUNT_ARGUMENTS: Final = {"amount": "--amount", "grant_amount": "AMOUNT", "price": "PRICE"}
+AMOUNT_ARGUMENTS: Final = {
+    "amount": "--amount",
+    "grant_amount": "AMOUNT",
+    "price": "PRICE",
+    "cap": "--cap",
+}
 
 # Request fields named by the server's INVALID_ARGUMENT answers -> what the operator typed.
 FIELD_FLAGS: Final[Mapping[str, Mapping[str, str]]] = {
@@ -51,7 +56,14 @@ FIELD_FLAGS: Final[Mapping[str, Mapping[str, str]]] = {
         "request_id": "--request-id",
         "metadata": "--reason",
     },
-    "debit": {"amount_micros": "--amount", "agent_id": "--agent", "quantity": "--quantity"},
+    "debit": {
+        "amount_micros": "--amount",
+        "agent_id": "--agent",
+        "quantity": "--quantity",
+        "member_id": "--member",
+    },
+    "usage": {"start_time": "--from", "end_time": "--to", "group_by": "--by"},
+    "members set": {"member_id": "MEMBER", "cap_micros": "--cap", "cap_period": "--period"},
     "grant": {"amount_micros": "AMOUNT", "expires_at": "--expires-at", "source": "--source"},
     "reverse": {"amount_micros": "--amount", "transaction_id": "TRANSACTION_ID"},
     "prices set": {"agent_id": "AGENT", "price_micros": "PRICE", "unit": "--unit"},
@@ -121,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--agent", help="charge this agent's price times --quantity")
     cost.add_argument("--amount", help="charge this many credits, e.g. 1.5")
     leaf.add_argument("--quantity", type=_positive_int, help="units of --agent (default 1)")
+    leaf.add_argument("--member", default="", help="the team member that spends (its cap)")
     _add_request_id(leaf)
     debitfile.add_arguments(leaf)
 
@@ -208,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("code", metavar="CODE")
     _add_request_id(leaf)
     events_cli.add_commands(commands, command, _add_request_id)
+    teams_cli.add_commands(commands, command, _add_request_id)
 
     leaf = command(
         commands,

@@ -47,10 +47,12 @@ def debit(
     request_id: str | None = None,
     session_id: str = "",
     metadata: Mapping[str, str] | None = None,
+    member_id: str = "",
 ) -> wallet_pb2.DebitRequest:
     """Spends credits: ``agent_id`` (times ``quantity``, default 1) or ``amount_micros``, not both.
 
     All or nothing, never overdrawing; a new uuid4 ``request_id`` unless one is given.
+    ``member_id`` names the team member that spends (counted against its cap).
     """
     return wallet_pb2.DebitRequest(
         user_id=user_id,
@@ -60,6 +62,7 @@ def debit(
         amount_micros=amount_micros or 0,
         session_id=session_id,
         metadata=metadata,
+        member_id=member_id,
     )
 
 
@@ -81,8 +84,12 @@ def authorize(
     request_id: str | None = None,
     session_id: str = "",
     metadata: Mapping[str, str] | None = None,
+    member_id: str = "",
 ) -> wallet_pb2.AuthorizeRequest:
-    """Places a hold like ``debit`` would charge; ``ttl_seconds`` 0 means the server's 900."""
+    """Places a hold like ``debit`` would charge; ``ttl_seconds`` 0 means the server's 900.
+
+    ``member_id``: the held amount counts against that member's cap until captured or voided.
+    """
     return wallet_pb2.AuthorizeRequest(
         user_id=user_id,
         request_id=request_id or new_request_id(),
@@ -92,6 +99,7 @@ def authorize(
         session_id=session_id,
         metadata=metadata,
         ttl_seconds=ttl_seconds,
+        member_id=member_id,
     )
 
 
@@ -128,6 +136,40 @@ def list_transactions(
     return wallet_pb2.ListTransactionsRequest(
         user_id=user_id, page_size=page_size, page_token=page_token, type=type
     )
+
+
+def get_usage(
+    user_id: str,
+    *,
+    start_time: datetime,
+    end_time: datetime,
+    group_by: Iterable[str | wallet_pb2.UsageGroupBy.ValueType] = (),
+    page_size: int = 0,
+    page_token: str = "",
+) -> wallet_pb2.GetUsageRequest:
+    """Credits spent (net of reversals) and counts per group over whole UTC days.
+
+    ``start_time`` and ``end_time`` (excluded) are UTC midnights; ``group_by`` names keys
+    (``"day"``, ``"agent"``, ``"member"``, ``"session"``, or ``UsageGroupBy`` values), none
+    for one total; ``page_size`` 0 means the server's 100.
+    """
+    return wallet_pb2.GetUsageRequest(
+        user_id=user_id,
+        start_time=timestamp(start_time),
+        end_time=timestamp(end_time),
+        group_by=[usage_group_by(g) for g in group_by],
+        page_size=page_size,
+        page_token=page_token,
+    )
+
+
+def usage_group_by(
+    key: str | wallet_pb2.UsageGroupBy.ValueType,
+) -> wallet_pb2.UsageGroupBy.ValueType:
+    """``"agent"`` (any case) or ``USAGE_GROUP_BY_AGENT`` as the enum value."""
+    if isinstance(key, str):
+        return wallet_pb2.UsageGroupBy.Value("USAGE_GROUP_BY_" + key.strip().upper())
+    return key
 
 
 def get_streak(user_id: str) -> wallet_pb2.GetStreakRequest:
@@ -212,6 +254,36 @@ def list_agent_prices(
 ) -> admin_pb2.ListAgentPricesRequest:
     """One page of prices by agent_id; ``page_size`` 0 means the server's 100."""
     return admin_pb2.ListAgentPricesRequest(page_size=page_size, page_token=page_token)
+
+
+def set_member(
+    user_id: str,
+    member_id: str,
+    *,
+    cap_micros: int,
+    cap_period: str | admin_pb2.MemberCapPeriod.ValueType = "day",
+    active: bool = True,
+) -> admin_pb2.SetMemberRequest:
+    """Creates or replaces a team member: its cap per ``"day"`` or ``"month"`` (UTC), active."""
+    period = (
+        admin_pb2.MemberCapPeriod.Value("MEMBER_CAP_PERIOD_" + cap_period.strip().upper())
+        if isinstance(cap_period, str)
+        else cap_period
+    )
+    return admin_pb2.SetMemberRequest(
+        user_id=user_id,
+        member_id=member_id,
+        cap_micros=cap_micros,
+        cap_period=period,
+        active=active,
+    )
+
+
+def list_members(
+    user_id: str, *, page_size: int = 0, page_token: str = ""
+) -> admin_pb2.ListMembersRequest:
+    """One page of an account's members by member_id; ``page_size`` 0 means the server's 100."""
+    return admin_pb2.ListMembersRequest(user_id=user_id, page_size=page_size, page_token=page_token)
 
 
 def get_stats() -> admin_pb2.GetStatsRequest:

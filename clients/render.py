@@ -221,6 +221,11 @@ def transactions(rows: Sequence[common_pb2.Transaction], amounts: Amounts) -> Re
 
 
 def _transaction_detail(row: common_pb2.Transaction) -> str:
+    detail = _what(row)
+    return f"{detail} by {row.member_id}".strip() if row.member_id else detail
+
+
+def _what(row: common_pb2.Transaction) -> str:
     if row.agent_id:
         return f"{row.agent_id} x{row.quantity}"
     if row.source:

@@ -86,6 +86,9 @@ LIST_TRANSACTIONS: Final = Rpc(
     wallet_pb2.ListTransactionsRequest,
     wallet_pb2.ListTransactionsResponse,
 )
+GET_USAGE: Final = Rpc(
+    WALLET_SERVICE, "GetUsage", wallet_pb2.GetUsageRequest, wallet_pb2.GetUsageResponse
+)
 GET_STREAK: Final = Rpc(
     WALLET_SERVICE, "GetStreak", wallet_pb2.GetStreakRequest, wallet_pb2.GetStreakResponse
 )
@@ -158,6 +161,12 @@ VERIFY_LEDGER: Final = Rpc(
     admin_pb2.VerifyLedgerRequest,
     admin_pb2.VerifyLedgerResponse,
 )
+SET_MEMBER: Final = Rpc(
+    ADMIN_SERVICE, "SetMember", admin_pb2.SetMemberRequest, admin_pb2.SetMemberResponse
+)
+LIST_MEMBERS: Final = Rpc(
+    ADMIN_SERVICE, "ListMembers", admin_pb2.ListMembersRequest, admin_pb2.ListMembersResponse
+)
 GET_ROLLOVER_PROGRESS: Final = Rpc(
     ADMIN_SERVICE,
     "GetRolloverProgress",
@@ -215,6 +224,7 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     CAPTURE,
     VOID,
     LIST_TRANSACTIONS,
+    GET_USAGE,
     GET_STREAK,
     GET_REFERRAL_CODE,
     REDEEM_REFERRAL_CODE,
@@ -236,6 +246,8 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     REPLAY_EVENTS,
     LIST_WEBHOOK_ENDPOINTS,
     GET_ROLLOVER_PROGRESS,
+    SET_MEMBER,
+    LIST_MEMBERS,
     LIST_HOLDS,
     GET_DAILY_TOTALS,
 )

@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime as dt
 
 from creditwallet.server import errors
-from creditwallet.server.ledger import balances, stats, streaks
+from creditwallet.server.ledger import balances, members, stats, streaks, usage
 from creditwallet.server.ledger.types import (
     LOT_SOURCES,
+    MEMBER_CAP_PERIODS,
     SUBSCRIPTION_STATUSES,
     TRANSACTION_TYPES,
     AgentPrice,
@@ -36,9 +37,14 @@ STATUS_TO_PB: dict[str, pb.SubscriptionStatus.ValueType] = {
     name: pb.SubscriptionStatus.Value("SUBSCRIPTION_STATUS_" + name.upper())
     for name in SUBSCRIPTION_STATUSES
 }
+PERIOD_TO_PB: dict[str, apb.MemberCapPeriod.ValueType] = {
+    name: apb.MemberCapPeriod.Value("MEMBER_CAP_PERIOD_" + name.upper())
+    for name in MEMBER_CAP_PERIODS
+}
 PB_TO_SOURCE: dict[int, str] = {v: k for k, v in SOURCE_TO_PB.items()}
 PB_TO_TYPE: dict[int, str] = {v: k for k, v in TYPE_TO_PB.items()}
 PB_TO_STATUS: dict[int, str] = {v: k for k, v in STATUS_TO_PB.items()}
+PB_TO_PERIOD: dict[int, str] = {v: k for k, v in PERIOD_TO_PB.items()}
 
 
 def source_name(value: int) -> str:
@@ -59,6 +65,12 @@ def status_name(value: int) -> str:
     if value == pb.SUBSCRIPTION_STATUS_UNSPECIFIED or value not in PB_TO_STATUS:
         raise errors.invalid("status", "status must be a known SubscriptionStatus")
     return PB_TO_STATUS[value]
+
+
+def period_name(value: int) -> str:
+    if value not in PB_TO_PERIOD:
+        raise errors.invalid("cap_period", "cap_period must be DAY or MONTH")
+    return PB_TO_PERIOD[value]
 
 
 def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -108,6 +120,7 @@ def transaction(value: Transaction) -> pb.Transaction:
         related_transaction_id=str(value.related_transaction_id or ""),
         metadata=value.metadata,
         created_at=timestamp(value.created_at),
+        member_id=value.member_id or "",
     )
 
 
@@ -180,6 +193,35 @@ def stats_reply(value: stats.Stats) -> apb.GetStatsResponse:
             )
             for t in value.last_day
         ],
+    )
+
+
+def usage_group(row: usage.UsageRow) -> wpb.UsageGroup:
+    return wpb.UsageGroup(
+        day=row.day.isoformat() if row.day else "",
+        agent_id=row.agent_id,
+        member_id=row.member_id,
+        session_id=row.session_id,
+        net_micros=row.net_micros,
+        debited_micros=row.debited_micros,
+        reversed_micros=row.reversed_micros,
+        debit_count=row.debits,
+        reversal_count=row.reversals,
+    )
+
+
+def member(value: members.Member) -> apb.Member:
+    return apb.Member(
+        user_id=value.user_id,
+        member_id=value.member_id,
+        cap_micros=value.cap_micros,
+        cap_period=PERIOD_TO_PB[value.cap_period],
+        active=value.active,
+        spent_micros=value.spent_micros,
+        held_micros=value.held_micros,
+        period_end=timestamp(value.period_end),
+        created_at=timestamp(value.created_at),
+        updated_at=timestamp(value.updated_at),
     )
 
 

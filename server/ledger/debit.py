@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 from creditwallet.server import errors
 from creditwallet.server.db import Connection
-from creditwallet.server.ledger import lots, pricing, streaks
+from creditwallet.server.ledger import lots, members, pricing, streaks
 from creditwallet.server.ledger.types import Account, Balances
 
 # The burn-down of lots.consume, fused with the history row, the consumption records, the
@@ -38,8 +38,8 @@ _DEBIT = (
     RETURNING l.lot_id, take.amount
 ), tx AS (
     INSERT INTO credit_transactions (user_id, type, amount_micros, balance_after_micros,
-        request_id, agent_id, quantity, session_id, hold_id, metadata, created_at)
-    VALUES ($1, 'debit', -$2::bigint, $4, $5, $6, $7, $8, $9, $10::jsonb, $3)
+        request_id, agent_id, quantity, session_id, hold_id, metadata, created_at, member_id)
+    VALUES ($1, 'debit', -$2::bigint, $4, $5, $6, $7, $8, $9, $10::jsonb, $3, $12)
     RETURNING transaction_id
 ), consumed AS (
     INSERT INTO lot_consumptions (user_id, transaction_id, lot_id, amount_micros)
@@ -76,6 +76,8 @@ class DebitCommand:
     quantity: int | None
     session_id: str
     metadata: Mapping[str, str]
+    # The member of a team wallet that spends (``members``); None for the account itself.
+    member_id: str | None = dataclasses.field(default=None, kw_only=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +95,8 @@ async def debit_locked(
     (``accounts.lock`` / ``lock_many``); returns the result and the account after it."""
     amount = await cost_of(conn, cmd.amount_micros, cmd.agent_id, cmd.quantity)
     check_spendable(account, amount)
+    if cmd.member_id is not None:
+        await members.check_room(conn, cmd.user_id, cmd.member_id, amount, now)
     row = await conn.fetchrow(
         _DEBIT,
         cmd.user_id,
@@ -106,6 +110,7 @@ async def debit_locked(
         None,
         json.dumps(dict(cmd.metadata), sort_keys=True) if cmd.metadata else None,
         streaks.utc_day(now),
+        cmd.member_id,
     )
     assert row is not None
     if row["burnt_micros"] != amount:

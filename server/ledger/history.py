@@ -23,8 +23,8 @@ from creditwallet.server.ledger.types import Transaction
 _APPEND = """
 INSERT INTO credit_transactions (user_id, type, source, amount_micros, balance_after_micros,
     request_id, agent_id, quantity, session_id, hold_id, related_transaction_id, metadata,
-    created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13)
+    created_at, member_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13, $14)
 RETURNING transaction_id
 """
 
@@ -53,6 +53,7 @@ async def append(
     hold_id: uuid.UUID | None = None,
     related_transaction_id: int | None = None,
     metadata: Mapping[str, str] | None = None,
+    member_id: str | None = None,
 ) -> int:
     tx_id = await conn.fetchval(
         _APPEND,
@@ -69,6 +70,7 @@ async def append(
         related_transaction_id,
         json.dumps(dict(metadata), sort_keys=True) if metadata else None,
         now,
+        member_id,
     )
     assert isinstance(tx_id, int)
     return tx_id

@@ -25,6 +25,7 @@ LOT_SOURCES: Final = (
     "adjustment",
 )
 TRANSACTION_TYPES: Final = ("grant", "debit", "expire", "reversal", "clawback", "expiry_change")
+MEMBER_CAP_PERIODS: Final = ("day", "month")
 SUBSCRIPTION_STATUSES: Final = (
     "unspecified",
     "active",
@@ -179,7 +180,7 @@ class Transaction:
     COLUMNS: ClassVar[str] = (
         "transaction_id, user_id, type, source, amount_micros, balance_after_micros, "
         "request_id, agent_id, quantity, session_id, hold_id, related_transaction_id, "
-        "metadata, created_at"
+        "metadata, created_at, member_id"
     )
 
     transaction_id: int
@@ -196,6 +197,7 @@ class Transaction:
     related_transaction_id: int | None
     metadata: dict[str, str]
     created_at: dt.datetime
+    member_id: str | None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Transaction:
@@ -214,6 +216,7 @@ class Transaction:
             related_transaction_id=row["related_transaction_id"],
             metadata=json.loads(row["metadata"]) if row["metadata"] else {},
             created_at=row["created_at"],
+            member_id=row["member_id"],
         )
 
 

@@ -15,6 +15,7 @@ from creditwallet.server.ledger import (
     accounts,
     hold_pages,
     lots,
+    members,
     periods,
     pricing,
     reversals,
@@ -160,6 +161,38 @@ class AdminService(AdminEvents, agrpc.AdminServiceServicer):
                 apb.LedgerViolation(invariant=v.invariant, user_id=v.user_id, detail=v.detail)
                 for v in violations
             ],
+        )
+
+    async def SetMember(
+        self, request: apb.SetMemberRequest, context: Context
+    ) -> apb.SetMemberResponse:
+        cmd = members.MemberCommand(
+            user_id=validate.user_id(request.user_id),
+            member_id=validate.identifier(
+                request.member_id, "member_id", limits.MEMBER_ID_LENGTH_MAX
+            ),
+            cap_micros=validate.amount(request.cap_micros, "cap_micros"),
+            cap_period=convert.period_name(request.cap_period),
+            active=request.active,
+        )
+        member = await self.rt.write(lambda conn, clock: members.set_member(conn, cmd, clock))
+        return apb.SetMemberResponse(member=convert.member(member))
+
+    async def ListMembers(
+        self, request: apb.ListMembersRequest, context: Context
+    ) -> apb.ListMembersResponse:
+        user_id = validate.user_id(request.user_id)
+        size = validate.page_size(request.page_size, limits.MEMBERS_PAGE_SIZE_DEFAULT)
+        after = ""
+        if request.page_token:
+            after = validate.identifier(
+                request.page_token, "page_token", limits.MEMBER_ID_LENGTH_MAX
+            )
+        found, token = await self.rt.read(
+            lambda conn, clock: members.page(conn, user_id, after, size, clock)
+        )
+        return apb.ListMembersResponse(
+            members=[convert.member(m) for m in found], next_page_token=token
         )
 
     async def GetRolloverProgress(

@@ -20,6 +20,7 @@ NATURALLY_IDEMPOTENT = {
     "Rollover",
     "SetBalanceAlert",
     "SetAutoRecharge",
+    "SetMember",
 }
 READS = {
     "GetBalance",
@@ -32,6 +33,8 @@ READS = {
     "ListEvents",
     "ListWebhookEndpoints",
     "GetRolloverProgress",
+    "GetUsage",
+    "ListMembers",
     "ListHolds",
     "GetDailyTotals",
 }

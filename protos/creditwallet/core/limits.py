@@ -38,6 +38,15 @@ PAGE_SIZE_DEFAULT: Final = 50
 PAGE_SIZE_MAX: Final = 500
 PRICES_PAGE_SIZE_DEFAULT: Final = 100
 PAGE_TOKEN_LENGTH_MAX: Final = 256
+# GetUsage: groups per page (30 days of 30 agents fit in one), and the longest range in days.
+USAGE_PAGE_SIZE_DEFAULT: Final = 100
+USAGE_PAGE_SIZE_MAX: Final = 1000
+USAGE_RANGE_DAYS_MAX: Final = 366
+# GetUsage's page token carries the last group's keys (a day and three ids) and the request's.
+USAGE_PAGE_TOKEN_LENGTH_MAX: Final = 2048
+# Team wallets: a member's id (a cap is an amount: AMOUNT_MICROS_MAX), ListMembers' page.
+MEMBER_ID_LENGTH_MAX: Final = 128
+MEMBERS_PAGE_SIZE_DEFAULT: Final = 100
 
 # Idempotency records are kept this long; the promise to callers is at least 7 days.
 IDEMPOTENCY_RETENTION_DAYS: Final = 30
@@ -252,6 +261,7 @@ LARGEST_REQUEST_BYTES: Final = (
     + REQUEST_ID_LENGTH_MAX
     + AGENT_ID_LENGTH_MAX
     + SESSION_ID_LENGTH_MAX
+    + MEMBER_ID_LENGTH_MAX
     + 4 * PROVIDER_ID_LENGTH_MAX
     + METADATA_KEYS_MAX
     * (METADATA_KEY_LENGTH_MAX + METADATA_VALUE_LENGTH_MAX + 3 * _FRAMING_BYTES_PER_FIELD)
@@ -311,6 +321,9 @@ GATEWAY_JSON_DEPTH_MAX: Final = 64
 CLI_PAGES_MAX: Final = 1000
 CLI_PLAIN_WIDTH: Final = 200
 CLI_LIST_ROWS_DEFAULT: Final = 20
+# `creditwallet usage`: the days it reports by default, and the width of its chart's longest bar.
+CLI_USAGE_DAYS_DEFAULT: Final = 30
+CLI_USAGE_CHART_WIDTH: Final = 40
 # The server waits this long for a database that is not up yet, retrying with backoff from
 # INITIAL doubling up to MAX between attempts, before it gives up with one line.
 DB_WAIT_SECONDS_MAX: Final = 30.0
@@ -336,6 +349,10 @@ def _check() -> None:
         "PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX": PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX,
         "PRICES_PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX": PRICES_PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX,
         "AMOUNT_MICROS_MAX < INT64_MAX": AMOUNT_MICROS_MAX < INT64_MAX,
+        "USAGE_PAGE_SIZE_DEFAULT <= USAGE_PAGE_SIZE_MAX": (
+            USAGE_PAGE_SIZE_DEFAULT <= USAGE_PAGE_SIZE_MAX
+        ),
+        "MEMBERS_PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX": MEMBERS_PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX,
         "DB_POOL_SIZE_MIN <= DB_POOL_SIZE_MAX": DB_POOL_SIZE_MIN <= DB_POOL_SIZE_MAX,
         "IDEMPOTENCY_RETENTION_DAYS >= 7": IDEMPOTENCY_RETENTION_DAYS >= 7,
         "HEALTH_PROBE_TIMEOUT_SECONDS <= HEALTH_PROBE_INTERVAL_SECONDS": (

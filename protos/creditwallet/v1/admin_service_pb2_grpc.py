@@ -96,6 +96,16 @@ class AdminServiceStub:
                 request_serializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.SerializeToString,
                 response_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressResponse.FromString,
                 _registered_method=True)
+        self.SetMember = channel.unary_unary(
+                '/creditwallet.v1.AdminService/SetMember',
+                request_serializer=creditwallet_dot_v1_dot_admin__service__pb2.SetMemberRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.SetMemberResponse.FromString,
+                _registered_method=True)
+        self.ListMembers = channel.unary_unary(
+                '/creditwallet.v1.AdminService/ListMembers',
+                request_serializer=creditwallet_dot_v1_dot_admin__service__pb2.ListMembersRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.ListMembersResponse.FromString,
+                _registered_method=True)
         self.ListHolds = channel.unary_unary(
                 '/creditwallet.v1.AdminService/ListHolds',
                 request_serializer=creditwallet_dot_v1_dot_admin__service__pb2.ListHoldsRequest.SerializeToString,
@@ -197,6 +207,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetMember(self, request, context):
+        """Creates or replaces a member of an account (a team wallet): its spending cap per UTC day
+        or month, and whether it may spend. Debits and holds that name it count against the cap.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMembers(self, request, context):
+        """Lists an account's members by member_id, with what each spent in its current period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListHolds(self, request, context):
         """Lists an account's pending holds, the soonest to expire first.
         """
@@ -274,6 +299,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetRolloverProgress,
                     request_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.FromString,
                     response_serializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressResponse.SerializeToString,
+            ),
+            'SetMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMember,
+                    request_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.SetMemberRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_admin__service__pb2.SetMemberResponse.SerializeToString,
+            ),
+            'ListMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMembers,
+                    request_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.ListMembersRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_admin__service__pb2.ListMembersResponse.SerializeToString,
             ),
             'ListHolds': grpc.unary_unary_rpc_method_handler(
                     servicer.ListHolds,
@@ -611,6 +646,60 @@ class AdminService:
             '/creditwallet.v1.AdminService/GetRolloverProgress',
             creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.SerializeToString,
             creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditwallet.v1.AdminService/SetMember',
+            creditwallet_dot_v1_dot_admin__service__pb2.SetMemberRequest.SerializeToString,
+            creditwallet_dot_v1_dot_admin__service__pb2.SetMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditwallet.v1.AdminService/ListMembers',
+            creditwallet_dot_v1_dot_admin__service__pb2.ListMembersRequest.SerializeToString,
+            creditwallet_dot_v1_dot_admin__service__pb2.ListMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,

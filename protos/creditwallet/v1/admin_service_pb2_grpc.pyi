@@ -60,6 +60,12 @@ class AdminServiceStub:
     """How far a month's rollover has come: accounts rolled over for it out of all accounts.
     Read while a Rollover runs (it commits chunk by chunk) to show its progress.
     """
+    SetMember: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetMemberRequest, _admin_service_pb2.SetMemberResponse]
+    """Creates or replaces a member of an account (a team wallet): its spending cap per UTC day
+    or month, and whether it may spend. Debits and holds that name it count against the cap.
+    """
+    ListMembers: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListMembersRequest, _admin_service_pb2.ListMembersResponse]
+    """Lists an account's members by member_id, with what each spent in its current period."""
     ListHolds: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListHoldsRequest, _admin_service_pb2.ListHoldsResponse]
     """Lists an account's pending holds, the soonest to expire first."""
     GetDailyTotals: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetDailyTotalsRequest, _admin_service_pb2.GetDailyTotalsResponse]
@@ -98,6 +104,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """How far a month's rollover has come: accounts rolled over for it out of all accounts.
     Read while a Rollover runs (it commits chunk by chunk) to show its progress.
     """
+    SetMember: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetMemberRequest, _admin_service_pb2.SetMemberResponse]  # type: ignore[assignment]
+    """Creates or replaces a member of an account (a team wallet): its spending cap per UTC day
+    or month, and whether it may spend. Debits and holds that name it count against the cap.
+    """
+    ListMembers: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListMembersRequest, _admin_service_pb2.ListMembersResponse]  # type: ignore[assignment]
+    """Lists an account's members by member_id, with what each spent in its current period."""
     ListHolds: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListHoldsRequest, _admin_service_pb2.ListHoldsResponse]  # type: ignore[assignment]
     """Lists an account's pending holds, the soonest to expire first."""
     GetDailyTotals: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetDailyTotalsRequest, _admin_service_pb2.GetDailyTotalsResponse]  # type: ignore[assignment]
@@ -205,6 +217,24 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """How far a month's rollover has come: accounts rolled over for it out of all accounts.
         Read while a Rollover runs (it commits chunk by chunk) to show its progress.
         """
+
+    @_abc_1.abstractmethod
+    def SetMember(
+        self,
+        request: _admin_service_pb2.SetMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.SetMemberResponse, _abc.Awaitable[_admin_service_pb2.SetMemberResponse]]:
+        """Creates or replaces a member of an account (a team wallet): its spending cap per UTC day
+        or month, and whether it may spend. Debits and holds that name it count against the cap.
+        """
+
+    @_abc_1.abstractmethod
+    def ListMembers(
+        self,
+        request: _admin_service_pb2.ListMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListMembersResponse, _abc.Awaitable[_admin_service_pb2.ListMembersResponse]]:
+        """Lists an account's members by member_id, with what each spent in its current period."""
 
     @_abc_1.abstractmethod
     def ListHolds(
