@@ -8,15 +8,13 @@ page and never in a gap or twice.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import json
 import uuid
 from collections.abc import Mapping
 
 from creditwallet.core import limits
-from creditwallet.server import errors
+from creditwallet.server import errors, page_tokens
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger.types import Transaction
 
@@ -91,22 +89,17 @@ async def page(
 
 
 def encode_token(user_id: str, type_: str | None, before: int) -> str:
-    raw = json.dumps([_TOKEN_PREFIX, user_id, type_ or "", before]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return page_tokens.encode(_TOKEN_PREFIX, user_id, type_ or "", before)
 
 
 def decode_token(token: str, user_id: str, type_: str | None) -> int:
     """An opaque token bound to the account and the filter it was issued for."""
-    if len(token) > limits.PAGE_TOKEN_LENGTH_MAX:
-        raise errors.invalid("page_token", "page_token is too long")
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        prefix, token_user, token_type, before = json.loads(raw)
-    except (ValueError, TypeError, binascii.Error):
-        raise errors.invalid("page_token", "page_token is malformed") from None
+    fields = page_tokens.decode(token, _TOKEN_PREFIX, limits.PAGE_TOKEN_LENGTH_MAX)
+    if len(fields) != 3:
+        raise errors.invalid("page_token", "page_token does not belong to this request")
+    token_user, token_type, before = fields
     if (
-        prefix != _TOKEN_PREFIX
-        or token_user != user_id
+        token_user != user_id
         or token_type != (type_ or "")
         or not isinstance(before, int)
         or isinstance(before, bool)

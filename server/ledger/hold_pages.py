@@ -8,14 +8,11 @@ still says ``pending``, so the page leaves out holds whose ``expires_at`` is not
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import json
 import uuid
 
 from creditwallet.core import limits
-from creditwallet.server import errors
+from creditwallet.server import errors, page_tokens
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger.types import Hold
 
@@ -46,16 +43,13 @@ async def page(
 
 def encode_token(user_id: str, last: Hold) -> str:
     micros = int(last.expires_at.timestamp()) * 1_000_000 + last.expires_at.microsecond
-    raw = json.dumps([_TOKEN_PREFIX, user_id, micros, str(last.hold_id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return page_tokens.encode(_TOKEN_PREFIX, user_id, micros, str(last.hold_id))
 
 
 def decode_token(token: str, user_id: str) -> tuple[dt.datetime, uuid.UUID]:
-    if len(token) > limits.PAGE_TOKEN_LENGTH_MAX:
-        raise errors.invalid("page_token", "page_token is too long")
+    fields = page_tokens.decode(token, _TOKEN_PREFIX, limits.PAGE_TOKEN_LENGTH_MAX)
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        prefix, token_user, micros, hold_id = json.loads(raw)
+        token_user, micros, hold_id = fields
         if not isinstance(micros, int) or isinstance(micros, bool) or micros < 0:
             raise ValueError(micros)
         after = (
@@ -64,8 +58,8 @@ def decode_token(token: str, user_id: str) -> tuple[dt.datetime, uuid.UUID]:
             ),
             uuid.UUID(hold_id),
         )
-    except (ValueError, TypeError, OverflowError, OSError, AttributeError, binascii.Error):
+    except (ValueError, TypeError, OverflowError, OSError, AttributeError):
         raise errors.invalid("page_token", "page_token is malformed") from None
-    if prefix != _TOKEN_PREFIX or token_user != user_id:
+    if token_user != user_id:
         raise errors.invalid("page_token", "page_token does not belong to this request")
     return after

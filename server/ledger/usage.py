@@ -14,8 +14,6 @@ never at an offset, and a token belongs to the request that produced it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import datetime as dt
 import hashlib
@@ -24,7 +22,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from creditwallet.core import limits
-from creditwallet.server import errors
+from creditwallet.server import errors, page_tokens
 from creditwallet.server.db import Connection
 
 # The keys, in the order groups are sorted; each is a column of both rollups.
@@ -132,23 +130,18 @@ def _key_values(query: UsageQuery, row: UsageRow) -> list[str]:
 
 
 def encode_token(query: UsageQuery, last: UsageRow) -> str:
-    raw = json.dumps([_TOKEN_PREFIX, query.digest(), *_key_values(query, last)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return page_tokens.encode(_TOKEN_PREFIX, query.digest(), *_key_values(query, last))
 
 
 def decode_token(token: str, query: UsageQuery) -> list[object]:
     """The last group's keys, as the statement's parameters; refused unless the token was
     issued for this very query (account, range and grouping)."""
-    if len(token) > limits.USAGE_PAGE_TOKEN_LENGTH_MAX:
-        raise errors.invalid("page_token", "page_token is too long")
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        prefix, digest, *keys = json.loads(raw)
-    except (ValueError, TypeError, binascii.Error):
-        raise errors.invalid("page_token", "page_token is malformed") from None
+    fields = page_tokens.decode(token, _TOKEN_PREFIX, limits.USAGE_PAGE_TOKEN_LENGTH_MAX)
+    if not fields:
+        raise errors.invalid("page_token", "page_token does not belong to this request")
+    digest, *keys = fields
     if (
-        prefix != _TOKEN_PREFIX
-        or digest != query.digest()
+        digest != query.digest()
         or len(keys) != len(query.group_by)
         or not all(isinstance(k, str) for k in keys)
     ):
