@@ -52,6 +52,8 @@ def decode_token(token: str, user_id: str) -> tuple[dt.datetime, uuid.UUID]:
         token_user, micros, hold_id = fields
         if not isinstance(micros, int) or isinstance(micros, bool) or micros < 0:
             raise ValueError(micros)
+        if not isinstance(hold_id, str):
+            raise TypeError(hold_id)
         after = (
             dt.datetime.fromtimestamp(micros // 1_000_000, dt.UTC).replace(
                 microsecond=micros % 1_000_000

@@ -139,12 +139,9 @@ def decode_token(token: str, query: UsageQuery) -> list[object]:
     fields = page_tokens.decode(token, _TOKEN_PREFIX, limits.USAGE_PAGE_TOKEN_LENGTH_MAX)
     if not fields:
         raise errors.invalid("page_token", "page_token does not belong to this request")
-    digest, *keys = fields
-    if (
-        digest != query.digest()
-        or len(keys) != len(query.group_by)
-        or not all(isinstance(k, str) for k in keys)
-    ):
+    digest, *rest = fields
+    keys = [k for k in rest if isinstance(k, str)]
+    if digest != query.digest() or len(keys) != len(rest) or len(keys) != len(query.group_by):
         raise errors.invalid("page_token", "page_token does not belong to this request")
     values: list[object] = []
     for name, key in zip(query.group_by, keys, strict=True):
