@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 import shtab
-from creditwallet.client import debitfile, events_cli
+from creditwallet.client import debitfile, events_cli, teams_cli
 from creditwallet.core import limits
 from creditwallet.core.commands import parser as command_parser
 from creditwallet.core.units import INT64_MAX, format_credits, parse_credits
@@ -47,6 +47,7 @@ AMOUNT_ARGUMENTS: Final = {
     "grant_amount": "AMOUNT",
     "price": "PRICE",
     "overdraft_limit": "LIMIT",
+    "cap": "--cap",
 }
 
 # Amounts whose bounds are not (1 micro, AMOUNT_MICROS_MAX): an overdraft limit may be 0.
@@ -59,7 +60,15 @@ FIELD_FLAGS: Final[Mapping[str, Mapping[str, str]]] = {
         "request_id": "--request-id",
         "metadata": "--reason",
     },
-    "debit": {"amount_micros": "--amount", "agent_id": "--agent", "quantity": "--quantity"},
+    "debit": {
+        "amount_micros": "--amount",
+        "agent_id": "--agent",
+        "quantity": "--quantity",
+        "member_id": "--member",
+        "for_agent_id": "--for-agent",
+    },
+    "usage": {"start_time": "--from", "end_time": "--to", "group_by": "--by"},
+    "members set": {"member_id": "MEMBER", "cap_micros": "--cap", "cap_period": "--period"},
     "grant": {
         "amount_micros": "AMOUNT",
         "expires_at": "--expires-at",
@@ -150,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="with --amount: the agent it pays for, so lots restricted to it apply",
     )
+    leaf.add_argument("--member", default="", help="the team member that spends (its cap)")
     _add_request_id(leaf)
     debitfile.add_arguments(leaf)
 
@@ -267,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument("code", metavar="CODE")
     _add_request_id(leaf)
     events_cli.add_commands(commands, command, _add_request_id)
+    teams_cli.add_commands(commands, command, _add_request_id)
 
     leaf = command(
         commands,

@@ -58,12 +58,14 @@ def debit(
     session_id: str = "",
     metadata: Mapping[str, str] | None = None,
     for_agent_id: str = "",
+    member_id: str = "",
 ) -> wallet_pb2.DebitRequest:
     """Spends credits: ``agent_id`` (times ``quantity``, default 1) or ``amount_micros``, not both.
 
     All or nothing, never overdrawing beyond the account's overdraft limit; a new uuid4
     ``request_id`` unless one is given. ``for_agent_id`` names the agent an ``amount_micros``
-    pays for, so lots restricted to that agent apply.
+    pays for, so lots restricted to that agent apply. ``member_id`` names the team member that
+    spends (counted against its cap).
     """
     return wallet_pb2.DebitRequest(
         user_id=user_id,
@@ -74,6 +76,7 @@ def debit(
         session_id=session_id,
         metadata=metadata,
         for_agent_id=for_agent_id,
+        member_id=member_id,
     )
 
 
@@ -96,10 +99,12 @@ def authorize(
     session_id: str = "",
     metadata: Mapping[str, str] | None = None,
     for_agent_id: str = "",
+    member_id: str = "",
 ) -> wallet_pb2.AuthorizeRequest:
     """Places a hold like ``debit`` would charge; ``ttl_seconds`` 0 means the server's 900.
 
     A hold reserves credits of the lots that apply to its agent and never overdraws.
+    ``member_id``: the held amount counts against that member's cap until captured or voided.
     """
     return wallet_pb2.AuthorizeRequest(
         user_id=user_id,
@@ -111,6 +116,7 @@ def authorize(
         metadata=metadata,
         ttl_seconds=ttl_seconds,
         for_agent_id=for_agent_id,
+        member_id=member_id,
     )
 
 
@@ -147,6 +153,40 @@ def list_transactions(
     return wallet_pb2.ListTransactionsRequest(
         user_id=user_id, page_size=page_size, page_token=page_token, type=type
     )
+
+
+def get_usage(
+    user_id: str,
+    *,
+    start_time: datetime,
+    end_time: datetime,
+    group_by: Iterable[str | wallet_pb2.UsageGroupBy.ValueType] = (),
+    page_size: int = 0,
+    page_token: str = "",
+) -> wallet_pb2.GetUsageRequest:
+    """Credits spent (net of reversals) and counts per group over whole UTC days.
+
+    ``start_time`` and ``end_time`` (excluded) are UTC midnights; ``group_by`` names keys
+    (``"day"``, ``"agent"``, ``"member"``, ``"session"``, or ``UsageGroupBy`` values), none
+    for one total; ``page_size`` 0 means the server's 100.
+    """
+    return wallet_pb2.GetUsageRequest(
+        user_id=user_id,
+        start_time=timestamp(start_time),
+        end_time=timestamp(end_time),
+        group_by=[usage_group_by(g) for g in group_by],
+        page_size=page_size,
+        page_token=page_token,
+    )
+
+
+def usage_group_by(
+    key: str | wallet_pb2.UsageGroupBy.ValueType,
+) -> wallet_pb2.UsageGroupBy.ValueType:
+    """``"agent"`` (any case) or ``USAGE_GROUP_BY_AGENT`` as the enum value."""
+    if isinstance(key, str):
+        return wallet_pb2.UsageGroupBy.Value("USAGE_GROUP_BY_" + key.strip().upper())
+    return key
 
 
 def get_streak(user_id: str) -> wallet_pb2.GetStreakRequest:
@@ -243,6 +283,36 @@ def set_overdraft_limit(user_id: str, limit_micros: int) -> admin_pb2.SetOverdra
     return admin_pb2.SetOverdraftLimitRequest(user_id=user_id, limit_micros=limit_micros)
 
 
+def set_member(
+    user_id: str,
+    member_id: str,
+    *,
+    cap_micros: int,
+    cap_period: str | admin_pb2.MemberCapPeriod.ValueType = "day",
+    active: bool = True,
+) -> admin_pb2.SetMemberRequest:
+    """Creates or replaces a team member: its cap per ``"day"`` or ``"month"`` (UTC), active."""
+    period = (
+        admin_pb2.MemberCapPeriod.Value("MEMBER_CAP_PERIOD_" + cap_period.strip().upper())
+        if isinstance(cap_period, str)
+        else cap_period
+    )
+    return admin_pb2.SetMemberRequest(
+        user_id=user_id,
+        member_id=member_id,
+        cap_micros=cap_micros,
+        cap_period=period,
+        active=active,
+    )
+
+
+def list_members(
+    user_id: str, *, page_size: int = 0, page_token: str = ""
+) -> admin_pb2.ListMembersRequest:
+    """One page of an account's members by member_id; ``page_size`` 0 means the server's 100."""
+    return admin_pb2.ListMembersRequest(user_id=user_id, page_size=page_size, page_token=page_token)
+
+
 def get_stats() -> admin_pb2.GetStatsRequest:
     """The operators' two summary queries."""
     return admin_pb2.GetStatsRequest()
@@ -256,6 +326,18 @@ def verify_ledger() -> admin_pb2.VerifyLedgerRequest:
 def get_rollover_progress(period: str = "") -> admin_pb2.GetRolloverProgressRequest:
     """Accounts rolled over for ``period`` (YYYY-MM; empty: this UTC month) out of all."""
     return admin_pb2.GetRolloverProgressRequest(period=period)
+
+
+def list_holds(
+    user_id: str, *, page_size: int = 0, page_token: str = ""
+) -> admin_pb2.ListHoldsRequest:
+    """One page of the account's pending holds, soonest expiry first; 0 means the server's 50."""
+    return admin_pb2.ListHoldsRequest(user_id=user_id, page_size=page_size, page_token=page_token)
+
+
+def get_daily_totals(*, days: int = 0, top_agents: int = 0) -> admin_pb2.GetDailyTotalsRequest:
+    """Ledger-wide totals per UTC day and type, and the top agents by spend (0: 30 days, 10)."""
+    return admin_pb2.GetDailyTotalsRequest(days=days, top_agents=top_agents)
 
 
 def timestamp(moment: datetime) -> Timestamp:

@@ -3,7 +3,8 @@
     creditwallet [--target HOST:PORT] [--token T] [--json] [--micros] [--timeout S] COMMAND ...
 
 Commands: balance, ensure, debit, grant, reverse, history, prices set|list, stats, verify,
-rollover, streak, referral code|redeem, completion, dev webhook top-up
+rollover, streak, referral code|redeem, usage, members set|list, events list|replay|endpoints,
+completion, dev webhook top-up
 (``creditwallet COMMAND --help`` for each). Global options may also follow the command.
 
 Exit codes, so that scripts can tell outcomes apart: 0 done; 1 the ledger refused (its reason
@@ -33,7 +34,7 @@ from typing import Final
 
 import grpc
 import shtab
-from creditwallet.client import debitfile, devhooks, events_cli, render
+from creditwallet.client import debitfile, devhooks, events_cli, render, teams_cli
 from creditwallet.client.arguments import (
     LOT_SOURCES,
     PAGE_SIZE_MAX,
@@ -282,6 +283,7 @@ def _debit(s: Session) -> Output:
         amount_micros=s.args.amount,
         request_id=s.args.request_id,
         for_agent_id=s.args.for_agent,
+        member_id=s.args.member,
     )
     items = [
         ("charged", s.amounts.text(reply.charged_micros)),
@@ -562,6 +564,7 @@ def _events_command(run: events_cli.Command) -> Command:
 
 
 COMMANDS.update({name: _events_command(run) for name, run in events_cli.COMMANDS.items()})
+COMMANDS.update({name: _events_command(run) for name, run in teams_cli.COMMANDS.items()})
 
 
 if __name__ == "__main__":

@@ -181,6 +181,32 @@ class ReversalExceedsDebit(FailedPrecondition):
         self.reversible_micros = int(self.metadata["reversible_micros"])
 
 
+class MemberNotFound(NotFound):
+    """No active member with that member_id in the account (unknown or set inactive)."""
+
+
+class MemberCapExceeded(FailedPrecondition):
+    """The member's spend in its current period (holds included) would pass its cap.
+
+    ``spent_micros`` is what the period already counts, ``required_micros`` what the refused
+    request needed, ``cap_micros`` the cap, ``period_end`` (RFC 3339) when the period ends.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(code, reason, message, metadata)
+        self.member_id = self.metadata["member_id"]
+        self.spent_micros = int(self.metadata["spent_micros"])
+        self.required_micros = int(self.metadata["required_micros"])
+        self.cap_micros = int(self.metadata["cap_micros"])
+        self.period_end = self.metadata["period_end"]
+
+
 class EndpointNotFound(NotFound):
     """No configured webhook endpoint with that id."""
 
@@ -265,6 +291,8 @@ BY_REASON: Final[Mapping[str, type[CreditWalletError]]] = {
     "PAYMENT_PROVIDER_REFUSED": PaymentProviderRefused,
     "PAYMENT_PROVIDER_UNAVAILABLE": PaymentProviderUnavailable,
     "TOO_MANY_STREAMS": TooManyStreams,
+    "MEMBER_NOT_FOUND": MemberNotFound,
+    "MEMBER_CAP_EXCEEDED": MemberCapExceeded,
 }
 
 

@@ -50,6 +50,7 @@ class AsyncWalletRpcs(AsyncServiceRpcs):
     Capture = raw_async(rpc_table.CAPTURE)
     Void = raw_async(rpc_table.VOID)
     ListTransactions = raw_async(rpc_table.LIST_TRANSACTIONS)
+    GetUsage = raw_async(rpc_table.GET_USAGE)
     GetStreak = raw_async(rpc_table.GET_STREAK)
     GetReferralCode = raw_async(rpc_table.GET_REFERRAL_CODE)
     RedeemReferralCode = raw_async(rpc_table.REDEEM_REFERRAL_CODE)
@@ -75,6 +76,8 @@ class AsyncAdminRpcs(AsyncServiceRpcs):
     SetOverdraftLimit = raw_async(rpc_table.SET_OVERDRAFT_LIMIT)
     ListAgentPrices = raw_async(rpc_table.LIST_AGENT_PRICES)
     GetStats = raw_async(rpc_table.GET_STATS)
+    SetMember = raw_async(rpc_table.SET_MEMBER)
+    ListMembers = raw_async(rpc_table.LIST_MEMBERS)
     VerifyLedger = raw_async(rpc_table.VERIFY_LEDGER)
     SetBalanceAlert = raw_async(rpc_table.SET_BALANCE_ALERT)
     SetAutoRecharge = raw_async(rpc_table.SET_AUTO_RECHARGE)
@@ -82,6 +85,8 @@ class AsyncAdminRpcs(AsyncServiceRpcs):
     ReplayEvents = raw_async(rpc_table.REPLAY_EVENTS)
     ListWebhookEndpoints = raw_async(rpc_table.LIST_WEBHOOK_ENDPOINTS)
     GetRolloverProgress = raw_async(rpc_table.GET_ROLLOVER_PROGRESS)
+    ListHolds = raw_async(rpc_table.LIST_HOLDS)
+    GetDailyTotals = raw_async(rpc_table.GET_DAILY_TOTALS)
 
 
 class SyncWalletRpcs(SyncServiceRpcs):
@@ -95,6 +100,7 @@ class SyncWalletRpcs(SyncServiceRpcs):
     Capture = raw_sync(rpc_table.CAPTURE)
     Void = raw_sync(rpc_table.VOID)
     ListTransactions = raw_sync(rpc_table.LIST_TRANSACTIONS)
+    GetUsage = raw_sync(rpc_table.GET_USAGE)
     GetStreak = raw_sync(rpc_table.GET_STREAK)
     GetReferralCode = raw_sync(rpc_table.GET_REFERRAL_CODE)
     RedeemReferralCode = raw_sync(rpc_table.REDEEM_REFERRAL_CODE)
@@ -120,6 +126,8 @@ class SyncAdminRpcs(SyncServiceRpcs):
     SetOverdraftLimit = raw_sync(rpc_table.SET_OVERDRAFT_LIMIT)
     ListAgentPrices = raw_sync(rpc_table.LIST_AGENT_PRICES)
     GetStats = raw_sync(rpc_table.GET_STATS)
+    SetMember = raw_sync(rpc_table.SET_MEMBER)
+    ListMembers = raw_sync(rpc_table.LIST_MEMBERS)
     VerifyLedger = raw_sync(rpc_table.VERIFY_LEDGER)
     SetBalanceAlert = raw_sync(rpc_table.SET_BALANCE_ALERT)
     SetAutoRecharge = raw_sync(rpc_table.SET_AUTO_RECHARGE)
@@ -127,3 +135,5 @@ class SyncAdminRpcs(SyncServiceRpcs):
     ReplayEvents = raw_sync(rpc_table.REPLAY_EVENTS)
     ListWebhookEndpoints = raw_sync(rpc_table.LIST_WEBHOOK_ENDPOINTS)
     GetRolloverProgress = raw_sync(rpc_table.GET_ROLLOVER_PROGRESS)
+    ListHolds = raw_sync(rpc_table.LIST_HOLDS)
+    GetDailyTotals = raw_sync(rpc_table.GET_DAILY_TOTALS)

@@ -237,6 +237,11 @@ def transactions(rows: Sequence[common_pb2.Transaction], amounts: Amounts) -> Re
 
 
 def _transaction_detail(row: common_pb2.Transaction) -> str:
+    detail = _what(row)
+    return f"{detail} by {row.member_id}".strip() if row.member_id else detail
+
+
+def _what(row: common_pb2.Transaction) -> str:
     overdraft = f", {row.overdraft_micros} micros on overdraft" if row.overdraft_micros else ""
     if row.agent_id:
         units = f" x{row.quantity}" if row.quantity else ""

@@ -86,6 +86,9 @@ LIST_TRANSACTIONS: Final = Rpc(
     wallet_pb2.ListTransactionsRequest,
     wallet_pb2.ListTransactionsResponse,
 )
+GET_USAGE: Final = Rpc(
+    WALLET_SERVICE, "GetUsage", wallet_pb2.GetUsageRequest, wallet_pb2.GetUsageResponse
+)
 GET_STREAK: Final = Rpc(
     WALLET_SERVICE, "GetStreak", wallet_pb2.GetStreakRequest, wallet_pb2.GetStreakResponse
 )
@@ -158,6 +161,12 @@ VERIFY_LEDGER: Final = Rpc(
     admin_pb2.VerifyLedgerRequest,
     admin_pb2.VerifyLedgerResponse,
 )
+SET_MEMBER: Final = Rpc(
+    ADMIN_SERVICE, "SetMember", admin_pb2.SetMemberRequest, admin_pb2.SetMemberResponse
+)
+LIST_MEMBERS: Final = Rpc(
+    ADMIN_SERVICE, "ListMembers", admin_pb2.ListMembersRequest, admin_pb2.ListMembersResponse
+)
 GET_ROLLOVER_PROGRESS: Final = Rpc(
     ADMIN_SERVICE,
     "GetRolloverProgress",
@@ -169,6 +178,15 @@ SET_OVERDRAFT_LIMIT: Final = Rpc(
     "SetOverdraftLimit",
     admin_pb2.SetOverdraftLimitRequest,
     admin_pb2.SetOverdraftLimitResponse,
+)
+LIST_HOLDS: Final = Rpc(
+    ADMIN_SERVICE, "ListHolds", admin_pb2.ListHoldsRequest, admin_pb2.ListHoldsResponse
+)
+GET_DAILY_TOTALS: Final = Rpc(
+    ADMIN_SERVICE,
+    "GetDailyTotals",
+    admin_pb2.GetDailyTotalsRequest,
+    admin_pb2.GetDailyTotalsResponse,
 )
 
 # Events (server-streaming StreamEvents is not in this table: see the async client).
@@ -212,6 +230,7 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     CAPTURE,
     VOID,
     LIST_TRANSACTIONS,
+    GET_USAGE,
     GET_STREAK,
     GET_REFERRAL_CODE,
     REDEEM_REFERRAL_CODE,
@@ -234,6 +253,10 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     LIST_WEBHOOK_ENDPOINTS,
     GET_ROLLOVER_PROGRESS,
     SET_OVERDRAFT_LIMIT,
+    SET_MEMBER,
+    LIST_MEMBERS,
+    LIST_HOLDS,
+    GET_DAILY_TOTALS,
 )
 
 

@@ -3,11 +3,11 @@
 Both expose the same API:
 
 - keyword methods for the common calls — ``ensure_account``, ``get_balance``, ``debit``,
-  ``authorize``, ``capture``, ``void``, ``list_transactions``, ``get_streak``,
+  ``authorize``, ``capture``, ``void``, ``list_transactions``, ``get_usage``, ``get_streak``,
   ``get_referral_code``, ``redeem_referral_code``, ``rollover``, ``grant``, ``reverse_debit``,
   ``set_agent_price``, ``list_agent_prices``, ``get_stats``, ``verify_ledger``,
-  ``get_rollover_progress``, ``set_overdraft_limit`` (signatures and
-  docs in ``clients.builders``);
+  ``get_rollover_progress``, ``list_holds``, ``get_daily_totals``, ``set_member``,
+  ``list_members``, ``set_overdraft_limit`` (signatures and docs in ``clients.builders``);
 - every RPC raw, taking its request message: ``client.wallet.Debit(request)``,
   ``client.billing.RecordPurchase(request)``, ``client.admin.Grant(request)``;
 - ``call(rpc, request)`` for any entry of ``clients.rpc_table``.
@@ -248,6 +248,7 @@ class AsyncCreditWalletClient:
     capture = AsyncMethod(rpc_table.CAPTURE, builders.capture)
     void = AsyncMethod(rpc_table.VOID, builders.void)
     list_transactions = AsyncMethod(rpc_table.LIST_TRANSACTIONS, builders.list_transactions)
+    get_usage = AsyncMethod(rpc_table.GET_USAGE, builders.get_usage)
     get_streak = AsyncMethod(rpc_table.GET_STREAK, builders.get_streak)
     get_referral_code = AsyncMethod(rpc_table.GET_REFERRAL_CODE, builders.get_referral_code)
     redeem_referral_code = AsyncMethod(
@@ -260,10 +261,14 @@ class AsyncCreditWalletClient:
     set_overdraft_limit = AsyncMethod(rpc_table.SET_OVERDRAFT_LIMIT, builders.set_overdraft_limit)
     list_agent_prices = AsyncMethod(rpc_table.LIST_AGENT_PRICES, builders.list_agent_prices)
     get_stats = AsyncMethod(rpc_table.GET_STATS, builders.get_stats)
+    set_member = AsyncMethod(rpc_table.SET_MEMBER, builders.set_member)
+    list_members = AsyncMethod(rpc_table.LIST_MEMBERS, builders.list_members)
     verify_ledger = AsyncMethod(rpc_table.VERIFY_LEDGER, builders.verify_ledger)
     get_rollover_progress = AsyncMethod(
         rpc_table.GET_ROLLOVER_PROGRESS, builders.get_rollover_progress
     )
+    list_holds = AsyncMethod(rpc_table.LIST_HOLDS, builders.list_holds)
+    get_daily_totals = AsyncMethod(rpc_table.GET_DAILY_TOTALS, builders.get_daily_totals)
 
 
 class CreditWalletClient:
@@ -368,6 +373,7 @@ class CreditWalletClient:
     capture = SyncMethod(rpc_table.CAPTURE, builders.capture)
     void = SyncMethod(rpc_table.VOID, builders.void)
     list_transactions = SyncMethod(rpc_table.LIST_TRANSACTIONS, builders.list_transactions)
+    get_usage = SyncMethod(rpc_table.GET_USAGE, builders.get_usage)
     get_streak = SyncMethod(rpc_table.GET_STREAK, builders.get_streak)
     get_referral_code = SyncMethod(rpc_table.GET_REFERRAL_CODE, builders.get_referral_code)
     redeem_referral_code = SyncMethod(rpc_table.REDEEM_REFERRAL_CODE, builders.redeem_referral_code)
@@ -378,7 +384,11 @@ class CreditWalletClient:
     set_overdraft_limit = SyncMethod(rpc_table.SET_OVERDRAFT_LIMIT, builders.set_overdraft_limit)
     list_agent_prices = SyncMethod(rpc_table.LIST_AGENT_PRICES, builders.list_agent_prices)
     get_stats = SyncMethod(rpc_table.GET_STATS, builders.get_stats)
+    set_member = SyncMethod(rpc_table.SET_MEMBER, builders.set_member)
+    list_members = SyncMethod(rpc_table.LIST_MEMBERS, builders.list_members)
     verify_ledger = SyncMethod(rpc_table.VERIFY_LEDGER, builders.verify_ledger)
     get_rollover_progress = SyncMethod(
         rpc_table.GET_ROLLOVER_PROGRESS, builders.get_rollover_progress
     )
+    list_holds = SyncMethod(rpc_table.LIST_HOLDS, builders.list_holds)
+    get_daily_totals = SyncMethod(rpc_table.GET_DAILY_TOTALS, builders.get_daily_totals)

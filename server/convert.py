@@ -10,12 +10,14 @@ from __future__ import annotations
 import datetime as dt
 
 from creditwallet.server import errors
-from creditwallet.server.ledger import balances, stats, streaks
+from creditwallet.server.ledger import balances, members, stats, streaks, usage
 from creditwallet.server.ledger.types import (
     LOT_SOURCES,
+    MEMBER_CAP_PERIODS,
     SUBSCRIPTION_STATUSES,
     TRANSACTION_TYPES,
     AgentPrice,
+    Hold,
     Lot,
     Subscription,
     Transaction,
@@ -35,9 +37,14 @@ STATUS_TO_PB: dict[str, pb.SubscriptionStatus.ValueType] = {
     name: pb.SubscriptionStatus.Value("SUBSCRIPTION_STATUS_" + name.upper())
     for name in SUBSCRIPTION_STATUSES
 }
+PERIOD_TO_PB: dict[str, apb.MemberCapPeriod.ValueType] = {
+    name: apb.MemberCapPeriod.Value("MEMBER_CAP_PERIOD_" + name.upper())
+    for name in MEMBER_CAP_PERIODS
+}
 PB_TO_SOURCE: dict[int, str] = {v: k for k, v in SOURCE_TO_PB.items()}
 PB_TO_TYPE: dict[int, str] = {v: k for k, v in TYPE_TO_PB.items()}
 PB_TO_STATUS: dict[int, str] = {v: k for k, v in STATUS_TO_PB.items()}
+PB_TO_PERIOD: dict[int, str] = {v: k for k, v in PERIOD_TO_PB.items()}
 
 
 def source_name(value: int) -> str:
@@ -58,6 +65,12 @@ def status_name(value: int) -> str:
     if value == pb.SUBSCRIPTION_STATUS_UNSPECIFIED or value not in PB_TO_STATUS:
         raise errors.invalid("status", "status must be a known SubscriptionStatus")
     return PB_TO_STATUS[value]
+
+
+def period_name(value: int) -> str:
+    if value not in PB_TO_PERIOD:
+        raise errors.invalid("cap_period", "cap_period must be DAY or MONTH")
+    return PB_TO_PERIOD[value]
 
 
 def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -110,6 +123,7 @@ def transaction(value: Transaction) -> pb.Transaction:
         metadata=value.metadata,
         created_at=timestamp(value.created_at),
         overdraft_micros=value.overdraft_micros,
+        member_id=value.member_id or "",
     )
 
 
@@ -185,5 +199,66 @@ def stats_reply(value: stats.Stats) -> apb.GetStatsResponse:
                 type=TYPE_TO_PB[t.type], count=t.count, total_amount_micros=t.total_micros
             )
             for t in value.last_day
+        ],
+    )
+
+
+def usage_group(row: usage.UsageRow) -> wpb.UsageGroup:
+    return wpb.UsageGroup(
+        day=row.day.isoformat() if row.day else "",
+        agent_id=row.agent_id,
+        member_id=row.member_id,
+        session_id=row.session_id,
+        net_micros=row.net_micros,
+        debited_micros=row.debited_micros,
+        reversed_micros=row.reversed_micros,
+        debit_count=row.debits,
+        reversal_count=row.reversals,
+    )
+
+
+def member(value: members.Member) -> apb.Member:
+    return apb.Member(
+        user_id=value.user_id,
+        member_id=value.member_id,
+        cap_micros=value.cap_micros,
+        cap_period=PERIOD_TO_PB[value.cap_period],
+        active=value.active,
+        spent_micros=value.spent_micros,
+        held_micros=value.held_micros,
+        period_end=timestamp(value.period_end),
+        created_at=timestamp(value.created_at),
+        updated_at=timestamp(value.updated_at),
+    )
+
+
+def hold(value: Hold) -> pb.Hold:
+    return pb.Hold(
+        hold_id=str(value.hold_id),
+        user_id=value.user_id,
+        status=pb.HoldStatus.Value("HOLD_STATUS_" + value.status.upper()),
+        amount_micros=value.amount_micros,
+        captured_micros=value.captured_micros,
+        expires_at=timestamp(value.expires_at),
+        created_at=timestamp(value.created_at),
+    )
+
+
+def daily_totals_reply(value: stats.DailyTotals) -> apb.GetDailyTotalsResponse:
+    return apb.GetDailyTotalsResponse(
+        start_date=value.start.isoformat(),
+        end_date=value.end.isoformat(),
+        totals=[
+            apb.DailyTotal(
+                date=t.day.isoformat(),
+                type=TYPE_TO_PB[t.type],
+                count=t.count,
+                amount_micros=t.amount_micros,
+            )
+            for t in value.totals
+        ],
+        top_agents=[
+            apb.AgentSpend(agent_id=a.agent_id, debits=a.debits, spent_micros=a.spent_micros)
+            for a in value.top_agents
         ],
     )

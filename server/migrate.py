@@ -55,6 +55,7 @@ GRANT USAGE ON SCHEMA public TO creditwallet_runtime;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO creditwallet_runtime;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO creditwallet_runtime;
 REVOKE UPDATE, DELETE, TRUNCATE ON credit_transactions FROM creditwallet_runtime;
+REVOKE UPDATE, DELETE, TRUNCATE ON member_changes FROM creditwallet_runtime;
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON schema_migrations FROM creditwallet_runtime;
 """
 

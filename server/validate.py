@@ -26,6 +26,11 @@ def agent_id(value: str, field: str = "agent_id") -> str:
     return identifier(value, field, limits.AGENT_ID_LENGTH_MAX)
 
 
+def optional_member_id(value: str) -> str | None:
+    """A debit's or hold's member: empty for the account itself."""
+    return identifier(value, "member_id", limits.MEMBER_ID_LENGTH_MAX) if value else None
+
+
 def identifier(value: str, field: str, length_max: int) -> str:
     if not 1 <= len(value) <= length_max or not _ID.fullmatch(value):
         raise errors.invalid(field, f"{field} must be 1-{length_max} chars of [A-Za-z0-9._:@-]")
@@ -119,6 +124,15 @@ def page_size(value: int, default: int) -> int:
     return value
 
 
+def bounded(value: int, field: str, default: int, maximum: int) -> int:
+    """A count the caller chooses: 0 for ``default``, else 1 to ``maximum``."""
+    if value == 0:
+        return default
+    if not 0 < value <= maximum:
+        raise errors.invalid(field, f"{field} must be between 1 and {maximum}")
+    return value
+
+
 def hold_id(value: str) -> uuid.UUID:
     try:
         if len(value) > limits.HOLD_ID_LENGTH_MAX:
@@ -157,3 +171,11 @@ def timestamp(value: Timestamp, field: str) -> dt.datetime:
     if not TIMESTAMP_MIN <= moment < TIMESTAMP_MAX:
         raise errors.invalid(field, f"{field} must be between 2000 and 2200")
     return moment
+
+
+def utc_day(value: Timestamp, field: str) -> dt.date:
+    """A timestamp that must be a UTC midnight (reports count whole UTC days)."""
+    moment = timestamp(value, field)
+    if value.nanos or moment.time() != dt.time(0):
+        raise errors.invalid(field, f"{field} must be a UTC midnight (reports count whole days)")
+    return moment.date()

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from creditwallet.client.rpc_table import WALLET_SERVICE, Rpc
 from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.server import db, migrate
 from creditwallet.server.bench import capture, cpu, pgbench, profile
@@ -90,13 +89,44 @@ _LOAD = [
 # Extra history: amount 0, so every balance and invariant stays exactly as it was. Loaded
 # without the database's triggers (as the cluster's superuser, session_replication_role =
 # replica): as if its events had been delivered and purged long ago, instead of 10,000,000
-# per-row trigger calls that would take the bench far past its minutes.
+# per-row trigger calls that would take the bench far past its minutes. One row in
+# USAGE_SHARE goes to the usage account (USAGE_ACCOUNT), spread evenly over the last 60 days,
+# 8 agents and sessions of 1,000 debits: an account with millions of rows for GetUsage.
 _HISTORY = """
 INSERT INTO credit_transactions (user_id, type, amount_micros, balance_after_micros,
-    request_id, created_at)
-SELECT 'bench-' || (g % $2), 'debit', 0, 0, 'history-' || g, now() - interval '40 days'
+    request_id, agent_id, session_id, created_at)
+SELECT CASE WHEN g % $3 = 0 THEN $4 ELSE 'bench-' || (g % $2) END, 'debit', 0, 0,
+       'history-' || g,
+       CASE WHEN g % $3 = 0 THEN 'agent-' || (g / $3 % 8) END,
+       CASE WHEN g % $3 = 0 THEN 'session-' || (g / $3 / 1000) END,
+       CASE WHEN g % $3 = 0
+            THEN now() - interval '60 days' + (g::float8 / $1) * interval '60 days'
+            ELSE now() - interval '40 days' END
 FROM generate_series(1, $1) g
 """
+USAGE_ACCOUNT = "bench-usage"
+USAGE_SHARE = 10
+
+# The usage rollups of the rows loaded without triggers, as the migration builds them for a
+# history that predates it (the triggers keep them for every later debit).
+_HISTORY_ROLLUPS = [
+    """INSERT INTO usage_sessions AS u (user_id, day, session_id, agent_id, member_id,
+           debited_micros, reversed_micros, debits, reversals)
+       SELECT user_id, cw_utc_day(created_at), coalesce(session_id, ''), coalesce(agent_id, ''),
+              '', sum(-amount_micros), 0, count(*), 0
+       FROM credit_transactions WHERE request_id LIKE 'history-%' GROUP BY 1, 2, 3, 4
+       ON CONFLICT (user_id, day, session_id, agent_id, member_id) DO UPDATE SET
+           debited_micros = u.debited_micros + EXCLUDED.debited_micros,
+           debits = u.debits + EXCLUDED.debits""",
+    """INSERT INTO usage_daily AS u (user_id, day, agent_id, member_id, debited_micros,
+           reversed_micros, debits, reversals)
+       SELECT user_id, cw_utc_day(created_at), coalesce(agent_id, ''), '',
+              sum(-amount_micros), 0, count(*), 0
+       FROM credit_transactions WHERE request_id LIKE 'history-%' GROUP BY 1, 2, 3
+       ON CONFLICT (user_id, day, agent_id, member_id) DO UPDATE SET
+           debited_micros = u.debited_micros + EXCLUDED.debited_micros,
+           debits = u.debits + EXCLUDED.debits""",
+]
 
 
 def free_port() -> int:
@@ -121,6 +151,11 @@ async def prepare(base_dsn: str) -> tuple[str, str]:
         if "$1" not in statement:
             args = []
         await conn.execute(statement, *args)
+    await conn.execute(
+        "INSERT INTO credits (user_id, created_at, updated_at) VALUES ($1, $2, $2)",
+        USAGE_ACCOUNT,
+        dt.datetime.now(dt.UTC) - dt.timedelta(days=61),
+    )
     await conn.execute("VACUUM ANALYZE")
     await conn.close()
     return owner, runtime
@@ -316,17 +351,31 @@ def history_probes(client: AsyncCreditWalletClient, tag: str) -> dict[str, Any]:
     async def balance(n: int) -> object:
         return await client.get_balance(user_for(True, n))
 
-    probes: dict[str, Any] = {"debit": debit, "get_balance": balance}
-    methods = wpb.DESCRIPTOR.services_by_name["WalletService"].methods_by_name
-    if "GetUsage" in methods:
-        request_type = getattr(wpb, "GetUsageRequest")  # noqa: B009 - not in every version
-        usage = Rpc(WALLET_SERVICE, "GetUsage", request_type, getattr(wpb, "GetUsageResponse"))  # noqa: B009
+    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start, end = today - dt.timedelta(days=29), today + dt.timedelta(days=1)
 
-        async def get_usage(n: int) -> object:
-            return await client.call(usage, request_type(user_id=user_for(True, n)))
+    async def get_usage(n: int) -> object:
+        # What a console charts: 30 days of the usage account by day and agent (240 groups).
+        return await client.get_usage(
+            USAGE_ACCOUNT,
+            start_time=start,
+            end_time=end,
+            group_by=["day", "agent"],
+            page_size=1000,
+        )
 
-        probes["get_usage"] = get_usage
-    return probes
+    async def get_usage_sessions(n: int) -> object:
+        # Its first page of 100 sessions over the same 30 days.
+        return await client.get_usage(
+            USAGE_ACCOUNT, start_time=start, end_time=end, group_by=["session"], page_size=100
+        )
+
+    return {
+        "debit": debit,
+        "get_balance": balance,
+        "get_usage": get_usage,
+        "get_usage_sessions": get_usage_sessions,
+    }
 
 
 async def sequenced(dsn: str, timeout_seconds: float = 300.0) -> None:
@@ -365,8 +414,12 @@ async def history_rows(
     started = time.perf_counter()
     async with conn.transaction():
         await conn.execute("SET LOCAL session_replication_role = replica")
-        await conn.execute(_HISTORY, args.history_rows, ACCOUNTS, timeout=3600)
-    await conn.execute("VACUUM ANALYZE credit_transactions", timeout=3600)
+        await conn.execute(
+            _HISTORY, args.history_rows, ACCOUNTS, USAGE_SHARE, USAGE_ACCOUNT, timeout=3600
+        )
+        for statement in _HISTORY_ROLLUPS:
+            await conn.execute(statement, timeout=3600)
+    await conn.execute("VACUUM ANALYZE", timeout=3600)
     # The load dirtied gigabytes of pages: flush them now, so that the latencies after it
     # measure a ledger with a long history, not a disk busy writing the load back.
     await conn.execute("CHECKPOINT", timeout=3600)

@@ -7,8 +7,6 @@ sequence number comes from the same per-account counter.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
@@ -16,7 +14,7 @@ from typing import Any
 
 import asyncpg
 from creditwallet.core import limits
-from creditwallet.server import convert, errors, validate
+from creditwallet.server import convert, errors, page_tokens, validate
 from creditwallet.server.db import Connection
 from creditwallet.server.events.types import EVENT_TYPES
 from creditwallet.v1 import events_pb2 as epb
@@ -93,22 +91,16 @@ _TOKEN_PREFIX = "e1"
 
 
 def encode_page_token(scope: str, before: int) -> str:
-    raw = json.dumps([_TOKEN_PREFIX, scope, before]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return page_tokens.encode(_TOKEN_PREFIX, scope, before)
 
 
 def decode_page_token(token: str, scope: str) -> int:
-    if len(token) > limits.PAGE_TOKEN_LENGTH_MAX:
-        raise errors.invalid("page_token", "page_token is too long")
-    try:
-        prefix, token_scope, before = json.loads(
-            base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        )
-    except (ValueError, TypeError, binascii.Error):
-        raise errors.invalid("page_token", "page_token is malformed") from None
+    fields = page_tokens.decode(token, _TOKEN_PREFIX, limits.PAGE_TOKEN_LENGTH_MAX)
+    if len(fields) != 2:
+        raise errors.invalid("page_token", "page_token does not belong to this request")
+    token_scope, before = fields
     if (
-        prefix != _TOKEN_PREFIX
-        or token_scope != scope
+        token_scope != scope
         or not isinstance(before, int)
         or isinstance(before, bool)
         or not 0 < before <= limits.INT64_MAX

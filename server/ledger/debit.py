@@ -24,24 +24,24 @@ from collections.abc import Mapping
 
 from creditwallet.server import errors
 from creditwallet.server.db import Connection
-from creditwallet.server.ledger import lots, pricing, streaks
+from creditwallet.server.ledger import lots, members, pricing, streaks
 from creditwallet.server.ledger.types import Account, Balances
 
 # The burn-down of lots.consume, fused with the history row, the consumption records, the
 # balance and the day's activity, so a debit is one round trip once the account is locked.
-# $12 the agent the lots must apply to; $13 the overdraft (the part no lot pays, taken as
-# debt), $14 the limit it was taken under, $15 the debt after it.
+# $12 the member; $13 the agent the lots must apply to; $14 the overdraft (the part no lot
+# pays, taken as debt), $15 the limit it was taken under, $16 the debt after it.
 _DEBIT = (
     "WITH"
-    + lots.burn_down_ctes("$12")
+    + lots.burn_down_ctes("$13")
     + f""", burnt AS (
     UPDATE credit_lots l SET remaining_micros = l.remaining_micros - take.amount
     FROM take WHERE l.user_id = $1 AND l.lot_id = take.lot_id
     RETURNING l.lot_id, take.amount
 ), tx AS (
     INSERT INTO credit_transactions (user_id, type, amount_micros, balance_after_micros,
-        request_id, agent_id, quantity, session_id, hold_id, metadata, created_at)
-    VALUES ($1, 'debit', -$2::bigint, $4, $5, $6, $7, $8, $9, $10::jsonb, $3)
+        request_id, agent_id, quantity, session_id, hold_id, metadata, created_at, member_id)
+    VALUES ($1, 'debit', -$2::bigint, $4, $5, $6, $7, $8, $9, $10::jsonb, $3, $12)
     RETURNING transaction_id
 ), consumed AS (
     INSERT INTO lot_consumptions (user_id, transaction_id, lot_id, amount_micros)
@@ -50,10 +50,10 @@ _DEBIT = (
 ), overdraft AS (
     INSERT INTO debit_overdrafts (user_id, transaction_id, amount_micros, limit_micros,
                                   debt_after_micros)
-    SELECT $1, tx.transaction_id, $13::bigint, $14::bigint, $15::bigint FROM tx
-    WHERE $13::bigint > 0
+    SELECT $1, tx.transaction_id, $14::bigint, $15::bigint, $16::bigint FROM tx
+    WHERE $14::bigint > 0
 ), account AS (
-    UPDATE credits SET balance_micros = $4, updated_at = $3, debt_micros = debt_micros + $13,
+    UPDATE credits SET balance_micros = $4, updated_at = $3, debt_micros = debt_micros + $14,
         last_transaction_id = (SELECT transaction_id FROM tx)
     WHERE user_id = $1
     RETURNING {Account.COLUMNS}
@@ -85,6 +85,8 @@ class DebitCommand:
     metadata: Mapping[str, str]
     # The agent an explicit amount pays for, so lots restricted to it apply (None: none).
     for_agent_id: str | None = dataclasses.field(default=None, kw_only=True)
+    # The member of a team wallet that spends (``members``); None for the account itself.
+    member_id: str | None = dataclasses.field(default=None, kw_only=True)
 
     @property
     def spent_for(self) -> str | None:
@@ -110,6 +112,8 @@ async def debit_locked(
     check_not_in_debt(account)
     applicable = await lots.applicable_micros(conn, account, agent, now)
     overdraft = overdraft_of(account, applicable, amount)
+    if cmd.member_id is not None:
+        await members.check_room(conn, cmd.user_id, cmd.member_id, amount, now)
     row = await conn.fetchrow(
         _DEBIT,
         cmd.user_id,
@@ -123,6 +127,7 @@ async def debit_locked(
         None,
         json.dumps(dict(cmd.metadata), sort_keys=True) if cmd.metadata else None,
         streaks.utc_day(now),
+        cmd.member_id,
         agent,
         overdraft,
         account.overdraft_limit_micros,

@@ -8,23 +8,21 @@ page and never in a gap or twice.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import json
 import uuid
 from collections.abc import Mapping
 
 from creditwallet.core import limits
-from creditwallet.server import errors
+from creditwallet.server import errors, page_tokens
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger.types import Transaction
 
 _APPEND = """
 INSERT INTO credit_transactions (user_id, type, source, amount_micros, balance_after_micros,
     request_id, agent_id, quantity, session_id, hold_id, related_transaction_id, metadata,
-    created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13)
+    created_at, member_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13, $14)
 RETURNING transaction_id
 """
 
@@ -53,6 +51,7 @@ async def append(
     hold_id: uuid.UUID | None = None,
     related_transaction_id: int | None = None,
     metadata: Mapping[str, str] | None = None,
+    member_id: str | None = None,
 ) -> int:
     tx_id = await conn.fetchval(
         _APPEND,
@@ -69,6 +68,7 @@ async def append(
         related_transaction_id,
         json.dumps(dict(metadata), sort_keys=True) if metadata else None,
         now,
+        member_id,
     )
     assert isinstance(tx_id, int)
     return tx_id
@@ -89,22 +89,17 @@ async def page(
 
 
 def encode_token(user_id: str, type_: str | None, before: int) -> str:
-    raw = json.dumps([_TOKEN_PREFIX, user_id, type_ or "", before]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return page_tokens.encode(_TOKEN_PREFIX, user_id, type_ or "", before)
 
 
 def decode_token(token: str, user_id: str, type_: str | None) -> int:
     """An opaque token bound to the account and the filter it was issued for."""
-    if len(token) > limits.PAGE_TOKEN_LENGTH_MAX:
-        raise errors.invalid("page_token", "page_token is too long")
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        prefix, token_user, token_type, before = json.loads(raw)
-    except (ValueError, TypeError, binascii.Error):
-        raise errors.invalid("page_token", "page_token is malformed") from None
+    fields = page_tokens.decode(token, _TOKEN_PREFIX, limits.PAGE_TOKEN_LENGTH_MAX)
+    if len(fields) != 3:
+        raise errors.invalid("page_token", "page_token does not belong to this request")
+    token_user, token_type, before = fields
     if (
-        prefix != _TOKEN_PREFIX
-        or token_user != user_id
+        token_user != user_id
         or token_type != (type_ or "")
         or not isinstance(before, int)
         or isinstance(before, bool)

@@ -27,7 +27,7 @@ import asyncpg
 from creditwallet.server import errors
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
-from creditwallet.server.ledger import accounts, history, lots, streaks
+from creditwallet.server.ledger import accounts, history, lots, members, streaks
 from creditwallet.server.ledger.debit import (
     DebitCommand,
     check_not_in_debt,
@@ -69,8 +69,8 @@ class VoidResult:
 
 _INSERT_HOLD = """
 INSERT INTO holds (user_id, hold_id, status, amount_micros, request_id, agent_id, quantity,
-                   session_id, metadata, expires_at, created_at)
-VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8::jsonb, $9, $10)
+                   session_id, metadata, expires_at, created_at, member_id)
+VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11)
 """
 
 _INSERT_PORTIONS = """
@@ -86,7 +86,8 @@ RETURNING {Account.COLUMNS}
 """
 
 _GET_HOLD = """
-SELECT hold_id, status, amount_micros, agent_id, quantity, session_id, metadata, expires_at
+SELECT hold_id, status, amount_micros, agent_id, quantity, session_id, metadata, expires_at,
+       member_id
 FROM holds WHERE user_id = $1 AND hold_id = $2
 """
 
@@ -125,6 +126,8 @@ async def authorize(conn: Connection, cmd: AuthorizeCommand, clock: Clock) -> Au
     agent = cmd.spent_for
     check_not_in_debt(account)
     check_reservable(account, await lots.applicable_micros(conn, account, agent, now), amount)
+    if cmd.member_id is not None:
+        await members.check_room(conn, cmd.user_id, cmd.member_id, amount, now)
     hold_id = uuid.uuid4()
     expires_at = now + dt.timedelta(seconds=cmd.ttl_seconds)
     portions = await lots.consume(conn, cmd.user_id, amount, now, agent)
@@ -140,6 +143,7 @@ async def authorize(conn: Connection, cmd: AuthorizeCommand, clock: Clock) -> Au
         json.dumps(dict(cmd.metadata), sort_keys=True) if cmd.metadata else None,
         expires_at,
         now,
+        cmd.member_id,
     )
     await conn.execute(
         _INSERT_PORTIONS, cmd.user_id, hold_id, [p[0] for p in portions], [p[1] for p in portions]
@@ -178,6 +182,7 @@ async def capture(
         session_id=hold["session_id"],
         hold_id=hold_id,
         metadata=json.loads(hold["metadata"]) if hold["metadata"] else None,
+        member_id=hold["member_id"],
     )
     await conn.execute(_CONSUMPTIONS, user_id, tx_id, [p[0] for p in spent], [p[1] for p in spent])
     await conn.execute(_FINALIZE, user_id, hold_id, "captured", charge, now, tx_id)

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from creditwallet.core import limits
 from creditwallet.server.db import Connection
-from creditwallet.server.ledger import history
+from creditwallet.server.ledger import carry, history
 from creditwallet.server.ledger.types import Account
 
 # Burn-down order: the lowest priority first, then the soonest expiry (never-expiring last),
@@ -246,7 +246,8 @@ async def give_back(
     """Give amounts back to the lots they came from (a void, an expired hold, the unspent part
     of a capture, a reversal), after the caller's own bookkeeping of ``account``.
 
-    What lands in a lot that has expired by ``now`` expires in this same write, and recorded
+    What lands in a lot that has expired by ``now`` expires in this same write, so does what
+    would take a carried subscription lot above its carry-over cap (``carry``), and recorded
     debt is paid from what came back: otherwise a refund could be owed twice, once as debt
     and once as the later expiry of the very credits that came back.
     """
@@ -258,6 +259,7 @@ async def give_back(
         account = dataclasses.replace(account, next_expiry_at=restored["next_expiry_at"])
         if restored["expired"]:
             account = await _expire_due(conn, account, now, since=now)
+        account = await carry.enforce(conn, account, now)
     return await settle_debt(conn, account, now)
 
 
@@ -389,7 +391,7 @@ async def sweep(conn: Connection, account: Account, now: dt.datetime) -> Account
         # One amount per lot: an UPDATE ... FROM joins each lot once.
         per_lot = {lot_id: sum(a for _, a in back) for lot_id, back in returns.items()}
         await conn.execute(_RESTORE, user_id, list(per_lot), list(per_lot.values()), now)
-        account = Account.from_row(row)
+        account = await carry.enforce(conn, Account.from_row(row), now)
     account = await _expire_due(conn, account, now, returns=returns)
     return await settle_debt(conn, account, now) if holds else account
 

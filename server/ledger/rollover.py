@@ -131,7 +131,9 @@ SELECT user_id FROM credits WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR
 # The claim: each ended period is settled once, by whoever locks its account first. All of
 # an account's ended periods are settled together, so its carried credits count once a run.
 _SETTLE = """
-UPDATE subscription_periods SET carry_settled_at = $2
+UPDATE subscription_periods SET carry_settled_at = $2,
+    carry_cap_micros = (SELECT max(s.period_credits_micros) FROM subscriptions s
+                        WHERE s.user_id = subscription_periods.user_id)
 WHERE user_id = ANY($1::text[]) AND lot_id IS NOT NULL AND carry_settled_at IS NULL
   AND coalesce(ended_at, period_end) <= $2
 RETURNING user_id

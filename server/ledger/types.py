@@ -26,6 +26,7 @@ LOT_SOURCES: Final = (
     "adjustment",
 )
 TRANSACTION_TYPES: Final = ("grant", "debit", "expire", "reversal", "clawback", "expiry_change")
+MEMBER_CAP_PERIODS: Final = ("day", "month")
 SUBSCRIPTION_STATUSES: Final = (
     "unspecified",
     "active",
@@ -167,11 +168,40 @@ class Lot:
 
 
 @dataclasses.dataclass(frozen=True)
+class Hold:
+    """A row of ``holds``: credits reserved by Authorize until Capture, Void or expiry."""
+
+    COLUMNS: ClassVar[str] = (
+        "hold_id, user_id, status, amount_micros, captured_micros, expires_at, created_at"
+    )
+
+    hold_id: uuid.UUID
+    user_id: str
+    status: str
+    amount_micros: int
+    captured_micros: int
+    expires_at: dt.datetime
+    created_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Hold:
+        return cls(
+            hold_id=row["hold_id"],
+            user_id=row["user_id"],
+            status=row["status"],
+            amount_micros=row["amount_micros"],
+            captured_micros=row["captured_micros"],
+            expires_at=row["expires_at"],
+            created_at=row["created_at"],
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Transaction:
     COLUMNS: ClassVar[str] = (
         "transaction_id, user_id, type, source, amount_micros, balance_after_micros, "
         "request_id, agent_id, quantity, session_id, hold_id, related_transaction_id, "
-        "metadata, created_at, (SELECT o.amount_micros FROM debit_overdrafts o "
+        "metadata, created_at, member_id, (SELECT o.amount_micros FROM debit_overdrafts o "
         "WHERE o.user_id = credit_transactions.user_id "
         "AND o.transaction_id = credit_transactions.transaction_id) AS overdraft_micros"
     )
@@ -190,6 +220,7 @@ class Transaction:
     related_transaction_id: int | None
     metadata: dict[str, str]
     created_at: dt.datetime
+    member_id: str | None
     # For a debit: the part no lot paid, taken as debt on overdraft.
     overdraft_micros: int = 0
 
@@ -210,6 +241,7 @@ class Transaction:
             related_transaction_id=row["related_transaction_id"],
             metadata=json.loads(row["metadata"]) if row["metadata"] else {},
             created_at=row["created_at"],
+            member_id=row["member_id"],
             overdraft_micros=row["overdraft_micros"] or 0,
         )
 

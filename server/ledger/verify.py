@@ -12,10 +12,14 @@ import dataclasses
 from creditwallet.core import limits
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger import (
+    verify_carry,
     verify_lots,
+    verify_members,
+    verify_refunds,
     verify_rewards,
     verify_subscriptions,
     verify_time,
+    verify_usage,
 )
 
 # 1. balance = sum(history) = sum(lots.remaining) + held - debt; held = pending holds; the
@@ -146,6 +150,14 @@ async def verify(conn: Connection) -> tuple[int, list[Violation]]:
         found.append(Violation(invariant, user_id, detail))
     for invariant, user_id, detail in await verify_lots.violations(conn, cap):
         found.append(Violation(invariant, user_id, detail))
+    for user_id, detail in await verify_carry.violations(conn, cap):
+        found.append(Violation(verify_carry.INVARIANT, user_id, detail))
+    for user_id, detail in await verify_refunds.violations(conn, cap):
+        found.append(Violation(verify_refunds.INVARIANT, user_id, detail))
+    for user_id, detail in await verify_members.violations(conn, cap):
+        found.append(Violation(verify_members.INVARIANT, user_id, detail))
+    for user_id, detail in await verify_usage.violations(conn, cap):
+        found.append(Violation(verify_usage.INVARIANT, user_id, detail))
     totals = await conn.fetchrow(_TOTALS)
     assert totals is not None
     if totals["history"] != totals["balances"]:

@@ -1,10 +1,10 @@
-"""VerifyLedger for restricted credits and overdrafts: invariants 7 and 8.
+"""VerifyLedger for restricted credits and overdrafts: invariants 11 and 12.
 
-Invariant 7 (applicability): no lot paid for what it does not apply to. A lot restricted to
+Invariant 11 (applicability): no lot paid for what it does not apply to. A lot restricted to
 some agents (``agent_ids``) was consumed only by debits for one of them, and reserves only
 for pending holds of one of them; a debit or hold for no agent used unrestricted lots only.
 
-Invariant 8 (debt): every micro of debt is an overdraft within a limit the account really had,
+Invariant 12 (debt): every micro of debt is an overdraft within a limit the account really had,
 or what a refund left unpaid. Per account: the unpaid overdrafts are at most the debt, and the
 rest of the debt is at most what the account's clawbacks could not take from their lots. Per
 overdraft: it belongs to a debit of the account and is at most that debit, the debt it left
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from creditwallet.server.db import Connection
 
-APPLICABILITY = 7
-DEBT = 8
+APPLICABILITY = 11
+DEBT = 12
 
 _NOT_APPLICABLE = """
 SELECT c.user_id, 'transaction ' || c.transaction_id || ' for agent '

@@ -13,7 +13,9 @@ from creditwallet.server.db import Connection
 from creditwallet.server.events.service import AdminEvents
 from creditwallet.server.ledger import (
     accounts,
+    hold_pages,
     lots,
+    members,
     overdraft,
     periods,
     pricing,
@@ -180,6 +182,38 @@ class AdminService(AdminEvents, agrpc.AdminServiceServicer):
             debt_micros=account.debt_micros,
         )
 
+    async def SetMember(
+        self, request: apb.SetMemberRequest, context: Context
+    ) -> apb.SetMemberResponse:
+        cmd = members.MemberCommand(
+            user_id=validate.user_id(request.user_id),
+            member_id=validate.identifier(
+                request.member_id, "member_id", limits.MEMBER_ID_LENGTH_MAX
+            ),
+            cap_micros=validate.amount(request.cap_micros, "cap_micros"),
+            cap_period=convert.period_name(request.cap_period),
+            active=request.active,
+        )
+        member = await self.rt.write(lambda conn, clock: members.set_member(conn, cmd, clock))
+        return apb.SetMemberResponse(member=convert.member(member))
+
+    async def ListMembers(
+        self, request: apb.ListMembersRequest, context: Context
+    ) -> apb.ListMembersResponse:
+        user_id = validate.user_id(request.user_id)
+        size = validate.page_size(request.page_size, limits.MEMBERS_PAGE_SIZE_DEFAULT)
+        after = ""
+        if request.page_token:
+            after = validate.identifier(
+                request.page_token, "page_token", limits.MEMBER_ID_LENGTH_MAX
+            )
+        found, token = await self.rt.read(
+            lambda conn, clock: members.page(conn, user_id, after, size, clock)
+        )
+        return apb.ListMembersResponse(
+            members=[convert.member(m) for m in found], next_page_token=token
+        )
+
     async def GetRolloverProgress(
         self, request: apb.GetRolloverProgressRequest, context: Context
     ) -> apb.GetRolloverProgressResponse:
@@ -194,3 +228,34 @@ class AdminService(AdminEvents, agrpc.AdminServiceServicer):
             )
 
         return await self.rt.read(work)
+
+    async def ListHolds(
+        self, request: apb.ListHoldsRequest, context: Context
+    ) -> apb.ListHoldsResponse:
+        user_id = validate.user_id(request.user_id)
+        size = validate.page_size(request.page_size, limits.PAGE_SIZE_DEFAULT)
+
+        async def read(conn: Connection, clock: Clock) -> apb.ListHoldsResponse:
+            account = await accounts.read(conn, user_id)
+            rows, token = await hold_pages.page(
+                conn, user_id, accounts.ledger_time(clock, account), size, request.page_token
+            )
+            return apb.ListHoldsResponse(
+                holds=[convert.hold(r) for r in rows], next_page_token=token
+            )
+
+        return await self.rt.read(read)
+
+    async def GetDailyTotals(
+        self, request: apb.GetDailyTotalsRequest, context: Context
+    ) -> apb.GetDailyTotalsResponse:
+        days = validate.bounded(
+            request.days, "days", limits.DAILY_TOTALS_DAYS_DEFAULT, limits.DAILY_TOTALS_DAYS_MAX
+        )
+        top = validate.bounded(
+            request.top_agents, "top_agents", limits.TOP_AGENTS_DEFAULT, limits.TOP_AGENTS_MAX
+        )
+        totals = await self.rt.read(
+            lambda conn, clock: stats.daily_totals(conn, clock.now(), days, top)
+        )
+        return convert.daily_totals_reply(totals)

@@ -18,6 +18,7 @@ from creditwallet.server.ledger import (
     holds,
     referrals,
     streaks,
+    usage,
 )
 from creditwallet.server.services import Runtime, batch, guard
 from creditwallet.v1 import wallet_service_pb2 as wpb
@@ -89,6 +90,7 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
             ),
             metadata=validate.metadata(request.metadata),
             for_agent_id=_for_agent(request),
+            member_id=validate.optional_member_id(request.member_id),
             **_cost(request),
         )
         outcome = await self.rt.debit(cmd, request)
@@ -116,6 +118,7 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
             metadata=validate.metadata(request.metadata),
             ttl_seconds=validate.ttl_seconds(request.ttl_seconds),
             for_agent_id=_for_agent(request),
+            member_id=validate.optional_member_id(request.member_id),
             **_cost(request),
         )
         outcome = await self.rt.execute(
@@ -185,6 +188,22 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
 
         return await self.rt.read(read)
 
+    async def GetUsage(
+        self, request: wpb.GetUsageRequest, context: Context
+    ) -> wpb.GetUsageResponse:
+        query = _usage_query(request)
+
+        async def read(conn: Connection, clock: Clock) -> wpb.GetUsageResponse:
+            await accounts.read(conn, query.user_id)
+            rows, token = await usage.page(conn, query, request.page_token)
+            return wpb.GetUsageResponse(
+                user_id=query.user_id,
+                groups=[convert.usage_group(r) for r in rows],
+                next_page_token=token,
+            )
+
+        return await self.rt.read(read)
+
     async def GetStreak(
         self, request: wpb.GetStreakRequest, context: Context
     ) -> wpb.GetStreakResponse:
@@ -241,3 +260,44 @@ def _cost(request: wpb.DebitRequest | wpb.AuthorizeRequest) -> dict[str, Any]:
     quantity = request.quantity if request.HasField("quantity") else None
     agent, qty, amount = validate.cost(request.agent_id, quantity, request.amount_micros)
     return {"agent_id": agent, "quantity": qty, "amount_micros": amount}
+
+
+_GROUP_KEYS: dict[int, str] = {
+    wpb.USAGE_GROUP_BY_DAY: "day",
+    wpb.USAGE_GROUP_BY_AGENT: "agent",
+    wpb.USAGE_GROUP_BY_MEMBER: "member",
+    wpb.USAGE_GROUP_BY_SESSION: "session",
+}
+
+
+def _usage_query(request: wpb.GetUsageRequest) -> usage.UsageQuery:
+    user_id = validate.user_id(request.user_id)
+    for field in ("start_time", "end_time"):
+        if not request.HasField(field):
+            raise errors.invalid(field, f"{field} is required")
+    start = validate.utc_day(request.start_time, "start_time")
+    end = validate.utc_day(request.end_time, "end_time")
+    if not 0 < (end - start).days <= limits.USAGE_RANGE_DAYS_MAX:
+        raise errors.invalid(
+            "end_time",
+            f"end_time must be 1 to {limits.USAGE_RANGE_DAYS_MAX} days after start_time",
+        )
+    chosen = set()
+    for value in request.group_by:
+        if value not in _GROUP_KEYS:
+            raise errors.invalid("group_by", "group_by must hold known UsageGroupBy values")
+        if _GROUP_KEYS[value] in chosen:
+            raise errors.invalid("group_by", "group_by names a key twice")
+        chosen.add(_GROUP_KEYS[value])
+    return usage.UsageQuery(
+        user_id=user_id,
+        start_day=start,
+        end_day=end,
+        group_by=tuple(k for k in usage.KEYS if k in chosen),
+        page_size=validate.bounded(
+            request.page_size,
+            "page_size",
+            limits.USAGE_PAGE_SIZE_DEFAULT,
+            limits.USAGE_PAGE_SIZE_MAX,
+        ),
+    )

@@ -20,6 +20,7 @@ from creditwallet.client import errors as client_errors
 from creditwallet.core import reasons
 from creditwallet.server import convert, errors
 from creditwallet.server.ledger import types
+from creditwallet.v1 import admin_service_pb2 as apb
 from creditwallet.v1 import common_pb2 as pb
 from google.rpc import status_pb2
 
@@ -87,6 +88,7 @@ def test_a_reason_outside_the_catalogue_cannot_be_raised() -> None:
         (pb.LotSource, "LOT_SOURCE_", types.LOT_SOURCES),
         (pb.TransactionType, "TRANSACTION_TYPE_", types.TRANSACTION_TYPES),
         (pb.SubscriptionStatus, "SUBSCRIPTION_STATUS_", types.SUBSCRIPTION_STATUSES),
+        (apb.MemberCapPeriod, "MEMBER_CAP_PERIOD_", types.MEMBER_CAP_PERIODS),
     ],
 )
 def test_every_proto_enum_value_has_its_ledger_name(
@@ -101,6 +103,7 @@ def test_the_converters_cover_every_name() -> None:
     assert set(convert.SOURCE_TO_PB) == set(types.LOT_SOURCES)
     assert set(convert.TYPE_TO_PB) == set(types.TRANSACTION_TYPES)
     assert set(convert.STATUS_TO_PB) == set(types.SUBSCRIPTION_STATUSES)
+    assert set(convert.PERIOD_TO_PB) == set(types.MEMBER_CAP_PERIODS)
 
 
 def _imports(path: Path) -> set[str]:

@@ -324,6 +324,9 @@ def test_every_cli_command_has_a_function() -> None:
         ["events", "list"],
         ["events", "replay", "warehouse", "--failed"],
         ["events", "endpoints"],
+        ["usage", "u", "--by", "agent,day"],
+        ["members", "set", "u", "m", "--cap", "5"],
+        ["members", "list", "u"],
     ]
     names = {parser.parse_args(sample).command_name for sample in samples}
     assert names == set(COMMANDS)

@@ -1,4 +1,4 @@
-"""VerifyLedger's invariants 7 (applicability) and 8 (debt) catch tampered histories.
+"""VerifyLedger's invariants 11 (applicability) and 12 (debt) catch tampered histories.
 
 Each test builds a real account through the server, then tampers with one row inside a
 transaction of its own, runs the ledger check on that transaction's view and rolls back: the
@@ -53,37 +53,37 @@ async def account(admin: AsyncCreditWalletClient) -> str:
     return user
 
 
-async def test_a_restricted_lot_spent_for_another_agent_breaks_invariant_7(
+async def test_a_restricted_lot_spent_for_another_agent_breaks_invariant_11(
     admin: AsyncCreditWalletClient, conn: asyncpg.Connection[asyncpg.Record]
 ) -> None:
     user = await account(admin)
     await admin.grant(user, 2 * CREDIT, pb.LOT_SOURCE_PROMO, agent_ids=["v-a"])
     await admin.debit(user, amount_micros=CREDIT, for_agent_id="v-a")
-    assert 7 in await broken(
+    assert 11 in await broken(
         conn, user, "UPDATE credit_lots SET agent_ids = '{v-b}' WHERE user_id = $1"
     )
 
 
-async def test_a_restricted_lot_spent_by_a_debit_for_no_agent_breaks_invariant_7(
+async def test_a_restricted_lot_spent_by_a_debit_for_no_agent_breaks_invariant_11(
     admin: AsyncCreditWalletClient, conn: asyncpg.Connection[asyncpg.Record]
 ) -> None:
     user = await account(admin)
     await admin.grant(user, 2 * CREDIT, pb.LOT_SOURCE_PROMO)
     await admin.debit(user, amount_micros=CREDIT)
-    assert 7 in await broken(
+    assert 11 in await broken(
         conn,
         user,
         "UPDATE credit_lots SET agent_ids = '{v-c}' WHERE user_id = $1 AND source = 'promo'",
     )
 
 
-async def test_a_pending_hold_on_another_agents_lot_breaks_invariant_7(
+async def test_a_pending_hold_on_another_agents_lot_breaks_invariant_11(
     admin: AsyncCreditWalletClient, conn: asyncpg.Connection[asyncpg.Record]
 ) -> None:
     user = await account(admin)
     await admin.grant(user, 2 * CREDIT, pb.LOT_SOURCE_PROMO, agent_ids=["v-h"])
     await admin.authorize(user, amount_micros=CREDIT, for_agent_id="v-h")
-    assert await broken(conn, user, "UPDATE holds SET agent_id = 'v-z' WHERE user_id = $1") == {7}
+    assert await broken(conn, user, "UPDATE holds SET agent_id = 'v-z' WHERE user_id = $1") == {11}
 
 
 async def overdrawn(admin: AsyncCreditWalletClient) -> str:
@@ -113,14 +113,14 @@ async def overdrawn(admin: AsyncCreditWalletClient) -> str:
         "UPDATE debit_overdrafts SET amount_micros = 2500000 WHERE user_id = $1",
     ],
 )
-async def test_debt_beyond_its_overdraft_or_refund_breaks_invariant_8(
+async def test_debt_beyond_its_overdraft_or_refund_breaks_invariant_12(
     admin: AsyncCreditWalletClient, conn: asyncpg.Connection[asyncpg.Record], tamper: str
 ) -> None:
     user = await overdrawn(admin)
-    assert 8 in await broken(conn, user, tamper)
+    assert 12 in await broken(conn, user, tamper)
 
 
-async def test_an_overdraft_larger_than_its_debit_breaks_invariants_2_and_8(
+async def test_an_overdraft_larger_than_its_debit_breaks_invariants_2_and_12(
     admin: AsyncCreditWalletClient, conn: asyncpg.Connection[asyncpg.Record]
 ) -> None:
     user = await overdrawn(admin)
@@ -129,7 +129,7 @@ async def test_an_overdraft_larger_than_its_debit_breaks_invariants_2_and_8(
         user,
         "UPDATE debit_overdrafts SET amount_micros = 4000000 WHERE user_id = $1",
     )
-    assert {2, 8} <= found
+    assert {2, 12} <= found
 
 
 async def test_a_paid_overdraft_whose_payment_is_not_recorded_breaks_invariant_2(

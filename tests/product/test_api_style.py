@@ -21,6 +21,7 @@ NATURALLY_IDEMPOTENT = {
     "Rollover",
     "SetBalanceAlert",
     "SetAutoRecharge",
+    "SetMember",
 }
 READS = {
     "GetBalance",
@@ -33,6 +34,10 @@ READS = {
     "ListEvents",
     "ListWebhookEndpoints",
     "GetRolloverProgress",
+    "GetUsage",
+    "ListMembers",
+    "ListHolds",
+    "GetDailyTotals",
 }
 # Batches: each item is a request with its own request_id.
 BATCHES = {"BatchDebit": "requests"}

@@ -123,6 +123,20 @@ CATALOGUE: Final = (
         "the database cannot be reached; retry with the same request_id",
     ),
     Reason("INTERNAL", INTERNAL, "a server bug, logged with the request id"),
+    # Team wallets (docs/teams-and-usage.md).
+    Reason(
+        "MEMBER_NOT_FOUND",
+        NOT_FOUND,
+        "no active member with the member_id in that account",
+        ("member_id",),
+    ),
+    Reason(
+        "MEMBER_CAP_EXCEEDED",
+        FAILED_PRECONDITION,
+        "the member's spend in its current period (holds included) would exceed its cap; a "
+        "retry needs a new period, a higher cap or a smaller amount, and a new request_id",
+        ("member_id", "spent_micros", "required_micros", "cap_micros", "period_end"),
+    ),
     # Events out (docs/events.md).
     Reason("ENDPOINT_NOT_FOUND", NOT_FOUND, "no configured webhook endpoint", ("endpoint_id",)),
     Reason(

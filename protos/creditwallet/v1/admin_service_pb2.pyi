@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _MemberCapPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MemberCapPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemberCapPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMBER_CAP_PERIOD_UNSPECIFIED: _MemberCapPeriod.ValueType  # 0
+    """Not set; refused."""
+    MEMBER_CAP_PERIOD_DAY: _MemberCapPeriod.ValueType  # 1
+    """From one UTC midnight to the next."""
+    MEMBER_CAP_PERIOD_MONTH: _MemberCapPeriod.ValueType  # 2
+    """From the first UTC midnight of a calendar month to the next month's."""
+
+class MemberCapPeriod(_MemberCapPeriod, metaclass=_MemberCapPeriodEnumTypeWrapper):
+    """The period a member's cap applies to: the current UTC day or calendar month."""
+
+MEMBER_CAP_PERIOD_UNSPECIFIED: MemberCapPeriod.ValueType  # 0
+"""Not set; refused."""
+MEMBER_CAP_PERIOD_DAY: MemberCapPeriod.ValueType  # 1
+"""From one UTC midnight to the next."""
+MEMBER_CAP_PERIOD_MONTH: MemberCapPeriod.ValueType  # 2
+"""From the first UTC midnight of a calendar month to the next month's."""
+Global___MemberCapPeriod: _TypeAlias = MemberCapPeriod  # noqa: Y015
 
 @_typing.final
 class GrantRequest(_message.Message):
@@ -626,3 +651,375 @@ class GetRolloverProgressResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRolloverProgressResponse: _TypeAlias = GetRolloverProgressResponse  # noqa: Y015
+
+@_typing.final
+class Member(_message.Message):
+    """A member of an account: one of the people or agents that share its credits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    CAP_MICROS_FIELD_NUMBER: _builtins.int
+    CAP_PERIOD_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    SPENT_MICROS_FIELD_NUMBER: _builtins.int
+    HELD_MICROS_FIELD_NUMBER: _builtins.int
+    PERIOD_END_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The account."""
+    member_id: _builtins.str
+    """The member: 1-128 chars of [A-Za-z0-9._:@-]."""
+    cap_micros: _builtins.int
+    """Micros the member may spend in one period, holds included."""
+    cap_period: Global___MemberCapPeriod.ValueType
+    """The period of the cap."""
+    active: _builtins.bool
+    """Whether debits and holds may name the member."""
+    spent_micros: _builtins.int
+    """Micros spent in the current period, net of reversals."""
+    held_micros: _builtins.int
+    """Micros reserved by the member's pending holds placed in the current period."""
+    @_builtins.property
+    def period_end(self) -> _timestamp_pb2.Timestamp:
+        """When the current period ends (and the next starts from zero)."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the member was first set."""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the member was last set."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        cap_micros: _builtins.int = ...,
+        cap_period: Global___MemberCapPeriod.ValueType = ...,
+        active: _builtins.bool = ...,
+        spent_micros: _builtins.int = ...,
+        held_micros: _builtins.int = ...,
+        period_end: _timestamp_pb2.Timestamp | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "period_end", b"period_end", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "cap_micros", b"cap_micros", "cap_period", b"cap_period", "created_at", b"created_at", "held_micros", b"held_micros", "member_id", b"member_id", "period_end", b"period_end", "spent_micros", b"spent_micros", "updated_at", b"updated_at", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Member: _TypeAlias = Member  # noqa: Y015
+
+@_typing.final
+class SetMemberRequest(_message.Message):
+    """Request of SetMember. Naturally idempotent: it sets the whole member."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    CAP_MICROS_FIELD_NUMBER: _builtins.int
+    CAP_PERIOD_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The account; it must exist."""
+    member_id: _builtins.str
+    """The member: 1-128 chars of [A-Za-z0-9._:@-]."""
+    cap_micros: _builtins.int
+    """Micros the member may spend per period, holds included; positive."""
+    cap_period: Global___MemberCapPeriod.ValueType
+    """The period of the cap; required."""
+    active: _builtins.bool
+    """Whether debits and holds may name the member; false refuses them with MEMBER_NOT_FOUND."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        cap_micros: _builtins.int = ...,
+        cap_period: Global___MemberCapPeriod.ValueType = ...,
+        active: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "cap_micros", b"cap_micros", "cap_period", b"cap_period", "member_id", b"member_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemberRequest: _TypeAlias = SetMemberRequest  # noqa: Y015
+
+@_typing.final
+class SetMemberResponse(_message.Message):
+    """Response of SetMember."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def member(self) -> Global___Member:
+        """The member as stored, with its current period's figures."""
+
+    def __init__(
+        self,
+        *,
+        member: Global___Member | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemberResponse: _TypeAlias = SetMemberResponse  # noqa: Y015
+
+@_typing.final
+class ListMembersRequest(_message.Message):
+    """Request of ListMembers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The account."""
+    page_size: _builtins.int
+    """Rows per page, 1-500; 0 means 100."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMembersRequest: _TypeAlias = ListMembersRequest  # noqa: Y015
+
+@_typing.final
+class ListMembersResponse(_message.Message):
+    """Response of ListMembers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last."""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]:
+        """Members ordered by member_id."""
+
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[Global___Member] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMembersResponse: _TypeAlias = ListMembersResponse  # noqa: Y015
+
+@_typing.final
+class ListHoldsRequest(_message.Message):
+    """Request of ListHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The account; it must exist (ACCOUNT_NOT_FOUND otherwise)."""
+    page_size: _builtins.int
+    """Rows per page, 1-500; 0 means 50."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldsRequest: _TypeAlias = ListHoldsRequest  # noqa: Y015
+
+@_typing.final
+class ListHoldsResponse(_message.Message):
+    """Response of ListHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last."""
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Hold]:
+        """Pending holds not yet past their expiry, the soonest to expire first."""
+
+    def __init__(
+        self,
+        *,
+        holds: _abc.Iterable[_common_pb2.Hold] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldsResponse: _TypeAlias = ListHoldsResponse  # noqa: Y015
+
+@_typing.final
+class GetDailyTotalsRequest(_message.Message):
+    """Request of GetDailyTotals."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    TOP_AGENTS_FIELD_NUMBER: _builtins.int
+    days: _builtins.int
+    """How many UTC days, today included, 1-90; 0 means 30."""
+    top_agents: _builtins.int
+    """How many agents to rank, 1-100; 0 means 10."""
+    def __init__(
+        self,
+        *,
+        days: _builtins.int = ...,
+        top_agents: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "top_agents", b"top_agents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDailyTotalsRequest: _TypeAlias = GetDailyTotalsRequest  # noqa: Y015
+
+@_typing.final
+class DailyTotal(_message.Message):
+    """The transactions of one type written on one UTC day."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
+    date: _builtins.str
+    """The day, YYYY-MM-DD (UTC)."""
+    type: _common_pb2.TransactionType.ValueType
+    """The type."""
+    count: _builtins.int
+    """Rows of the type that day."""
+    amount_micros: _builtins.int
+    """Sum of their signed amounts in micros (debits and expiries are negative)."""
+    def __init__(
+        self,
+        *,
+        date: _builtins.str = ...,
+        type: _common_pb2.TransactionType.ValueType = ...,
+        count: _builtins.int = ...,
+        amount_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "count", b"count", "date", b"date", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DailyTotal: _TypeAlias = DailyTotal  # noqa: Y015
+
+@_typing.final
+class AgentSpend(_message.Message):
+    """What one agent's debits spent over the window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    DEBITS_FIELD_NUMBER: _builtins.int
+    SPENT_MICROS_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """The agent."""
+    debits: _builtins.int
+    """Debits priced by the agent."""
+    spent_micros: _builtins.int
+    """Micros those debits charged (positive; reversals are not deducted)."""
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        debits: _builtins.int = ...,
+        spent_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "debits", b"debits", "spent_micros", b"spent_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentSpend: _TypeAlias = AgentSpend  # noqa: Y015
+
+@_typing.final
+class GetDailyTotalsResponse(_message.Message):
+    """Response of GetDailyTotals."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    TOP_AGENTS_FIELD_NUMBER: _builtins.int
+    start_date: _builtins.str
+    """The first day of the window, YYYY-MM-DD (UTC)."""
+    end_date: _builtins.str
+    """The last day of the window (today, UTC)."""
+    @_builtins.property
+    def totals(self) -> _containers.RepeatedCompositeFieldContainer[Global___DailyTotal]:
+        """One row per day and type that has transactions, by date then type; days without any
+        transaction are absent.
+        """
+
+    @_builtins.property
+    def top_agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentSpend]:
+        """The agents whose debits charged the most over the window, most first (ties by agent_id)."""
+
+    def __init__(
+        self,
+        *,
+        start_date: _builtins.str = ...,
+        end_date: _builtins.str = ...,
+        totals: _abc.Iterable[Global___DailyTotal] | None = ...,
+        top_agents: _abc.Iterable[Global___AgentSpend] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "start_date", b"start_date", "top_agents", b"top_agents", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDailyTotalsResponse: _TypeAlias = GetDailyTotalsResponse  # noqa: Y015

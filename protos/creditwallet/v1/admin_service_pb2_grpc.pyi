@@ -62,6 +62,18 @@ class AdminServiceStub:
     """
     SetOverdraftLimit: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetOverdraftLimitRequest, _admin_service_pb2.SetOverdraftLimitResponse]
     """Sets how far below zero an account's debits may take its available balance, as debt."""
+    SetMember: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetMemberRequest, _admin_service_pb2.SetMemberResponse]
+    """Creates or replaces a member of an account (a team wallet): its spending cap per UTC day
+    or month, and whether it may spend. Debits and holds that name it count against the cap.
+    """
+    ListMembers: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListMembersRequest, _admin_service_pb2.ListMembersResponse]
+    """Lists an account's members by member_id, with what each spent in its current period."""
+    ListHolds: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListHoldsRequest, _admin_service_pb2.ListHoldsResponse]
+    """Lists an account's pending holds, the soonest to expire first."""
+    GetDailyTotals: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetDailyTotalsRequest, _admin_service_pb2.GetDailyTotalsResponse]
+    """Ledger-wide totals per UTC day and transaction type, and the agents that spent the most,
+    over the last days (the operators' overview).
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -96,6 +108,18 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     SetOverdraftLimit: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetOverdraftLimitRequest, _admin_service_pb2.SetOverdraftLimitResponse]  # type: ignore[assignment]
     """Sets how far below zero an account's debits may take its available balance, as debt."""
+    SetMember: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetMemberRequest, _admin_service_pb2.SetMemberResponse]  # type: ignore[assignment]
+    """Creates or replaces a member of an account (a team wallet): its spending cap per UTC day
+    or month, and whether it may spend. Debits and holds that name it count against the cap.
+    """
+    ListMembers: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListMembersRequest, _admin_service_pb2.ListMembersResponse]  # type: ignore[assignment]
+    """Lists an account's members by member_id, with what each spent in its current period."""
+    ListHolds: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListHoldsRequest, _admin_service_pb2.ListHoldsResponse]  # type: ignore[assignment]
+    """Lists an account's pending holds, the soonest to expire first."""
+    GetDailyTotals: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetDailyTotalsRequest, _admin_service_pb2.GetDailyTotalsResponse]  # type: ignore[assignment]
+    """Ledger-wide totals per UTC day and transaction type, and the agents that spent the most,
+    over the last days (the operators' overview).
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Grants, corrections, prices, statistics and the ledger check."""
@@ -205,5 +229,41 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.SetOverdraftLimitResponse, _abc.Awaitable[_admin_service_pb2.SetOverdraftLimitResponse]]:
         """Sets how far below zero an account's debits may take its available balance, as debt."""
+
+    @_abc_1.abstractmethod
+    def SetMember(
+        self,
+        request: _admin_service_pb2.SetMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.SetMemberResponse, _abc.Awaitable[_admin_service_pb2.SetMemberResponse]]:
+        """Creates or replaces a member of an account (a team wallet): its spending cap per UTC day
+        or month, and whether it may spend. Debits and holds that name it count against the cap.
+        """
+
+    @_abc_1.abstractmethod
+    def ListMembers(
+        self,
+        request: _admin_service_pb2.ListMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListMembersResponse, _abc.Awaitable[_admin_service_pb2.ListMembersResponse]]:
+        """Lists an account's members by member_id, with what each spent in its current period."""
+
+    @_abc_1.abstractmethod
+    def ListHolds(
+        self,
+        request: _admin_service_pb2.ListHoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListHoldsResponse, _abc.Awaitable[_admin_service_pb2.ListHoldsResponse]]:
+        """Lists an account's pending holds, the soonest to expire first."""
+
+    @_abc_1.abstractmethod
+    def GetDailyTotals(
+        self,
+        request: _admin_service_pb2.GetDailyTotalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.GetDailyTotalsResponse, _abc.Awaitable[_admin_service_pb2.GetDailyTotalsResponse]]:
+        """Ledger-wide totals per UTC day and transaction type, and the agents that spent the most,
+        over the last days (the operators' overview).
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

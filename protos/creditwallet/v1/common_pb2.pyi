@@ -319,6 +319,7 @@ class Transaction(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     OVERDRAFT_MICROS_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """Opaque transaction identifier."""
     user_id: _builtins.str
@@ -345,6 +346,8 @@ class Transaction(_message.Message):
     """The transaction this one reverses, for reversals."""
     overdraft_micros: _builtins.int
     """For a debit: the part no lot paid, taken as debt under the account's overdraft limit."""
+    member_id: _builtins.str
+    """The member that spent, for debits (and captures) that named one."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Caller-supplied annotations."""
@@ -371,10 +374,11 @@ class Transaction(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         overdraft_micros: _builtins.int = ...,
+        member_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "amount_micros", b"amount_micros", "balance_after_micros", b"balance_after_micros", "created_at", b"created_at", "hold_id", b"hold_id", "metadata", b"metadata", "overdraft_micros", b"overdraft_micros", "quantity", b"quantity", "related_transaction_id", b"related_transaction_id", "request_id", b"request_id", "session_id", b"session_id", "source", b"source", "transaction_id", b"transaction_id", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "amount_micros", b"amount_micros", "balance_after_micros", b"balance_after_micros", "created_at", b"created_at", "hold_id", b"hold_id", "member_id", b"member_id", "metadata", b"metadata", "overdraft_micros", b"overdraft_micros", "quantity", b"quantity", "related_transaction_id", b"related_transaction_id", "request_id", b"request_id", "session_id", b"session_id", "source", b"source", "transaction_id", b"transaction_id", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

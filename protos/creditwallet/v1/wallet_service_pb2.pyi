@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,40 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _UsageGroupBy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageGroupByEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageGroupBy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_GROUP_BY_UNSPECIFIED: _UsageGroupBy.ValueType  # 0
+    """Not set; refused."""
+    USAGE_GROUP_BY_AGENT: _UsageGroupBy.ValueType  # 1
+    """The debit's agent_id ("" for debits by amount_micros)."""
+    USAGE_GROUP_BY_DAY: _UsageGroupBy.ValueType  # 2
+    """The UTC day of the debit (a capture's own day)."""
+    USAGE_GROUP_BY_MEMBER: _UsageGroupBy.ValueType  # 3
+    """The member that spent ("" for debits without a member_id)."""
+    USAGE_GROUP_BY_SESSION: _UsageGroupBy.ValueType  # 4
+    """The session_id given with the debit ("" for none)."""
+
+class UsageGroupBy(_UsageGroupBy, metaclass=_UsageGroupByEnumTypeWrapper):
+    """A key GetUsage groups by. Groups are ordered by day, agent, member, then session, whichever
+    of them are chosen.
+    """
+
+USAGE_GROUP_BY_UNSPECIFIED: UsageGroupBy.ValueType  # 0
+"""Not set; refused."""
+USAGE_GROUP_BY_AGENT: UsageGroupBy.ValueType  # 1
+"""The debit's agent_id ("" for debits by amount_micros)."""
+USAGE_GROUP_BY_DAY: UsageGroupBy.ValueType  # 2
+"""The UTC day of the debit (a capture's own day)."""
+USAGE_GROUP_BY_MEMBER: UsageGroupBy.ValueType  # 3
+"""The member that spent ("" for debits without a member_id)."""
+USAGE_GROUP_BY_SESSION: UsageGroupBy.ValueType  # 4
+"""The session_id given with the debit ("" for none)."""
+Global___UsageGroupBy: _TypeAlias = UsageGroupBy  # noqa: Y015
 
 @_typing.final
 class Balance(_message.Message):
@@ -254,6 +289,7 @@ class DebitRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     FOR_AGENT_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The account."""
     request_id: _builtins.str
@@ -270,6 +306,10 @@ class DebitRequest(_message.Message):
     """With amount_micros: the agent the amount pays for, so lots restricted to it apply (a
     debit that names no agent burns unrestricted lots only); recorded as the debit's agent.
     """
+    member_id: _builtins.str
+    """The member of the account that spends (a team wallet), counted against its cap; empty
+    for the account itself.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Annotations recorded with the transaction (at most 16 keys)."""
@@ -285,10 +325,11 @@ class DebitRequest(_message.Message):
         session_id: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         for_agent_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "quantity", b"quantity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "agent_id", b"agent_id", "amount_micros", b"amount_micros", "for_agent_id", b"for_agent_id", "metadata", b"metadata", "quantity", b"quantity", "request_id", b"request_id", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "agent_id", b"agent_id", "amount_micros", b"amount_micros", "for_agent_id", b"for_agent_id", "member_id", b"member_id", "metadata", b"metadata", "quantity", b"quantity", "request_id", b"request_id", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__quantity: _TypeAlias = _typing.Literal["quantity"]  # noqa: Y015
     _WhichOneofArgType__quantity: _TypeAlias = _typing.Literal["_quantity", b"_quantity"]  # noqa: Y015
@@ -510,6 +551,7 @@ class AuthorizeRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
     FOR_AGENT_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The account."""
     request_id: _builtins.str
@@ -526,6 +568,10 @@ class AuthorizeRequest(_message.Message):
     """Seconds until the hold is released if not captured; 0 means 900, at most 86400."""
     for_agent_id: _builtins.str
     """With amount_micros: the agent the amount pays for, as in Debit."""
+    member_id: _builtins.str
+    """The member that spends: the held amount counts against its cap from now on, in today's
+    period, and the capture replaces it; empty for the account itself.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Annotations recorded with the eventual debit."""
@@ -542,10 +588,11 @@ class AuthorizeRequest(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ttl_seconds: _builtins.int = ...,
         for_agent_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "quantity", b"quantity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "agent_id", b"agent_id", "amount_micros", b"amount_micros", "for_agent_id", b"for_agent_id", "metadata", b"metadata", "quantity", b"quantity", "request_id", b"request_id", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "agent_id", b"agent_id", "amount_micros", b"amount_micros", "for_agent_id", b"for_agent_id", "member_id", b"member_id", "metadata", b"metadata", "quantity", b"quantity", "request_id", b"request_id", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__quantity: _TypeAlias = _typing.Literal["quantity"]  # noqa: Y015
     _WhichOneofArgType__quantity: _TypeAlias = _typing.Literal["_quantity", b"_quantity"]  # noqa: Y015
@@ -952,3 +999,139 @@ class RedeemReferralCodeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RedeemReferralCodeResponse: _TypeAlias = RedeemReferralCodeResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    """Request of GetUsage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The account."""
+    page_size: _builtins.int
+    """Groups per page, 1-1000; 0 means 100."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page (of the same request); empty for the first."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The first day counted: a UTC midnight; required."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The end of the range, excluded: a UTC midnight after start_time, at most 366 days later."""
+
+    @_builtins.property
+    def group_by(self) -> _containers.RepeatedScalarFieldContainer[Global___UsageGroupBy.ValueType]:
+        """The keys to group by, each at most once; empty for one total over the range."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        group_by: _abc.Iterable[Global___UsageGroupBy.ValueType] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "group_by", b"group_by", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class UsageGroup(_message.Message):
+    """The usage of one group: debits made in the range, net of their reversals (whenever these
+    were made: a reversal counts on its debit's day and group).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    MEMBER_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    NET_MICROS_FIELD_NUMBER: _builtins.int
+    DEBITED_MICROS_FIELD_NUMBER: _builtins.int
+    REVERSED_MICROS_FIELD_NUMBER: _builtins.int
+    DEBIT_COUNT_FIELD_NUMBER: _builtins.int
+    REVERSAL_COUNT_FIELD_NUMBER: _builtins.int
+    day: _builtins.str
+    """The UTC day, YYYY-MM-DD, when grouped by DAY; empty otherwise."""
+    agent_id: _builtins.str
+    """The agent when grouped by AGENT ("" also for debits by amount)."""
+    member_id: _builtins.str
+    """The member when grouped by MEMBER ("" also for debits without a member)."""
+    session_id: _builtins.str
+    """The session when grouped by SESSION ("" also for debits without a session)."""
+    net_micros: _builtins.int
+    """Micros debited minus micros of those debits reversed."""
+    debited_micros: _builtins.int
+    """Micros debited."""
+    reversed_micros: _builtins.int
+    """Micros of those debits given back by ReverseDebit."""
+    debit_count: _builtins.int
+    """Debits (captures included)."""
+    reversal_count: _builtins.int
+    """Reversals of those debits."""
+    def __init__(
+        self,
+        *,
+        day: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        member_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        net_micros: _builtins.int = ...,
+        debited_micros: _builtins.int = ...,
+        reversed_micros: _builtins.int = ...,
+        debit_count: _builtins.int = ...,
+        reversal_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "day", b"day", "debit_count", b"debit_count", "debited_micros", b"debited_micros", "member_id", b"member_id", "net_micros", b"net_micros", "reversal_count", b"reversal_count", "reversed_micros", b"reversed_micros", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageGroup: _TypeAlias = UsageGroup  # noqa: Y015
+
+@_typing.final
+class GetUsageResponse(_message.Message):
+    """Response of GetUsage."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The account."""
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last."""
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageGroup]:
+        """The groups with at least one debit, in key order; one total when group_by is empty."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        groups: _abc.Iterable[Global___UsageGroup] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "next_page_token", b"next_page_token", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015

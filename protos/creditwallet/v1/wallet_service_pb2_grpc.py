@@ -91,6 +91,11 @@ class WalletServiceStub:
                 request_serializer=creditwallet_dot_v1_dot_wallet__service__pb2.RedeemReferralCodeRequest.SerializeToString,
                 response_deserializer=creditwallet_dot_v1_dot_wallet__service__pb2.RedeemReferralCodeResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/creditwallet.v1.WalletService/GetUsage',
+                request_serializer=creditwallet_dot_v1_dot_wallet__service__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_wallet__service__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
         self.StreamEvents = channel.unary_stream(
                 '/creditwallet.v1.WalletService/StreamEvents',
                 request_serializer=creditwallet_dot_v1_dot_events__pb2.StreamEventsRequest.SerializeToString,
@@ -180,6 +185,14 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """Credits spent (debits net of their reversals) and counts per group over whole UTC days,
+        read from rollups kept with each debit, so it costs the same on any size of history.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamEvents(self, request, context):
         """Replays events after a cursor, then follows new ones as they commit (internal consumers).
         """
@@ -244,6 +257,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.RedeemReferralCode,
                     request_deserializer=creditwallet_dot_v1_dot_wallet__service__pb2.RedeemReferralCodeRequest.FromString,
                     response_serializer=creditwallet_dot_v1_dot_wallet__service__pb2.RedeemReferralCodeResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=creditwallet_dot_v1_dot_wallet__service__pb2.GetUsageRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_wallet__service__pb2.GetUsageResponse.SerializeToString,
             ),
             'StreamEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamEvents,
@@ -549,6 +567,33 @@ class WalletService:
             '/creditwallet.v1.WalletService/RedeemReferralCode',
             creditwallet_dot_v1_dot_wallet__service__pb2.RedeemReferralCodeRequest.SerializeToString,
             creditwallet_dot_v1_dot_wallet__service__pb2.RedeemReferralCodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditwallet.v1.WalletService/GetUsage',
+            creditwallet_dot_v1_dot_wallet__service__pb2.GetUsageRequest.SerializeToString,
+            creditwallet_dot_v1_dot_wallet__service__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,10 @@ class WalletServiceStub:
     """Returns the account's referral code, creating it on the first call."""
     RedeemReferralCode: _grpc.UnaryUnaryMultiCallable[_wallet_service_pb2.RedeemReferralCodeRequest, _wallet_service_pb2.RedeemReferralCodeResponse]
     """Redeems another user's referral code for the caller's account."""
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_wallet_service_pb2.GetUsageRequest, _wallet_service_pb2.GetUsageResponse]
+    """Credits spent (debits net of their reversals) and counts per group over whole UTC days,
+    read from rollups kept with each debit, so it costs the same on any size of history.
+    """
     StreamEvents: _grpc.UnaryStreamMultiCallable[_events_pb2.StreamEventsRequest, _events_pb2.StreamEventsResponse]
     """Replays events after a cursor, then follows new ones as they commit (internal consumers)."""
 
@@ -90,6 +94,10 @@ class WalletServiceAsyncStub(WalletServiceStub):
     """Returns the account's referral code, creating it on the first call."""
     RedeemReferralCode: _aio.UnaryUnaryMultiCallable[_wallet_service_pb2.RedeemReferralCodeRequest, _wallet_service_pb2.RedeemReferralCodeResponse]  # type: ignore[assignment]
     """Redeems another user's referral code for the caller's account."""
+    GetUsage: _aio.UnaryUnaryMultiCallable[_wallet_service_pb2.GetUsageRequest, _wallet_service_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """Credits spent (debits net of their reversals) and counts per group over whole UTC days,
+    read from rollups kept with each debit, so it costs the same on any size of history.
+    """
     StreamEvents: _aio.UnaryStreamMultiCallable[_events_pb2.StreamEventsRequest, _events_pb2.StreamEventsResponse]  # type: ignore[assignment]
     """Replays events after a cursor, then follows new ones as they commit (internal consumers)."""
 
@@ -185,6 +193,16 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_service_pb2.RedeemReferralCodeResponse, _abc.Awaitable[_wallet_service_pb2.RedeemReferralCodeResponse]]:
         """Redeems another user's referral code for the caller's account."""
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _wallet_service_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_wallet_service_pb2.GetUsageResponse, _abc.Awaitable[_wallet_service_pb2.GetUsageResponse]]:
+        """Credits spent (debits net of their reversals) and counts per group over whole UTC days,
+        read from rollups kept with each debit, so it costs the same on any size of history.
+        """
 
     @_abc_1.abstractmethod
     def StreamEvents(

@@ -1,0 +1,46 @@
+"""Opaque page tokens: a JSON list behind a prefix, in base64url without padding.
+
+Why one module: several listings page by keyset, and whatever a caller sends as a token must
+be refused with INVALID_ARGUMENT, never INTERNAL — bad base64, bad JSON, JSON nested past the
+parser's recursion limit, strings PostgreSQL cannot store (a NUL, a lone surrogate). ``decode``
+refuses all of that once; each listing then checks its own fields against its request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from creditwallet.server import errors
+
+
+def encode(prefix: str, *fields: object) -> str:
+    raw = json.dumps([prefix, *fields]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode(token: str, prefix: str, length_max: int) -> list[object]:
+    """The fields after ``prefix``; INVALID_ARGUMENT on ``page_token`` for anything else."""
+    if len(token) > length_max:
+        raise errors.invalid("page_token", "page_token is too long")
+    try:
+        items = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, TypeError, RecursionError, binascii.Error):
+        raise errors.invalid("page_token", "page_token is malformed") from None
+    if not isinstance(items, list) or not items or items[0] != prefix:
+        raise errors.invalid("page_token", "page_token does not belong to this request")
+    for item in items:
+        if isinstance(item, str) and not _storable(item):
+            raise errors.invalid("page_token", "page_token is malformed")
+    return items[1:]
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
