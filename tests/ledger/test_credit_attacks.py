@@ -266,7 +266,7 @@ async def test_forced_interleaving_capture_void_and_debits_of_one_member(
             for _ in range(6)
         ),
     ]
-    await waiting_on_locks(blocker, 3)
+    await waiting_on_locks(blocker, 1)
     await blocker.execute("COMMIT")
     await blocker.close()
     found = await asyncio.gather(*calls, return_exceptions=True)
@@ -368,7 +368,7 @@ async def test_debits_queued_on_the_lock_across_midnight_count_on_the_new_day(
             )
         ),
     ]
-    await waiting_on_locks(blocker, 3)
+    await waiting_on_locks(blocker, 1)
     ledger.clock.advance(seconds=60)  # the next UTC day, while all of them wait
     await blocker.execute("COMMIT")
     await blocker.close()
@@ -389,3 +389,19 @@ async def test_debits_queued_on_the_lock_across_midnight_count_on_the_new_day(
     assert applied == 4
     spent, held = await member_figures(admin, user, "m")
     assert spent + held == 4 * CREDIT
+
+
+async def test_one_request_id_twice_in_a_batch_counts_once(
+    ledger: Ledger, admin: AsyncCreditWalletClient, agent: AsyncCreditWalletClient
+) -> None:
+    user = await team(admin)
+    await admin.set_member(user, "m", cap_micros=3 * CREDIT, cap_period="month")
+    item = builders.debit(user, amount_micros=2 * CREDIT, member_id="m")
+    other = builders.debit(user, amount_micros=CREDIT, member_id="m")
+    reply = await agent.batch_debit([item, item, other, item])
+    assert all(not r.HasField("error") for r in reply.results)
+    assert len({r.debit.transaction_id for r in reply.results}) == 2
+    assert await member_figures(admin, user, "m") == (3 * CREDIT, 0)
+    start = midnight(ledger.clock.now())
+    got = await agent.get_usage(user, start_time=start, end_time=start + dt.timedelta(days=1))
+    assert [(g.net_micros, g.debit_count) for g in got.groups] == [(3 * CREDIT, 2)]
