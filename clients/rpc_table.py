@@ -173,6 +173,15 @@ GET_ROLLOVER_PROGRESS: Final = Rpc(
     admin_pb2.GetRolloverProgressRequest,
     admin_pb2.GetRolloverProgressResponse,
 )
+LIST_HOLDS: Final = Rpc(
+    ADMIN_SERVICE, "ListHolds", admin_pb2.ListHoldsRequest, admin_pb2.ListHoldsResponse
+)
+GET_DAILY_TOTALS: Final = Rpc(
+    ADMIN_SERVICE,
+    "GetDailyTotals",
+    admin_pb2.GetDailyTotalsRequest,
+    admin_pb2.GetDailyTotalsResponse,
+)
 
 # Events (server-streaming StreamEvents is not in this table: see the async client).
 RECORD_AUTO_RECHARGE_PAYMENT: Final = Rpc(
@@ -239,6 +248,8 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     GET_ROLLOVER_PROGRESS,
     SET_MEMBER,
     LIST_MEMBERS,
+    LIST_HOLDS,
+    GET_DAILY_TOTALS,
 )
 
 

@@ -96,11 +96,12 @@ def page_size(value: int, default: int) -> int:
     return value
 
 
-def page_size_within(value: int, default: int, maximum: int) -> int:
+def bounded(value: int, field: str, default: int, maximum: int) -> int:
+    """A count the caller chooses: 0 for ``default``, else 1 to ``maximum``."""
     if value == 0:
         return default
     if not 0 < value <= maximum:
-        raise errors.invalid("page_size", f"page_size must be between 1 and {maximum}")
+        raise errors.invalid(field, f"{field} must be between 1 and {maximum}")
     return value
 
 

@@ -275,7 +275,10 @@ def _usage_query(request: wpb.GetUsageRequest) -> usage.UsageQuery:
         start_day=start,
         end_day=end,
         group_by=tuple(k for k in usage.KEYS if k in chosen),
-        page_size=validate.page_size_within(
-            request.page_size, limits.USAGE_PAGE_SIZE_DEFAULT, limits.USAGE_PAGE_SIZE_MAX
+        page_size=validate.bounded(
+            request.page_size,
+            "page_size",
+            limits.USAGE_PAGE_SIZE_DEFAULT,
+            limits.USAGE_PAGE_SIZE_MAX,
         ),
     )

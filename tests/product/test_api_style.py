@@ -35,6 +35,8 @@ READS = {
     "GetRolloverProgress",
     "GetUsage",
     "ListMembers",
+    "ListHolds",
+    "GetDailyTotals",
 }
 # Batches: each item is a request with its own request_id.
 BATCHES = {"BatchDebit": "requests"}

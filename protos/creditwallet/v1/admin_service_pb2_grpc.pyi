@@ -66,6 +66,12 @@ class AdminServiceStub:
     """
     ListMembers: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListMembersRequest, _admin_service_pb2.ListMembersResponse]
     """Lists an account's members by member_id, with what each spent in its current period."""
+    ListHolds: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListHoldsRequest, _admin_service_pb2.ListHoldsResponse]
+    """Lists an account's pending holds, the soonest to expire first."""
+    GetDailyTotals: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetDailyTotalsRequest, _admin_service_pb2.GetDailyTotalsResponse]
+    """Ledger-wide totals per UTC day and transaction type, and the agents that spent the most,
+    over the last days (the operators' overview).
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -104,6 +110,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     ListMembers: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListMembersRequest, _admin_service_pb2.ListMembersResponse]  # type: ignore[assignment]
     """Lists an account's members by member_id, with what each spent in its current period."""
+    ListHolds: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListHoldsRequest, _admin_service_pb2.ListHoldsResponse]  # type: ignore[assignment]
+    """Lists an account's pending holds, the soonest to expire first."""
+    GetDailyTotals: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetDailyTotalsRequest, _admin_service_pb2.GetDailyTotalsResponse]  # type: ignore[assignment]
+    """Ledger-wide totals per UTC day and transaction type, and the agents that spent the most,
+    over the last days (the operators' overview).
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Grants, corrections, prices, statistics and the ledger check."""
@@ -223,5 +235,23 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListMembersResponse, _abc.Awaitable[_admin_service_pb2.ListMembersResponse]]:
         """Lists an account's members by member_id, with what each spent in its current period."""
+
+    @_abc_1.abstractmethod
+    def ListHolds(
+        self,
+        request: _admin_service_pb2.ListHoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListHoldsResponse, _abc.Awaitable[_admin_service_pb2.ListHoldsResponse]]:
+        """Lists an account's pending holds, the soonest to expire first."""
+
+    @_abc_1.abstractmethod
+    def GetDailyTotals(
+        self,
+        request: _admin_service_pb2.GetDailyTotalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.GetDailyTotalsResponse, _abc.Awaitable[_admin_service_pb2.GetDailyTotalsResponse]]:
+        """Ledger-wide totals per UTC day and transaction type, and the agents that spent the most,
+        over the last days (the operators' overview).
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
