@@ -405,3 +405,34 @@ async def test_one_request_id_twice_in_a_batch_counts_once(
     start = midnight(ledger.clock.now())
     got = await agent.get_usage(user, start_time=start, end_time=start + dt.timedelta(days=1))
     assert [(g.net_micros, g.debit_count) for g in got.groups] == [(3 * CREDIT, 2)]
+
+
+async def test_bad_member_requests_are_refused_with_a_reason_never_internal(
+    ledger: Ledger, admin: AsyncCreditWalletClient, agent: AsyncCreditWalletClient
+) -> None:
+    ghost = new_user()
+    with pytest.raises(cw.AccountNotFound):
+        await admin.set_member(ghost, "m", cap_micros=CREDIT)
+    with pytest.raises(cw.AccountNotFound):
+        await admin.list_members(ghost)
+    user = await team(admin)
+    for kwargs in (
+        {"cap_micros": 0},
+        {"cap_micros": -1},
+        {"cap_micros": CREDIT, "cap_period": 0},
+        {"cap_micros": CREDIT, "cap_period": 7},
+    ):
+        with pytest.raises(cw.InvalidArgument):
+            await admin.set_member(user, "m", **kwargs)  # type: ignore[arg-type]
+    for member in ("", "a b", "x" * 129, "é"):
+        with pytest.raises(cw.InvalidArgument):
+            await admin.set_member(user, member, cap_micros=CREDIT)
+    for member in ("a b", "x" * 129, "\u0000"):
+        with pytest.raises(cw.InvalidArgument):
+            await agent.debit(user, amount_micros=1, member_id=member)
+    with pytest.raises(cw.InvalidArgument):
+        await admin.list_members(user, page_token="\u0000")
+    with pytest.raises(cw.InvalidArgument):
+        await admin.list_members(user, page_size=-1)
+    assert (await admin.list_members(user)).members == []
+    assert (await agent.get_balance(user)).available_micros == 1000 * CREDIT
