@@ -71,7 +71,6 @@ async def member_figures(admin: AsyncCreditWalletClient, user: str, member: str)
 # --- GetUsage page tokens -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1")
 @pytest.mark.parametrize("key", ["\u0000", "\ud800"], ids=["nul", "lone-surrogate"])
 async def test_forged_usage_token_with_an_unstorable_key_is_invalid_argument(
     ledger: Ledger, admin: AsyncCreditWalletClient, agent: AsyncCreditWalletClient, key: str
@@ -280,7 +279,6 @@ async def test_forced_interleaving_capture_void_and_debits_of_one_member(
     assert spent == CREDIT + applied_debits * CREDIT
 
 
-@pytest.mark.xfail(strict=True, reason="finding 2")
 async def test_deeply_nested_usage_token_is_invalid_argument(
     ledger: Ledger, admin: AsyncCreditWalletClient, agent: AsyncCreditWalletClient
 ) -> None:
