@@ -41,8 +41,7 @@ from creditwallet.core import limits
 from creditwallet.server import db
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection, Pool
-from creditwallet.server.ledger import accounts, idempotency, lots, subscriptions
-from creditwallet.server.ledger.types import Account
+from creditwallet.server.ledger import idempotency, rollover_chunks
 
 log = logging.getLogger(__name__)
 
@@ -55,65 +54,6 @@ WHERE next_expiry_at <= $1 AND (next_expiry_at, user_id) > ($2, $3)
 ORDER BY next_expiry_at, user_id LIMIT $4
 """
 
-# Locked in user_id order, and re-checked once locked: another run or a writer's touch may
-# have swept the account meanwhile.
-_LOCK_DUE = f"""
-SELECT {Account.COLUMNS}
-FROM credits WHERE user_id = ANY($1::text[]) AND next_expiry_at <= $2
-ORDER BY user_id FOR UPDATE
-"""
-
-# Each account's time is the run's clock or the account's last write, if later.
-_DUE_HOLDS = """
-SELECT h.user_id, count(*) AS n FROM holds h JOIN credits c ON c.user_id = h.user_id
-WHERE h.user_id = ANY($1::text[]) AND h.status = 'pending'
-  AND h.expires_at <= GREATEST($2::timestamptz, c.updated_at)
-GROUP BY h.user_id
-"""
-
-# lots.sweep for many accounts at once: balance_after of each history row is the balance
-# before the statement less the running total of the account's expired lots. Each account's
-# time is the run's clock (read after the lock) or the account's last write if later.
-_EXPIRE_DUE = """
-WITH old AS (
-    SELECT l.user_id, l.lot_id, l.source, l.remaining_micros, l.expires_at,
-           GREATEST($2::timestamptz, c.updated_at) AS at,
-           (sum(l.remaining_micros) OVER (
-               PARTITION BY l.user_id ORDER BY l.expires_at, l.lot_id))::bigint AS upto
-    FROM credit_lots l JOIN credits c ON c.user_id = l.user_id
-    WHERE l.user_id = ANY($1::text[]) AND l.remaining_micros > 0
-      AND l.expires_at <= GREATEST($2::timestamptz, c.updated_at)
-), zeroed AS (
-    UPDATE credit_lots l SET remaining_micros = 0 FROM old
-    WHERE l.user_id = old.user_id AND l.lot_id = old.lot_id
-), history AS (
-    INSERT INTO credit_transactions (user_id, type, source, amount_micros, balance_after_micros,
-                                     metadata, created_at)
-    SELECT old.user_id, 'expire', old.source, -old.remaining_micros, c.balance_micros - old.upto,
-           jsonb_build_object('lot_id', old.lot_id::text, 'reason', 'rollover'), old.at
-    FROM old JOIN credits c ON c.user_id = old.user_id
-    ORDER BY old.user_id, old.expires_at, old.lot_id
-    RETURNING user_id, transaction_id
-), totals AS (
-    SELECT user_id, sum(remaining_micros)::bigint AS expired, max(at) AS at
-    FROM old GROUP BY user_id
-), moved AS (
-    UPDATE credits c SET balance_micros = c.balance_micros - totals.expired, updated_at = totals.at,
-        last_transaction_id = (SELECT max(h.transaction_id) FROM history h
-                               WHERE h.user_id = totals.user_id)
-    FROM totals WHERE c.user_id = totals.user_id
-)
-SELECT coalesce(sum(expired), 0)::bigint FROM totals
-"""
-
-_NEXT_EXPIRY = """
-UPDATE credits c SET next_expiry_at = LEAST(
-    (SELECT min(expires_at) FROM credit_lots l
-     WHERE l.user_id = c.user_id AND l.remaining_micros > 0 AND l.expires_at IS NOT NULL),
-    (SELECT min(expires_at) FROM holds h WHERE h.user_id = c.user_id AND h.status = 'pending'))
-WHERE c.user_id = ANY($1::text[]) AND c.next_expiry_at <= $2
-"""
-
 # Ended, granted, unsettled periods after the cursor, in the order of their index.
 _DUE_PERIODS = """
 SELECT coalesce(ended_at, period_end) AS ended, subscription_id, period_start, user_id
@@ -121,34 +61,6 @@ FROM subscription_periods
 WHERE carry_settled_at IS NULL AND lot_id IS NOT NULL AND coalesce(ended_at, period_end) <= $1
   AND (coalesce(ended_at, period_end), subscription_id, period_start) > ($2, $3, $4)
 ORDER BY coalesce(ended_at, period_end), subscription_id, period_start LIMIT $5
-"""
-
-_LOCK_ACCOUNTS = """
-SELECT user_id FROM credits WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE
-"""
-
-# The claim: each ended period is settled once, by whoever locks its account first. All of
-# an account's ended periods are settled together, so its carried credits count once a run.
-_SETTLE = """
-UPDATE subscription_periods SET carry_settled_at = $2
-WHERE user_id = ANY($1::text[]) AND lot_id IS NOT NULL AND carry_settled_at IS NULL
-  AND coalesce(ended_at, period_end) <= $2
-RETURNING user_id
-"""
-
-# Subscription credits carried past ended periods, against the plan's allotment.
-_CARRIED = """
-WITH allot AS (
-    SELECT user_id, max(period_credits_micros)::bigint AS allotment FROM subscriptions
-    WHERE user_id = ANY($1::text[]) GROUP BY user_id
-)
-SELECT l.user_id, sum(l.remaining_micros)::bigint AS carried, allot.allotment
-FROM credit_lots l
-JOIN subscription_periods p ON p.user_id = l.user_id AND p.lot_id = l.lot_id
-JOIN allot ON allot.user_id = l.user_id
-WHERE l.user_id = ANY($1::text[]) AND l.remaining_micros > 0
-  AND (l.expires_at IS NULL OR l.expires_at > $2) AND coalesce(p.ended_at, p.period_end) <= $2
-GROUP BY l.user_id, allot.allotment
 """
 
 _START_RUN = "INSERT INTO rollover_runs (period, started_at) VALUES ($1, $2) RETURNING run_id"
@@ -174,25 +86,7 @@ SELECT (SELECT coalesce(sum(accounts_processed + accounts_settled), 0)::bigint
 """
 
 
-@dataclasses.dataclass
-class Summary:
-    """What one run did (every count is this run's own work, not a month's total)."""
-
-    period: str
-    accounts_processed: int = 0
-    credits_carried_micros: int = 0
-    credits_expired_micros: int = 0
-    holds_released: int = 0
-    chunks: int = 0
-    periods_settled: int = 0
-    accounts_settled: int = 0
-    accounts_capped: int = 0
-    credits_capped_micros: int = 0
-
-    def add(self, other: Summary) -> None:
-        for field in dataclasses.fields(self):
-            if field.name != "period":
-                setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+Summary = rollover_chunks.Summary
 
 
 async def run(
@@ -227,7 +121,9 @@ async def run(
             break
         at, user = due[-1]["next_expiry_at"], due[-1]["user_id"]
         ids = sorted({r["user_id"] for r in due})
-        work = functools.partial(_counted, _expire, run_id, ids=ids, due=now, clock=clock)
+        work = functools.partial(
+            _counted, rollover_chunks.expire, run_id, ids=ids, due=now, clock=clock
+        )
         await step(await db.run_transaction(pool, work))
     ended, sub, start = _EPOCH, "", _EPOCH
     while True:
@@ -236,8 +132,10 @@ async def run(
         if not rows:
             break
         ended, sub, start = rows[-1]["ended"], rows[-1]["subscription_id"], rows[-1]["period_start"]
-        keys = [(r["subscription_id"], r["period_start"], r["user_id"]) for r in rows]
-        work = functools.partial(_counted, _settle, run_id, keys=keys, due=now, clock=clock)
+        users = sorted({r["user_id"] for r in rows})
+        work = functools.partial(
+            _counted, rollover_chunks.settle, run_id, users=users, due=now, clock=clock
+        )
         await step(await db.run_transaction(pool, work))
     purged = await idempotency.purge_expired(pool, now)
     await db.run_transaction(pool, lambda c: c.execute(_FINISH_RUN, run_id, clock.now()))
@@ -270,49 +168,3 @@ async def _counted(
 
 async def _fetch(conn: Connection, *, query: str, args: tuple[object, ...]) -> list[asyncpg.Record]:
     return list(await conn.fetch(query, *args))
-
-
-async def _expire(conn: Connection, *, ids: list[str], due: dt.datetime, clock: Clock) -> Summary:
-    """One transaction: record the due expiries and holds of the chunk's accounts."""
-    done = Summary("", chunks=1)
-    locked = {r["user_id"]: Account.from_row(r) for r in await conn.fetch(_LOCK_DUE, ids, due)}
-    if not locked:
-        return done
-    now = max(due, clock.now())  # after the locks: the chunk's time (each account's if later)
-    done.accounts_processed = len(locked)
-    for row in await conn.fetch(_DUE_HOLDS, list(locked), now):
-        before = locked.pop(row["user_id"])
-        after = await lots.sweep(conn, before, max(now, before.updated_at))
-        done.holds_released += row["n"]
-        done.credits_expired_micros += before.balance_micros - after.balance_micros
-    rest = list(locked)
-    done.credits_expired_micros += await conn.fetchval(_EXPIRE_DUE, rest, now) or 0
-    await conn.execute(_NEXT_EXPIRY, rest, now)
-    return done
-
-
-async def _settle(
-    conn: Connection, *, keys: list[tuple[str, dt.datetime, str]], due: dt.datetime, clock: Clock
-) -> Summary:
-    """One transaction: settle the carry-over of the chunk's ended periods, capping it."""
-    done = Summary("", chunks=1)
-    await conn.fetch(_LOCK_ACCOUNTS, sorted({k[2] for k in keys}))
-    claimed = await conn.fetch(_SETTLE, sorted({k[2] for k in keys}), due)
-    if not claimed:
-        return done
-    done.periods_settled = len(claimed)
-    users = sorted({r["user_id"] for r in claimed})
-    done.accounts_settled = len(users)
-    for row in await conn.fetch(_CARRIED, users, due):
-        carried, allotment = row["carried"], row["allotment"]
-        if carried > allotment:
-            entry = await accounts.lock(conn, row["user_id"], clock)
-            account = entry.account
-            after = await subscriptions.cap_carried(conn, account, allotment, due, entry.now)
-            capped = account.balance_micros - after.balance_micros
-            done.accounts_capped += 1
-            done.credits_capped_micros += capped
-            done.credits_expired_micros += capped
-            carried = allotment
-        done.credits_carried_micros += carried
-    return done
