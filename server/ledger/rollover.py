@@ -29,11 +29,12 @@ The month (``period``) only names the run in ``rollover_runs``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -95,48 +96,60 @@ async def run(
     clock: Clock,
     *,
     chunk_accounts: int = limits.ROLLOVER_CHUNK_ACCOUNTS,
+    workers: int = limits.ROLLOVER_WORKERS,
     after_chunk: Callable[[Summary], Awaitable[None]] | None = None,
 ) -> Summary:
     """Record everything due as of the run's start (the run is named ``period``); resumable.
 
     Which work is due is decided at the start (``now``); each chunk's writes take their time
-    from the clock after their locks, never before an account's last write.
+    from the clock after their locks, never before an account's last write. Up to ``workers``
+    chunks are in flight at once, each on its own connection (the chunks of one walk are
+    disjoint, so they never wait on each other). ``after_chunk`` (tests) is called after each
+    chunk commits and before the next one starts: chunks then run one at a time.
     """
     now = clock.now()
     run_id = await db.run_transaction(pool, lambda c: c.fetchval(_START_RUN, period, now))
     total = Summary(period)
+    in_flight = 1 if after_chunk is not None else workers
 
     async def step(done: Summary) -> None:
         total.add(done)
         if after_chunk is not None:
             await after_chunk(total)
 
-    at, user = _EPOCH, ""
-    while True:
-        due = await db.read(
-            pool,
-            functools.partial(_fetch, query=_DUE_ACCOUNTS, args=(now, at, user, chunk_accounts)),
-        )
-        if not due:
-            break
-        at, user = due[-1]["next_expiry_at"], due[-1]["user_id"]
-        ids = sorted({r["user_id"] for r in due})
-        work = functools.partial(
+    async def accounts_due() -> AsyncIterator[list[str]]:
+        at, user = _EPOCH, ""
+        while True:
+            args = (now, at, user, chunk_accounts)
+            due = await db.read(pool, functools.partial(_fetch, query=_DUE_ACCOUNTS, args=args))
+            if not due:
+                return
+            at, user = due[-1]["next_expiry_at"], due[-1]["user_id"]
+            yield sorted({r["user_id"] for r in due})
+
+    async def periods_due() -> AsyncIterator[list[str]]:
+        ended, sub, start = _EPOCH, "", _EPOCH
+        while True:
+            cursor = (now, ended, sub, start, chunk_accounts)
+            rows = await db.read(pool, functools.partial(_fetch, query=_DUE_PERIODS, args=cursor))
+            if not rows:
+                return
+            last = rows[-1]
+            ended, sub, start = last["ended"], last["subscription_id"], last["period_start"]
+            yield sorted({r["user_id"] for r in rows})
+
+    def expire(ids: list[str]) -> Callable[[Connection], Awaitable[Summary]]:
+        return functools.partial(
             _counted, rollover_chunks.expire, run_id, ids=ids, due=now, clock=clock
         )
-        await step(await db.run_transaction(pool, work))
-    ended, sub, start = _EPOCH, "", _EPOCH
-    while True:
-        cursor = (now, ended, sub, start, chunk_accounts)
-        rows = await db.read(pool, functools.partial(_fetch, query=_DUE_PERIODS, args=cursor))
-        if not rows:
-            break
-        ended, sub, start = rows[-1]["ended"], rows[-1]["subscription_id"], rows[-1]["period_start"]
-        users = sorted({r["user_id"] for r in rows})
-        work = functools.partial(
+
+    def settle(users: list[str]) -> Callable[[Connection], Awaitable[Summary]]:
+        return functools.partial(
             _counted, rollover_chunks.settle, run_id, users=users, due=now, clock=clock
         )
-        await step(await db.run_transaction(pool, work))
+
+    await _walk(pool, accounts_due(), expire, in_flight, step)
+    await _walk(pool, periods_due(), settle, in_flight, step)
     purged = await idempotency.purge_expired(pool, now)
     await db.run_transaction(pool, lambda c: c.execute(_FINISH_RUN, run_id, clock.now()))
     log.info(
@@ -144,6 +157,34 @@ async def run(
         extra={**dataclasses.asdict(total), "idempotency_records_purged": purged},
     )
     return total
+
+
+async def _walk(
+    pool: Pool,
+    chunks: AsyncIterator[list[str]],
+    work: Callable[[list[str]], Callable[[Connection], Awaitable[Summary]]],
+    in_flight: int,
+    step: Callable[[Summary], Awaitable[None]],
+) -> None:
+    """Run each chunk in its own transaction, up to ``in_flight`` at once, in keyset order.
+
+    A failure stops the walk: no new chunk starts, the ones in flight finish (committed or
+    rolled back: a transaction is never abandoned midway), and the first error is raised.
+    """
+    running: set[asyncio.Task[Summary]] = set()
+    try:
+        async for ids in chunks:
+            while len(running) >= in_flight:
+                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    await step(task.result())
+            running.add(asyncio.ensure_future(db.run_transaction(pool, work(ids))))
+        for task in asyncio.as_completed(list(running)):
+            await step(await task)
+        running.clear()
+    finally:
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
 
 
 async def _counted(

@@ -62,13 +62,8 @@ SELECT user_id, hold_id, expires_at FROM holds
 WHERE user_id = ANY($1::text[]) AND status = 'pending'
 """
 
-_EXPIRING_LOTS = """
-SELECT user_id, lot_id, source, remaining_micros, expires_at FROM credit_lots
-WHERE user_id = ANY($1::text[]) AND remaining_micros > 0 AND expires_at IS NOT NULL
-"""
-
 _LIVE_LOTS = """
-SELECT user_id, lot_id, remaining_micros, expires_at, granted_at FROM credit_lots
+SELECT user_id, lot_id, source, remaining_micros, expires_at, granted_at FROM credit_lots
 WHERE user_id = ANY($1::text[]) AND remaining_micros > 0
 """
 
@@ -210,15 +205,26 @@ class _Writes:
         return [*cuts, *accts]
 
 
+@dataclasses.dataclass(frozen=True)
+class _State:
+    """An account as the chunk has left it so far: its balance, its time, its live lots."""
+
+    balance_micros: int
+    updated_at: dt.datetime
+    lots: list[asyncpg.Record]
+
+
 async def expire(conn: Connection, *, ids: list[str], due: dt.datetime, clock: Clock) -> Summary:
-    """One transaction: record the due expiries and holds of the chunk's accounts."""
+    """One transaction: record the due expiries and holds of the chunk's accounts, and settle
+    the carry-over of their ended periods (the period walk then finds them done)."""
     done = Summary("", chunks=1)
     await conn.execute(_STATEMENT_EVENTS)
     locked = [Account.from_row(r) for r in await conn.fetch(_LOCK_DUE, ids, due)]
     if locked:
         now = max(due, clock.now())  # after the locks: the chunk's time (each account's if later)
         done.accounts_processed = len(locked)
-        await _sweep(conn, locked, now, done)
+        states = await _sweep(conn, locked, now, done)
+        await _settle(conn, [a.user_id for a in locked], now, due, done, states)
     return done
 
 
@@ -232,32 +238,50 @@ async def settle(conn: Connection, *, users: list[str], due: dt.datetime, clock:
     locked = [Account.from_row(r) for r in await conn.fetch(_LOCK_ALL, users)]
     now = max(due, clock.now())
     swept = [a for a in locked if a.sweep_due(max(now, a.updated_at))]
-    if swept:
-        await _sweep(conn, swept, now, done)
-        locked = [Account.from_row(r) for r in await conn.fetch(_READ, users)]
+    states = await _sweep(conn, swept, now, done) if swept else {}
+    await _settle(conn, [a.user_id for a in locked], now, due, done, states)
+    return done
+
+
+async def _settle(
+    conn: Connection,
+    users: list[str],
+    now: dt.datetime,
+    due: dt.datetime,
+    done: Summary,
+    states: dict[str, _State],
+) -> None:
+    """Claim the locked accounts' periods ended by ``due``, cap what they carry past them.
+
+    ``states``: accounts the chunk has swept (the others are read here).
+    """
     claimed = [r["user_id"] for r in await conn.fetch(_CLAIM, users, due)]
     if not claimed:
-        return done
-    done.periods_settled = len(claimed)
+        return
+    done.periods_settled += len(claimed)
     settled = sorted(set(claimed))
-    done.accounts_settled = len(settled)
+    done.accounts_settled += len(settled)
     ended: dict[str, set[int]] = defaultdict(set)
     for row in await conn.fetch(_ENDED_PERIOD_LOTS, settled, due):
         ended[row["user_id"]].add(row["lot_id"])
-    live = _by_user(await conn.fetch(_LIVE_LOTS, settled))
     allotments = {r["user_id"]: r["allotment"] for r in await conn.fetch(_ALLOTMENTS, settled)}
+    unknown = [u for u in settled if u not in states and u in allotments]
+    if unknown:
+        live = _by_user(await conn.fetch(_LIVE_LOTS, unknown))
+        for row in await conn.fetch(_READ, unknown):
+            user_id = row["user_id"]
+            states[user_id] = _State(row["balance_micros"], row["updated_at"], live[user_id])
     writes = _Writes()
-    by_user = {a.user_id: a for a in locked}
     for user_id in settled:
         allotment = allotments.get(user_id)
         if allotment is None:
             continue
-        account = by_user[user_id]
-        at = max(now, account.updated_at)
+        state = states[user_id]
+        at = max(now, state.updated_at)
         carried = sorted(
             (
                 lot
-                for lot in live.get(user_id, [])
+                for lot in state.lots
                 if lot["lot_id"] in ended[user_id]
                 and (lot["expires_at"] is None or lot["expires_at"] > at)
             ),
@@ -268,7 +292,7 @@ async def settle(conn: Connection, *, users: list[str], due: dt.datetime, clock:
         excess = total - allotment
         if excess <= 0:
             continue
-        balance = account.balance_micros
+        balance = state.balance_micros
         for lot in carried:
             if excess <= 0:
                 break
@@ -278,18 +302,22 @@ async def settle(conn: Connection, *, users: list[str], due: dt.datetime, clock:
             writes.cuts.append(
                 (user_id, lot["lot_id"], "subscription", take, balance, "carry_over_cap")
             )
-        capped = account.balance_micros - balance
+        capped = state.balance_micros - balance
         writes.accounts.append((user_id, capped, balance, None, at))
         done.accounts_capped += 1
         done.credits_capped_micros += capped
         done.credits_expired_micros += capped
     if writes.accounts:
         await _write(conn, writes, next_expiry=False)
-    return done
 
 
-async def _sweep(conn: Connection, locked: list[Account], now: dt.datetime, done: Summary) -> None:
-    """Release the due holds and record the due expiries of locked accounts (``lots.sweep``)."""
+async def _sweep(
+    conn: Connection, locked: list[Account], now: dt.datetime, done: Summary
+) -> dict[str, _State]:
+    """Release the due holds and record the due expiries of locked accounts (``lots.sweep``).
+
+    Returns the accounts as left (those that paid debt are left out: read them again).
+    """
     users = [a.user_id for a in locked]
     at = {a.user_id: max(now, a.updated_at) for a in locked}
     holds = _by_user(await conn.fetch(_PENDING_HOLDS, users))
@@ -309,17 +337,20 @@ async def _sweep(conn: Connection, locked: list[Account], now: dt.datetime, done
             [at[u] for u, _ in due_holds],
         )
         in_debt = [r["user_id"] for r in released if r["debt_micros"] > 0]
-    expiring = _by_user(await conn.fetch(_EXPIRING_LOTS, users))
-    writes = _Writes()
     released_ids: set[uuid.UUID] = {h for _, h in due_holds}
+    released_from = {u for u, _ in due_holds}
+    live = _by_user(await conn.fetch(_LIVE_LOTS, users))
+    writes = _Writes()
+    states: dict[str, _State] = {}
     for account in locked:
         user_id, when = account.user_id, at[account.user_id]
         balance = account.balance_micros
         later: list[dt.datetime] = [
             h["expires_at"] for h in holds.get(user_id, []) if h["hold_id"] not in released_ids
         ]
-        for lot in sorted(expiring.get(user_id, []), key=lambda r: (r["expires_at"], r["lot_id"])):
-            if lot["expires_at"] <= when:
+        kept = []
+        for lot in sorted(live.get(user_id, []), key=_expiry_order):
+            if lot["expires_at"] is not None and lot["expires_at"] <= when:
                 balance -= lot["remaining_micros"]
                 writes.cuts.append(
                     (
@@ -331,15 +362,21 @@ async def _sweep(conn: Connection, locked: list[Account], now: dt.datetime, done
                         "rollover",
                     )
                 )
-            else:
+                continue
+            if lot["expires_at"] is not None:
                 later.append(lot["expires_at"])
+            kept.append(lot)
         expired = account.balance_micros - balance
         done.credits_expired_micros += expired
         writes.accounts.append((user_id, expired, balance, min(later, default=None), when))
+        wrote = expired > 0 or user_id in released_from
+        states[user_id] = _State(balance, when if wrote else account.updated_at, kept)
     await _write(conn, writes, next_expiry=True)
     for user_id in in_debt:  # rare: a hold released from an account in debt
         account = await accounts.read(conn, user_id)
         await lots.settle_debt(conn, account, max(now, account.updated_at))
+        del states[user_id]
+    return states
 
 
 async def _write(conn: Connection, writes: _Writes, *, next_expiry: bool) -> None:
@@ -354,6 +391,12 @@ def _by_user(rows: Iterable[asyncpg.Record]) -> dict[str, list[asyncpg.Record]]:
     for row in rows:
         found[row["user_id"]].append(row)
     return found
+
+
+def _expiry_order(lot: asyncpg.Record) -> tuple[bool, dt.datetime, int]:
+    """The order of an account's expire rows: by expiry, then lot (never-expiring last)."""
+    expires = lot["expires_at"]
+    return (expires is None, expires or lot["granted_at"], lot["lot_id"])
 
 
 def _soonest_expiring(lot: asyncpg.Record) -> tuple[bool, dt.datetime, dt.datetime, int]:
