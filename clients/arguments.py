@@ -23,11 +23,10 @@ import shtab
 from creditwallet.client import debitfile, events_cli
 from creditwallet.core import limits
 from creditwallet.core.commands import parser as command_parser
-from creditwallet.core.units import format_credits, parse_credits
+from creditwallet.core.units import INT64_MAX, format_credits, parse_credits
 from creditwallet.v1 import common_pb2
 
 PAGE_SIZE_MAX: Final = limits.PAGE_SIZE_MAX
-HISTORY_LIMIT_DEFAULT: Final = 20
 PRICE_UNIT_DEFAULT: Final = "run"
 
 # Labels people type ("top_up") for the enum values, in the enum's order, UNSPECIFIED left out.
@@ -152,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     rows.add_argument(
         "--limit",
         type=_page_size,
-        default=HISTORY_LIMIT_DEFAULT,
-        help=f"rows (default {HISTORY_LIMIT_DEFAULT}, at most {PAGE_SIZE_MAX})",
+        default=limits.CLI_LIST_ROWS_DEFAULT,
+        help=f"rows (default {limits.CLI_LIST_ROWS_DEFAULT}, at most {PAGE_SIZE_MAX})",
     )
     rows.add_argument("--all", action="store_true", help="every row, page by page")
     leaf.add_argument("--type", choices=list(TRANSACTION_TYPES))
@@ -336,7 +335,7 @@ def resolve_amounts(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 def parse_micros(text: str) -> int:
     """A whole number of micro-credits, plain ASCII digits."""
-    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(INT64_MAX)):
         raise ValueError(f"not a whole number of micro-credits: {text!r}")
     return int(text)
 

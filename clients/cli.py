@@ -75,9 +75,6 @@ GATEWAY_ENV_VAR: Final = "GATEWAY_ADDRESS"
 GATEWAY_DEFAULT: Final = "127.0.0.1:8080"
 WEBHOOK_SECRET_ENV_VAR: Final = "STRIPE_WEBHOOK_SECRET"
 
-# --all and `prices list` follow pages at most this far (500,000 rows): a bound on everything.
-PAGES_MAX: Final = 1000
-
 # After these codes a change may or may not have been applied: "no answer", exit 3.
 _NO_ANSWER_CODES: Final = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -361,7 +358,7 @@ def _history(s: Session) -> Output:
             view = render.stack(view, Text("more rows: --all, or a larger --limit"))
         return Output(page, view)
     merged = wallet_pb2.ListTransactionsResponse()
-    for _ in range(PAGES_MAX):
+    for _ in range(limits.CLI_PAGES_MAX):
         page = s.client.list_transactions(
             args.user, page_size=PAGE_SIZE_MAX, page_token=merged.next_page_token, type=kind
         )
@@ -381,7 +378,7 @@ def _prices_set(s: Session) -> Output:
 
 def _prices_list(s: Session) -> Output:
     merged = admin_pb2.ListAgentPricesResponse()
-    for _ in range(PAGES_MAX):
+    for _ in range(limits.CLI_PAGES_MAX):
         page = s.client.list_agent_prices(
             page_size=PAGE_SIZE_MAX, page_token=merged.next_page_token
         )

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from creditwallet.client import render
 from creditwallet.client.wallet import CreditWalletClient
+from creditwallet.core import limits
 from creditwallet.v1 import events_pb2 as epb
 from google.protobuf.message import Message
 from rich.console import Group, RenderableType
@@ -20,7 +21,6 @@ from rich.text import Text
 
 Result = tuple[Message, RenderableType, int]
 Command = Callable[[CreditWalletClient, argparse.Namespace], Result]
-LIST_LIMIT_DEFAULT: Final = 20
 
 
 def add_commands(
@@ -38,7 +38,9 @@ def add_commands(
         choices=["", "pending", "delivered", "failed"],
         help="with --endpoint: only deliveries in this status",
     )
-    leaf.add_argument("--limit", type=int, default=LIST_LIMIT_DEFAULT, help="rows (1-500)")
+    leaf.add_argument(
+        "--limit", type=int, default=limits.CLI_LIST_ROWS_DEFAULT, help="rows (1-500)"
+    )
     leaf = command(sub, "replay", "Send webhook deliveries again.", parent="events")
     leaf.add_argument("endpoint")
     leaf.add_argument("--event-id", action="append", default=[], help="this event (repeatable)")

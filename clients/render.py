@@ -16,8 +16,8 @@ import dataclasses
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC
-from typing import Final
 
+from creditwallet.core import limits
 from creditwallet.core.units import MICROS_PER_CREDIT, format_credits
 from creditwallet.v1 import admin_service_pb2 as admin_pb2
 from creditwallet.v1 import billing_service_pb2 as billing_pb2
@@ -32,16 +32,15 @@ from rich.table import Table
 from rich.text import Text
 
 # Width of output that is not a terminal: wide enough that a history row never wraps.
-PLAIN_WIDTH: Final = 200
 
 
 def console(*, stderr: bool = False) -> Console:
-    """A console on stdout (or stderr): the terminal's width, else ``PLAIN_WIDTH``, no colour."""
+    """A console on stdout (or stderr): the terminal's width, else a fixed one, no colour."""
     stream = sys.stderr if stderr else sys.stdout
     terminal = stream.isatty()
     return Console(
         stderr=stderr,
-        width=None if terminal else PLAIN_WIDTH,
+        width=None if terminal else limits.CLI_PLAIN_WIDTH,
         highlight=False,
         emoji=False,
         soft_wrap=False,

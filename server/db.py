@@ -203,7 +203,7 @@ async def create_pool(
     *,
     min_size: int = limits.DB_POOL_SIZE_MIN,
     max_size: int = limits.DB_POOL_SIZE_MAX,
-    statement_cache_size: int = 100,
+    statement_cache_size: int = limits.DB_STATEMENT_CACHE_SIZE,
 ) -> Pool:
     pool = await asyncpg.create_pool(
         dsn,
@@ -211,8 +211,8 @@ async def create_pool(
         max_size=max_size,
         command_timeout=limits.DB_COMMAND_TIMEOUT_SECONDS,
         timeout=limits.DB_CONNECT_TIMEOUT_SECONDS,
-        max_inactive_connection_lifetime=300.0,
-        max_queries=1_000_000,
+        max_inactive_connection_lifetime=limits.DB_CONNECTION_IDLE_SECONDS_MAX,
+        max_queries=limits.DB_CONNECTION_QUERIES_MAX,
         init=_init_connection,
         reset=_keep_session,
         statement_cache_size=statement_cache_size,
@@ -267,7 +267,7 @@ async def _with_retries(pool: Pool, work: Callable[[Connection], Awaitable[T]]) 
                 return await work(conn)
         except RETRYABLE_ERRORS:
             log.warning("transaction retried", extra={"attempt": attempt + 1})
-            await asyncio.sleep(0.001 * 2**attempt)
+            await asyncio.sleep(limits.DB_TRANSACTION_RETRY_BACKOFF_SECONDS * 2**attempt)
         except errors.LedgerError:
             raise
         except UNAVAILABLE_ERRORS as exc:

@@ -147,7 +147,7 @@ def _supervise(procs: list[subprocess.Popen[bytes]]) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     while not stopping and all(p.poll() is None for p in procs):
-        time.sleep(0.2)
+        time.sleep(limits.SUPERVISOR_POLL_SECONDS)
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)

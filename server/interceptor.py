@@ -59,7 +59,6 @@ OPEN_SERVICES = frozenset(
 _BEARER = b"bearer "
 ANONYMOUS = "-"
 # gRPC reports a call without a deadline as one centuries away.
-_NO_DEADLINE_SECONDS = 10 * 365 * 24 * 3600
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # the end of a request stream
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -295,7 +294,7 @@ def _refusing(name: str, label: str, handler: Any, refusal: Failure) -> Any:
 def _budget(context: Context, default_seconds: float) -> float:
     """The call's own deadline, or the server's default when it carries none."""
     remaining = context.time_remaining()
-    if remaining is None or remaining > _NO_DEADLINE_SECONDS:
+    if remaining is None or remaining > limits.GRPC_DEADLINE_NONE_SECONDS:
         return default_seconds
     return max(0.0, float(remaining))
 

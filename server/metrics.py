@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
+from creditwallet.core import limits
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class MetricsEndpoint:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-        self._thread.join(timeout=5.0)
+        self._thread.join(timeout=limits.METRICS_STOP_SECONDS)
 
 
 def serve(address: str) -> MetricsEndpoint:

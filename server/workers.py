@@ -53,7 +53,6 @@ from creditwallet.server.config import ServerConfig
 log = logging.getLogger("creditwallet.server")
 
 _PR_SET_PDEATHSIG = 1
-_POLL_SECONDS = 0.2
 _READY = "ready"
 
 
@@ -148,7 +147,7 @@ async def _wait_ready(children: list[tuple[BaseProcess, Pipe]]) -> None:
                 raise StartupError(f"worker {child.name} exited ({child.exitcode}) at start-up")
         if time.monotonic() > deadline:
             raise StartupError("the workers did not start in time")
-        await asyncio.sleep(_POLL_SECONDS / 4)
+        await asyncio.sleep(limits.SUPERVISOR_POLL_SECONDS / 4)
 
 
 async def _watch(children: list[BaseProcess]) -> int:
@@ -165,7 +164,7 @@ async def _watch(children: list[BaseProcess]) -> int:
             )
             return startup.EXIT_CANNOT_START
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), _POLL_SECONDS)
+            await asyncio.wait_for(stop.wait(), limits.SUPERVISOR_POLL_SECONDS)
     log.info("shutting down", extra={"workers": len(children)})
     return 0
 

@@ -192,7 +192,6 @@ class OneBatch:
 # events: balance alerts
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 4: being fixed")
 async def test_void_whose_credits_expire_at_once_fires_no_balance_alert(
     ledger: Ledger, admin: AsyncCreditWalletClient
 ) -> None:
@@ -218,7 +217,6 @@ async def test_void_whose_credits_expire_at_once_fires_no_balance_alert(
     assert await _verify(admin, user) == []
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 4: being fixed")
 async def test_reversal_into_an_expired_lot_fires_no_balance_alert(
     ledger: Ledger, admin: AsyncCreditWalletClient
 ) -> None:
@@ -813,7 +811,6 @@ async def _paid(
     )
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 2: being fixed")
 async def test_a_hold_spanning_a_downgrade_renewal_escapes_the_carry_over_cap(
     ledger: Ledger, admin: AsyncCreditWalletClient
 ) -> None:
@@ -864,7 +861,6 @@ async def test_an_earlier_end_learnt_at_the_instant_of_a_debit_is_no_violation(
     assert await _verify(admin, user) == []
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 5: being fixed")
 async def test_an_expiry_change_is_not_a_clawback_event(
     ledger: Ledger, admin: AsyncCreditWalletClient
 ) -> None:
@@ -891,15 +887,22 @@ async def test_an_expiry_change_is_not_a_clawback_event(
     )
 
 
-@pytest.mark.xfail(strict=False, reason="review finding 6: being fixed (a race: it may pass)")
 async def test_two_purchases_of_one_checkout_for_two_users_at_once(
     ledger: Ledger, admin: AsyncCreditWalletClient
 ) -> None:
     """Two RecordPurchase calls naming the same purchase_id (a forged or misrouted session)
     for two different users, at once: one grants; the other must be answered (already
-    recorded or a clear refusal), never INTERNAL, and nothing is granted twice."""
+    recorded or a clear refusal), never INTERNAL, and nothing is granted twice.
+
+    The interleaving is forced: the test holds the key each call's first-payment record
+    needs (``paid_accounts`` of both users, inserted in an open transaction), so a call that
+    has recorded its purchase row waits there, uncommitted. Without a lock on the purchase,
+    both calls find no purchase row, both insert one, and the second fails on the first's
+    key; with it, the second waits for the first to commit and then finds its row."""
     purchase = f"cs-{uuid.uuid4().hex[:12]}"
     users = [_user("buyer"), _user("buyer")]
+    for user in users:
+        await admin.ensure_account(user)
     requests = [
         bpb.RecordPurchaseRequest(
             request_id=f"evt-{uuid.uuid4().hex}",
@@ -912,14 +915,31 @@ async def test_two_purchases_of_one_checkout_for_two_users_at_once(
         )
         for u in users
     ]
-    answers = await asyncio.gather(
-        *(admin.billing.RecordPurchase(r) for r in requests), return_exceptions=True
-    )
+    watch = await _connect(ledger)
+    park = await _connect(ledger)
+    try:
+        await park.execute("BEGIN")
+        await park.execute(
+            "INSERT INTO paid_accounts (user_id, first_paid_at)"
+            " SELECT u, now() FROM unnest($1::text[]) u",
+            users,
+        )
+        calls = [asyncio.ensure_future(admin.billing.RecordPurchase(r)) for r in requests]
+        await _waiting_on_locks(watch, 2)  # the first parked after its insert, the second behind
+        await park.execute("ROLLBACK")
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await park.close()
+        await watch.close()
+    assert not any(isinstance(a, BaseException) for a in answers), answers
     granted = await _fetch(
         ledger, "SELECT user_id FROM credit_lots WHERE grant_key = $1", f"purchase:{purchase}"
     )
     assert len(granted) == 1
-    assert not any(isinstance(a, cw.Internal) for a in answers), answers
+    first = users.index(granted[0]["user_id"])
+    recorded = [a.already_recorded for a in answers if not isinstance(a, BaseException)]
+    assert recorded == [i != first for i in range(2)], answers
+    assert await _verify(admin, *users) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -951,7 +971,6 @@ async def gateway(ledger: Ledger, stripe_api: tuple[Any, str]) -> AsyncIterator[
     await runner.cleanup()
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 3: being fixed")
 @pytest.mark.parametrize("invoice_first", [False, True])
 async def test_a_subscription_checkout_with_a_one_off_item_grants_the_same_in_any_order(
     ledger: Ledger,
@@ -1095,7 +1114,6 @@ async def test_two_rollovers_at_once_and_debits_racing_them(quiet: Ledger) -> No
     assert await _verify(admin) == []
 
 
-@pytest.mark.xfail(strict=True, reason="review finding 1: being fixed")
 async def test_refunding_a_period_whose_credits_expired_claws_back_only_what_was_spent(
     ledger: Ledger, admin: AsyncCreditWalletClient
 ) -> None:
@@ -1236,7 +1254,7 @@ async def test_every_committed_row_of_this_module_has_exactly_its_event(ledger: 
         """
         WITH expected AS (
             SELECT user_id, 'tx:' || transaction_id AS k FROM credit_transactions
-            WHERE type NOT IN ('grant', 'expiry_change')
+            WHERE type <> 'grant'
             UNION ALL SELECT user_id, 'lot:' || lot_id FROM credit_lots
             UNION ALL SELECT user_id, 'hold:' || hold_id FROM holds
             UNION ALL SELECT user_id, 'end:' || hold_id FROM holds WHERE status <> 'pending'
@@ -1249,15 +1267,11 @@ async def test_every_committed_row_of_this_module_has_exactly_its_event(ledger: 
                 WHEN type LIKE 'hold.%' THEN 'end:' || (body->>'hold_id')
             END AS k
             FROM events WHERE type LIKE 'credits.%' OR type LIKE 'hold.%'
-        ), changes AS (  -- expiry_change rows: see test_an_expiry_change_is_not_a_clawback_event
-            SELECT user_id, 'tx:' || transaction_id AS k FROM credit_transactions
-            WHERE type = 'expiry_change'
         )
         (SELECT 'no event' AS what, * FROM expected EXCEPT ALL SELECT 'no event', * FROM seen)
         UNION ALL
         (SELECT 'extra event', * FROM seen WHERE k IS NOT NULL
-         EXCEPT ALL (SELECT 'extra event', * FROM expected
-                     UNION ALL SELECT 'extra event', * FROM changes))
+         EXCEPT ALL SELECT 'extra event', * FROM expected)
         """,
     )
     assert missing == [], missing[:10]

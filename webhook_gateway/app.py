@@ -250,6 +250,23 @@ def _malformed_reason(exc: Exception) -> str:
 async def _forward(
     app: web.Application, label: str, event_id: str, call: events.Call
 ) -> web.Response:
+    """The event's call, then the calls it also needs, in order; the first refusal answers
+    (Stripe retries the event, and every call already applied replays its stored answer)."""
+    results: list[dict[str, Any]] = []
+    for one in (call, *call.also):
+        answered = await _call(app, label, event_id, one)
+        if isinstance(answered, web.Response):
+            return answered
+        results.append(answered)
+    body = results[0]
+    if len(results) > 1:
+        body = {**body, "also": results[1:]}
+    return web.json_response(body)
+
+
+async def _call(
+    app: web.Application, label: str, event_id: str, call: events.Call
+) -> dict[str, Any] | web.Response:
     rpc = getattr(app[LEDGER].billing, call.method)
     try:
         response = await rpc(call.request)
@@ -260,7 +277,7 @@ async def _forward(
             # REQUEST_ID_REUSED: this event was applied once already, mapped from an earlier
             # answer of Stripe's API (a subscription or price read then); it is done.
             log.warning("event %s was already applied with other details", event_id)
-            return web.json_response({"method": call.method, "already_applied": True})
+            return {"method": call.method, "already_applied": True}
         body = {"error": f"ledger: {code.name}", "reason": exc.message or exc.reason}
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             # The event's content can never be applied as sent: a malformed event, as
@@ -276,7 +293,7 @@ async def _forward(
     if getattr(response, "already_recorded", False):
         outcome = "already_recorded"
     WEBHOOKS.labels(label, outcome).inc()
-    return web.json_response({"method": call.method, "result": protojson.to_dict(response)})
+    return {"method": call.method, "result": protojson.to_dict(response)}
 
 
 async def rollover(request: web.Request) -> web.Response:

@@ -14,6 +14,11 @@ creates the subscription, a subscription item's line is the first (possibly pror
 period whatever its proration flag, since there is no earlier period it could adjust.
 A period billed at 0 with nothing paid (a trial) is not a paid period either.
 
+One-off items on a subscription invoice (a subscription checkout may sell one-time prices
+too: they become invoice items on its first invoice) are not part of any period: each
+catalog top-up price among them grants a top-up purchase, keyed by the invoice, once,
+whichever of the checkout and ``invoice.paid`` maps it first (both read the same invoice).
+
 The ledger computes lot expiries from the subscription's billing schedule (anchor, interval,
 interval count): subscription events carry it; for invoices it is read from Stripe's API
 (the ledger falls back on the schedule it recorded, or the one the period implies).
@@ -25,7 +30,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from creditwallet.core import limits
 from creditwallet.gateway import catalog
@@ -38,15 +43,12 @@ from google.protobuf.message import Message
 
 log = logging.getLogger(__name__)
 
-STATUS = {
-    "active": pb.SUBSCRIPTION_STATUS_ACTIVE,
-    "trialing": pb.SUBSCRIPTION_STATUS_TRIALING,
-    "past_due": pb.SUBSCRIPTION_STATUS_PAST_DUE,
-    "unpaid": pb.SUBSCRIPTION_STATUS_UNPAID,
-    "incomplete": pb.SUBSCRIPTION_STATUS_INCOMPLETE,
-    "incomplete_expired": pb.SUBSCRIPTION_STATUS_INCOMPLETE_EXPIRED,
-    "canceled": pb.SUBSCRIPTION_STATUS_CANCELED,
-    "paused": pb.SUBSCRIPTION_STATUS_PAUSED,
+# Stripe's subscription statuses are the enum's names in lower case ("past_due" is
+# SUBSCRIPTION_STATUS_PAST_DUE): the table is the proto's, read off it, not written again.
+STATUS: Final = {
+    name.removeprefix("SUBSCRIPTION_STATUS_").lower(): value
+    for name, value in pb.SubscriptionStatus.items()
+    if value != pb.SUBSCRIPTION_STATUS_UNSPECIFIED
 }
 HANDLED = (
     "checkout.session.completed",
@@ -77,8 +79,11 @@ LEGACY_PERIOD_REASONS = ("subscription", "")
 
 @dataclasses.dataclass(frozen=True)
 class Call:
+    """One RPC; ``also``: the calls the same event needs after it (each idempotent)."""
+
     method: str
     request: Message
+    also: tuple[Call, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,15 +157,18 @@ class Mapper:
                 )
             items = [{"price": hint, "quantity": 1}]
         total, price_id = 0, ""
+        subscribed = obj.get("mode") == "subscription"
         bought: list[tuple[catalog.CatalogPrice, int]] = []
         for item in items:
             found = await self.credits(item["price"])
             quantity = _quantity(item)
             bought.append((found, quantity))
+            if subscribed and found.kind != "subscription":
+                continue  # a one-off item: granted from the invoice (_one_off_purchase)
             total += found.credits_micros * quantity
             price = item["price"]
             price_id = price if isinstance(price, str) else str(price["id"])
-        if obj.get("mode") == "subscription":
+        if subscribed:
             # The first period's amount is its invoice's to state (a trial pays nothing);
             # the currency and the mode are the session's.
             charged = sum(price.unit_amount * quantity for price, quantity in bought)
@@ -210,7 +218,52 @@ class Mapper:
             schedule = _schedule(sub, line)
             if schedule is not None:
                 request.schedule.CopyFrom(schedule)
-        return Call("SyncSubscription", request)
+        one_off = None
+        if invoice is not None:
+            one_off = await self._one_off_purchase(event, invoice, user)
+        elif obj.get("invoice"):
+            log.warning("checkout %s: invoice unreadable; invoice.paid grants", obj.get("id"))
+        return Call("SyncSubscription", request, also=(one_off,) if one_off else ())
+
+    async def _one_off_purchase(
+        self, event: Mapping[str, Any], inv: Mapping[str, Any], user: str
+    ) -> Call | None:
+        """The top-up purchase of an invoice's one-off items (module docstring), if any."""
+        total, price_id = 0, ""
+        for line in _one_off_lines(inv):
+            line_price = _line_price_id(line)
+            if line_price not in self.prices:
+                log.info("invoice %s: one-off price %s grants no credits", inv["id"], line_price)
+                continue
+            found = await self.credits(_line_price(line))
+            if found.kind != "top_up":
+                log.warning("invoice %s: a recurring price as a one-off item", inv["id"])
+                continue
+            total += found.credits_micros * _quantity(line)
+            price_id = line_price
+        if total == 0:
+            return None
+        if not user:
+            log.error(
+                "invoice %s: one-off items for an unknown user; its checkout grants them",
+                inv["id"],
+            )
+            return None
+        payment = _payment_of(inv)
+        return Call(
+            "RecordPurchase",
+            bpb.RecordPurchaseRequest(
+                request_id=f"{event['id']}:one-off",
+                user_id=user,
+                purchase_id=str(inv["id"]),
+                payment_id=payment,
+                customer_id=inv.get("customer") or "",
+                price_id=price_id,
+                credits_micros=total,
+                amount_paid_minor=int(inv.get("amount_paid") or 0),
+                currency=inv.get("currency") or "",
+            ),
+        )
 
     async def _invoice_paid(
         self, event: Mapping[str, Any], inv: Mapping[str, Any]
@@ -222,7 +275,12 @@ class Mapper:
         if reason not in PERIOD_REASONS + LEGACY_PERIOD_REASONS:
             return Ignored(f"invoice billing_reason {reason} bills no subscription period")
         lines = _period_lines(inv)
+        details = (inv.get("parent") or {}).get("subscription_details") or {}
+        user = str((details.get("metadata") or {}).get("user_id", ""))
         if not lines:
+            one_off = await self._one_off_purchase(event, inv, user)
+            if one_off is not None:
+                return one_off
             return Ignored("invoice bills no new subscription period (prorations or items only)")
         # Refunds find a period by its payment; ask Stripe when the event lacks it.
         found, sub, fetched = await asyncio.gather(
@@ -233,12 +291,11 @@ class Mapper:
         if _is_trial(inv, lines, sub):
             return Ignored("a trial period is not a paid period")
         line = lines[0]
-        details = (inv.get("parent") or {}).get("subscription_details") or {}
         request = bpb.SyncSubscriptionRequest(
             request_id=event["id"],
             subscription_id=sub_id,
             customer_id=inv.get("customer") or "",
-            user_id=(details.get("metadata") or {}).get("user_id", ""),
+            user_id=user,
             status=pb.SUBSCRIPTION_STATUS_ACTIVE,
             price_id=_line_price_id(line),
             period_credits_micros=found,
@@ -254,7 +311,8 @@ class Mapper:
         schedule = _schedule(sub, line)
         if schedule is not None:
             request.schedule.CopyFrom(schedule)
-        return Call("SyncSubscription", request)
+        one_off = await self._one_off_purchase(event, inv, user)
+        return Call("SyncSubscription", request, also=(one_off,) if one_off else ())
 
     async def _credits_of(self, lines: list[Mapping[str, Any]]) -> int:
         """The period's credits: each of its item lines' price credits times its quantity."""
@@ -404,6 +462,24 @@ def _period_lines(inv: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         return []
     period = ordered[0]["period"]
     return [line for line in ordered if line["period"] == period]
+
+
+def _one_off_lines(inv: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The invoice's one-off items: invoice item lines that are not prorations."""
+    found: list[Mapping[str, Any]] = []
+    for line in (inv.get("lines") or {}).get("data") or []:
+        if not isinstance(line, dict):
+            continue
+        parent = line.get("parent") or {}
+        if parent.get("type") == "invoice_item_details":
+            proration = bool((parent.get("invoice_item_details") or {}).get("proration"))
+        elif not parent and line.get("type") == "invoiceitem":
+            proration = bool(line.get("proration"))
+        else:
+            continue
+        if not proration:
+            found.append(line)
+    return found
 
 
 def _is_trial(

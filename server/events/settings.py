@@ -129,7 +129,7 @@ def valid_secret(secret: str) -> bool:
         key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
     except (binascii.Error, ValueError):
         return False
-    return 24 <= len(key) <= 64
+    return limits.WEBHOOK_KEY_BYTES_MIN <= len(key) <= limits.WEBHOOK_KEY_BYTES_MAX
 
 
 def _integer(env: Mapping[str, str], name: str, default: int, maximum: int) -> int:

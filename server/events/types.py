@@ -10,6 +10,7 @@ EVENT_TYPES: Final = (
     "credits.reversed",
     "credits.expired",
     "credits.clawed_back",
+    "credits.expiry_changed",
     "credits.expiring",
     "hold.created",
     "hold.captured",

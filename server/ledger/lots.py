@@ -19,7 +19,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 
 from creditwallet.server.db import Connection
-from creditwallet.server.ledger import history
+from creditwallet.server.ledger import carry, history
 from creditwallet.server.ledger.types import Account
 
 # Burn-down order: soonest expiry first, never-expiring last, then oldest grant.
@@ -168,7 +168,8 @@ async def give_back(
     """Give amounts back to the lots they came from (a void, an expired hold, the unspent part
     of a capture, a reversal), after the caller's own bookkeeping of ``account``.
 
-    What lands in a lot that has expired by ``now`` expires in this same write, and recorded
+    What lands in a lot that has expired by ``now`` expires in this same write, so does what
+    would take a carried subscription lot above its carry-over cap (``carry``), and recorded
     debt is paid from what came back: otherwise a refund could be owed twice, once as debt
     and once as the later expiry of the very credits that came back.
     """
@@ -180,6 +181,7 @@ async def give_back(
         account = dataclasses.replace(account, next_expiry_at=restored["next_expiry_at"])
         if restored["expired"]:
             account = await _expire_due(conn, account, now)
+        account = await carry.enforce(conn, account, now)
     return await settle_debt(conn, account, now)
 
 
@@ -255,7 +257,7 @@ async def sweep(conn: Connection, account: Account, now: dt.datetime) -> Account
         await conn.execute(
             _RESTORE, user_id, [p["lot_id"] for p in portions], [p["amount"] for p in portions], now
         )
-        account = Account.from_row(row)
+        account = await carry.enforce(conn, Account.from_row(row), now)
     account = await _expire_due(conn, account, now)
     return await settle_debt(conn, account, now) if holds else account
 

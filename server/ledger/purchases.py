@@ -2,8 +2,12 @@
 
 The business key is the purchase id (a checkout session), not the event id: Stripe may
 deliver ``checkout.session.completed`` and ``.async_payment_succeeded`` for one session, and
-redeliver either. The account lock serializes two events of one purchase; the second finds
-the purchase row and changes nothing.
+redeliver either. A per-purchase lock, taken before any other, serializes every call that
+names one purchase id, whichever accounts they name (a forged or misrouted session may name
+another user): the second finds the purchase row and changes nothing, so a purchase is
+granted once, to the account of the call that recorded it first. The account lock alone
+would not do: two calls for two users take two different account locks, both find no
+purchase row, and the second's insert would fail on the first's key.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class PurchaseResult:
     already_recorded: bool
 
 
+# Before the customer's and the account's locks; nothing takes it after them.
+PURCHASE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('purchase:' || $1, 0))"
 _FIND = "SELECT transaction_id FROM purchases WHERE purchase_id = $1"
 _FIND_PAYMENT = "SELECT transaction_id FROM purchases WHERE payment_id = $1"
 
@@ -47,6 +53,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 
 async def record(conn: Connection, cmd: PurchaseCommand, clock: Clock) -> PurchaseResult:
     """Grant a never-expiring top_up lot once per purchase_id, then apply any early refund."""
+    await conn.execute(PURCHASE_LOCK, cmd.purchase_id)
     if cmd.customer_id:
         await customers.lock(conn, cmd.customer_id)
         await customers.link(conn, cmd.customer_id, cmd.user_id, clock.now())

@@ -28,6 +28,7 @@ import datetime as dt
 import secrets
 from typing import Final
 
+from creditwallet.core import limits
 from creditwallet.server import errors
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
@@ -36,8 +37,6 @@ from creditwallet.server.ledger.types import Balances, default_expiry
 
 CODE_ALPHABET: Final = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
 CODE_LENGTH: Final = 8
-# A fresh code collides with probability ~ codes / 30**8; a few attempts always suffice.
-CODE_ATTEMPTS_MAX: Final = 8
 REFEREE_REWARD_MICROS: Final = 10_000_000
 REFERRER_REWARD_MICROS: Final = 25_000_000
 REFERRER_REWARDS_MAX: Final = 50
@@ -107,7 +106,7 @@ def new_code() -> str:
 
 async def code_of(conn: Connection, user_id: str, clock: Clock) -> tuple[str, int]:
     """The account's (code, rewards granted), creating the code on the first call."""
-    for _ in range(CODE_ATTEMPTS_MAX):
+    for _ in range(limits.REFERRAL_CODE_ATTEMPTS_MAX):
         row = await conn.fetchrow(_CODE_OF, user_id)
         if row is not None:
             return row["code"], row["rewards_granted"]
@@ -117,7 +116,9 @@ async def code_of(conn: Connection, user_id: str, clock: Clock) -> tuple[str, in
         row = await conn.fetchrow(_NEW_CODE, user_id, new_code(), clock.now())
         if row is not None:
             return row["code"], row["rewards_granted"]
-    raise AssertionError(f"no free referral code for {user_id} in {CODE_ATTEMPTS_MAX} draws")
+    raise AssertionError(
+        f"no free referral code for {user_id} in {limits.REFERRAL_CODE_ATTEMPTS_MAX} draws"
+    )
 
 
 async def redeem(

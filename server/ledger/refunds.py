@@ -10,18 +10,26 @@ Where the credits come from: the payment's own lot first; what was already spent
 debt, which the account's other live lots pay at once in burn-down order
 (``lots.settle_debt``); what they cannot cover stays as debt, which later grants pay off
 (``lots.grant``) and which blocks debits meanwhile.
+
+What expired unused is not spent: credits the payment's lot lost to expiry (its own expiry,
+the carry-over cap) were already taken from the user once, so the clawback never reaches
+them. The target is capped at the lot's credits that did not expire (``_EXPIRED``): a refund
+of a period whose credits mostly expired claws back only what is left and what was spent.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Sequence
 
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger import accounts, history, lots
 from creditwallet.server.ledger.types import Account, Balances
+
+log = logging.getLogger(__name__)
 
 _REMEMBER = """
 INSERT INTO payment_refunds (payment_id, amount_refunded_minor, refund_ids, updated_at)
@@ -43,6 +51,7 @@ UNION ALL
 SELECT 'period', subscription_id, period_start, user_id, credits_micros, amount_paid_minor,
        clawed_back_micros, lot_id, 'subscription'
 FROM subscription_periods WHERE payment_id = $1 AND lot_id IS NOT NULL
+ORDER BY 1, 2, 3
 """
 
 _REFUNDED = "SELECT amount_refunded_minor FROM payment_refunds WHERE payment_id = $1"
@@ -62,6 +71,15 @@ _LIVE_LOT = """
 SELECT remaining_micros FROM credit_lots
 WHERE user_id = $1 AND lot_id = $2 AND (expires_at IS NULL OR expires_at > $3)
 """
+
+# What the payment's lot lost to expiry so far (the account's due expiries are recorded by
+# the lock first). Read from the history: one ``expire`` row per expiry, naming its lot.
+_EXPIRED = """
+SELECT coalesce(-sum(amount_micros), 0)::bigint FROM credit_transactions
+WHERE user_id = $1 AND type = 'expire' AND metadata->>'lot_id' = $2::bigint::text
+"""
+
+_LOT_AMOUNT = "SELECT amount_micros FROM credit_lots WHERE user_id = $1 AND lot_id = $2"
 
 _TAKE_FROM_LOT = """
 UPDATE credit_lots SET remaining_micros = remaining_micros - $3 WHERE user_id = $1 AND lot_id = $2
@@ -104,24 +122,39 @@ async def apply(conn: Connection, payment_id: str, clock: Clock) -> RefundResult
     rows = await conn.fetch(_PAYMENT, payment_id)
     if not rows:
         return RefundResult("", 0, None)
-    first = rows[0]
-    locked = await accounts.lock(conn, first["user_id"], clock)
+    user_id = rows[0]["user_id"]
+    locked = await accounts.lock(conn, user_id, clock)
     account, now = locked.account, locked.now
     # Re-read under the account lock: a concurrent refund of the same payment has finished.
-    row = (await conn.fetch(_PAYMENT, payment_id))[0]
-    paid = row["amount_paid_minor"]
-    target = row["credits_micros"] * min(refunded or 0, paid) // paid if paid > 0 else 0
-    delta = target - row["clawed_back_micros"]
-    if delta <= 0:
-        return RefundResult(row["user_id"], 0, Balances.of(account))
-    account = await claw_back(
-        conn, account, row["lot_id"], row["source"], delta, now, payment_id=payment_id
-    )
-    if row["kind"] == "purchase":
-        await conn.execute(_SET_PURCHASE, row["key"], target)
-    else:
-        await conn.execute(_SET_PERIOD, row["key"], row["period_start"], target)
-    return RefundResult(row["user_id"], delta, Balances.of(account))
+    # One payment may have paid for several grants (a subscription invoice's period and its
+    # one-off items): the refunded fraction of the payment claws back that fraction of each.
+    total = 0
+    for row in await conn.fetch(_PAYMENT, payment_id):
+        if row["user_id"] != user_id:
+            log.error("payment %s names two accounts; refunded for %s only", payment_id, user_id)
+            continue
+        paid = row["amount_paid_minor"]
+        target = row["credits_micros"] * min(refunded or 0, paid) // paid if paid > 0 else 0
+        target = min(target, await _not_expired(conn, user_id, row["lot_id"]))
+        delta = target - row["clawed_back_micros"]
+        if delta <= 0:
+            continue
+        account = await claw_back(
+            conn, account, row["lot_id"], row["source"], delta, now, payment_id=payment_id
+        )
+        if row["kind"] == "purchase":
+            await conn.execute(_SET_PURCHASE, row["key"], target)
+        else:
+            await conn.execute(_SET_PERIOD, row["key"], row["period_start"], target)
+        total += delta
+    return RefundResult(user_id, total, Balances.of(account))
+
+
+async def _not_expired(conn: Connection, user_id: str, lot_id: int) -> int:
+    """The lot's credits that did not expire: what a clawback may take or make debt."""
+    amount = await conn.fetchval(_LOT_AMOUNT, user_id, lot_id)
+    expired = await conn.fetchval(_EXPIRED, user_id, lot_id)
+    return int(amount) - int(expired)
 
 
 async def claw_back(

@@ -28,20 +28,23 @@ account in debt, which is rare.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import asyncpg
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
-from creditwallet.server.ledger import accounts, lots
+from creditwallet.server.ledger import accounts, carry, lots
 from creditwallet.server.ledger.types import Account
 
-# The chunk's history rows emit their events set-wise (see _EMIT_EXPIRED).
+# The chunk's history rows emit their events set-wise (see _EMIT_EXPIRED); the per-account
+# steps (``_one_at_a_time``) hand them back to the row trigger meanwhile.
 _STATEMENT_EVENTS = "SELECT set_config('creditwallet.history_events', 'statement', true)"
+_ROW_EVENTS = "SELECT set_config('creditwallet.history_events', 'row', true)"
 
 # The chunk's accounts whose next expiry has passed, locked in user_id order, re-checked once
 # locked (another run or a writer's touch may have swept one meanwhile).
@@ -101,8 +104,9 @@ emitted AS (
         array_agg(user_id ORDER BY user_id, transaction_id),
         array_agg('credits.expired'::text ORDER BY user_id, transaction_id),
         array_agg(created_at ORDER BY user_id, transaction_id),
-        array_agg(cw_transaction_event_body(transaction_id, amount_micros, balance_after_micros,
-                      source, NULL, NULL, NULL, NULL, NULL, NULL, metadata)
+        array_agg(cw_history_event_body('expire', transaction_id, amount_micros,
+                      balance_after_micros, source, NULL, NULL, NULL, NULL, NULL, NULL,
+                      metadata)
                   ORDER BY user_id, transaction_id),
         false) AS done
     FROM history
@@ -150,12 +154,23 @@ SELECT (SELECT count(*) FROM moved WHERE NOT exact) AS wrong,
 
 # The claim: each ended period ($2: the run's start) is settled once, by whoever locks its
 # account first. All of an account's ended periods are settled together, so its carried
-# credits count once a run.
+# credits count once a run. The cap they are settled at (the plan's allotment) is recorded
+# on each: credits that come back to their lots later count against it (``carry``).
 _CLAIM = """
-UPDATE subscription_periods SET carry_settled_at = $2
+UPDATE subscription_periods SET carry_settled_at = $2,
+    carry_cap_micros = (SELECT max(s.period_credits_micros) FROM subscriptions s
+                        WHERE s.user_id = subscription_periods.user_id)
 WHERE user_id = ANY($1::text[]) AND lot_id IS NOT NULL AND carry_settled_at IS NULL
   AND coalesce(ended_at, period_end) <= $2
 RETURNING user_id
+"""
+
+# The cap recorded on the ended periods of the accounts a chunk capped, as cap_carried does.
+_LOWER_CAPS = """
+UPDATE subscription_periods p SET carry_cap_micros = LEAST(p.carry_cap_micros, c.allotment)
+FROM unnest($1::text[], $2::bigint[]) AS c (user_id, allotment)
+WHERE p.user_id = c.user_id AND p.lot_id IS NOT NULL AND coalesce(p.ended_at, p.period_end) <= $3
+  AND (p.carry_cap_micros IS NULL OR p.carry_cap_micros > c.allotment)
 """
 
 _ENDED_PERIOD_LOTS = """
@@ -309,6 +324,8 @@ async def _settle(
         done.credits_expired_micros += capped
     if writes.accounts:
         await _write(conn, writes, next_expiry=False)
+        capped_users = [a[0] for a in writes.accounts]
+        await conn.execute(_LOWER_CAPS, capped_users, [allotments[u] for u in capped_users], due)
 
 
 async def _sweep(
@@ -339,6 +356,15 @@ async def _sweep(
         in_debt = [r["user_id"] for r in released if r["debt_micros"] > 0]
     released_ids: set[uuid.UUID] = {h for _, h in due_holds}
     released_from = {u for u, _ in due_holds}
+    if released_from:  # rare: what came back to a carried lot counts against its cap
+        async with _one_at_a_time(conn):
+            for user_id in sorted(released_from):
+                account = await accounts.read(conn, user_id)
+                await carry.enforce(conn, account, at[user_id])
+        fresh = {
+            r["user_id"]: Account.from_row(r) for r in await conn.fetch(_READ, list(released_from))
+        }
+        locked = [fresh.get(a.user_id, a) for a in locked]
     live = _by_user(await conn.fetch(_LIVE_LOTS, users))
     writes = _Writes()
     states: dict[str, _State] = {}
@@ -372,11 +398,23 @@ async def _sweep(
         wrote = expired > 0 or user_id in released_from
         states[user_id] = _State(balance, when if wrote else account.updated_at, kept)
     await _write(conn, writes, next_expiry=True)
-    for user_id in in_debt:  # rare: a hold released from an account in debt
-        account = await accounts.read(conn, user_id)
-        await lots.settle_debt(conn, account, max(now, account.updated_at))
-        del states[user_id]
+    if in_debt:  # rare: a hold released from an account in debt
+        async with _one_at_a_time(conn):
+            for user_id in in_debt:
+                account = await accounts.read(conn, user_id)
+                await lots.settle_debt(conn, account, max(now, account.updated_at))
+                del states[user_id]
     return states
+
+
+@contextlib.asynccontextmanager
+async def _one_at_a_time(conn: Connection) -> AsyncIterator[None]:
+    """Per-account ledger code inside a chunk: its history rows' events are the trigger's."""
+    await conn.execute(_ROW_EVENTS)
+    try:
+        yield
+    finally:
+        await conn.execute(_STATEMENT_EVENTS)
 
 
 async def _write(conn: Connection, writes: _Writes, *, next_expiry: bool) -> None:

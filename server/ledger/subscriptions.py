@@ -172,10 +172,13 @@ WHERE l.user_id = $1 AND l.remaining_micros > 0 AND (l.expires_at IS NULL OR l.e
 ORDER BY l.expires_at ASC NULLS LAST, l.granted_at, l.lot_id
 """
 
+# Settles the periods ended by $2 and records the cap ($4) on every one of them it applied to
+# (a cap lower than an earlier one binds from now on: see ledger/carry.py).
 _SETTLE_CARRY = """
-UPDATE subscription_periods SET carry_settled_at = $3
-WHERE user_id = $1 AND lot_id IS NOT NULL AND carry_settled_at IS NULL
-  AND coalesce(ended_at, period_end) <= $2
+UPDATE subscription_periods SET carry_settled_at = coalesce(carry_settled_at, $3),
+    carry_cap_micros = LEAST(carry_cap_micros, $4::bigint)
+WHERE user_id = $1 AND lot_id IS NOT NULL AND coalesce(ended_at, period_end) <= $2
+  AND (carry_settled_at IS NULL OR carry_cap_micros IS NULL OR carry_cap_micros > $4::bigint)
 """
 
 
@@ -605,7 +608,9 @@ async def cap_carried(
 
     The excess over one allotment expires now, soonest-expiring lots first (they would
     have gone first anyway). Those periods' carry-over is then settled: the rollover has
-    nothing left to do for them.
+    nothing left to do for them. The cap is recorded on each of them: credits a pending hold
+    reserved from their lots are not counted here (a capture spends them), but when they
+    come back they count against it (``carry.enforce``).
     """
     carried = await conn.fetch(_CARRIED, account.user_id, now, ended_by)
     excess = sum(r["remaining_micros"] for r in carried) - allotment_micros
@@ -617,5 +622,5 @@ async def cap_carried(
             conn, account, lot["lot_id"], "subscription", take, now, "carry_over_cap"
         )
         excess -= take
-    await conn.execute(_SETTLE_CARRY, account.user_id, ended_by, now)
+    await conn.execute(_SETTLE_CARRY, account.user_id, ended_by, now, allotment_micros)
     return account

@@ -11,7 +11,13 @@ import dataclasses
 
 from creditwallet.core import limits
 from creditwallet.server.db import Connection
-from creditwallet.server.ledger import verify_rewards, verify_subscriptions, verify_time
+from creditwallet.server.ledger import (
+    verify_carry,
+    verify_refunds,
+    verify_rewards,
+    verify_subscriptions,
+    verify_time,
+)
 
 # 1. balance = sum(history) = sum(lots.remaining) + held - debt; held = pending holds; the
 # account names its newest history row.
@@ -127,6 +133,10 @@ async def verify(conn: Connection) -> tuple[int, list[Violation]]:
         found.append(Violation(verify_time.INVARIANT, user_id, detail))
     for invariant, user_id, detail in await verify_subscriptions.violations(conn, cap):
         found.append(Violation(invariant, user_id, detail))
+    for user_id, detail in await verify_carry.violations(conn, cap):
+        found.append(Violation(verify_carry.INVARIANT, user_id, detail))
+    for user_id, detail in await verify_refunds.violations(conn, cap):
+        found.append(Violation(verify_refunds.INVARIANT, user_id, detail))
     totals = await conn.fetchrow(_TOTALS)
     assert totals is not None
     if totals["history"] != totals["balances"]:

@@ -4,7 +4,8 @@ Why a check of its own: the other invariants add amounts up, and an expired cred
 write that read the clock too early adds up perfectly. What gives it away is time: a lot
 consumed by a debit dated at or after the lot's expiry, a consumption committed after the
 lot's expiry was recorded, an account whose history goes back in time, or a lot that still
-holds credits although the account was written after it expired. Each statement below finds
+holds credits although the account was written after it expired, or credits that came back to
+an expired lot and were expired only by a later write. Each statement below finds
 one of those; together they catch the class of bug, not one instance of it.
 
 A capture spends what its hold reserved: the credits left their lots when the hold was
@@ -92,6 +93,37 @@ LIMIT $1
 """
 
 
+# Credits given back to a lot that has expired expire in the give-back's own write. A lot's
+# first expiry may be recorded by any later sweep; a second expire row of the same lot can only
+# follow credits that came back, and must then share its database transaction with the
+# give-back: a reversal, a capture (a debit settling a hold), or the release of a hold that
+# reserved from the lot (voided or expired at that moment). Otherwise the credits sat in the
+# expired lot between two writes, counted as available by whatever answered meanwhile; the
+# check above sees that only until the next write, this one for good.
+_EXPIRED_BY_A_LATER_WRITE = """
+WITH expiries AS (
+    SELECT user_id, transaction_id, xact_id, created_at, (metadata->>'lot_id')::bigint AS lot_id,
+           row_number() OVER (PARTITION BY user_id, metadata->>'lot_id'
+                              ORDER BY transaction_id) AS nth
+    FROM credit_transactions
+    WHERE type = 'expire' AND coalesce(metadata->>'reason', '') <> 'carry_over_cap'
+)
+SELECT e.user_id, e.transaction_id, e.lot_id FROM expiries e
+WHERE e.nth > 1
+  AND NOT EXISTS (
+      SELECT 1 FROM credit_transactions g
+      WHERE g.user_id = e.user_id AND g.xact_id = e.xact_id
+        AND (g.type = 'reversal' OR (g.type = 'debit' AND g.hold_id IS NOT NULL)))
+  AND NOT EXISTS (
+      SELECT 1 FROM holds h
+      JOIN hold_lots hl ON hl.user_id = h.user_id AND hl.hold_id = h.hold_id
+      WHERE h.user_id = e.user_id AND hl.lot_id = e.lot_id
+        AND h.status IN ('voided', 'expired') AND h.finalized_at = e.created_at)
+ORDER BY e.user_id, e.transaction_id
+LIMIT $1
+"""
+
+
 # The same for holds: a hold whose TTL had ended by the account's last write was released.
 _HELD_PAST_EXPIRY = """
 SELECT h.user_id, h.hold_id, h.expires_at, c.updated_at
@@ -175,6 +207,14 @@ async def violations(conn: Connection, cap: int) -> list[tuple[str, str]]:
                 f"lot {r['lot_id']} still holds {r['remaining_micros']} micros although it "
                 f"expired at {r['expires_at'].isoformat()} and the account was written at "
                 f"{r['updated_at'].isoformat()}",
+            )
+        )
+    for r in await conn.fetch(_EXPIRED_BY_A_LATER_WRITE, cap):
+        found.append(
+            (
+                r["user_id"],
+                f"transaction {r['transaction_id']} expired credits that had come back to lot "
+                f"{r['lot_id']} after its expiry, in a later write than the give-back",
             )
         )
     for r in await conn.fetch(_HELD_PAST_EXPIRY, cap):

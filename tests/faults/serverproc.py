@@ -49,7 +49,7 @@ def server_env(dsn: str, port: int, **extra: str) -> dict[str, str]:
         "ADMIN_TOKEN": TOKENS["admin"],
         "LOG_LEVEL": "DEBUG",
         # One process, so that a scenario's kill, metrics and log are those of the server;
-        # several workers are tests/test_workers.py's (pass GRPC_WORKERS to override).
+        # several workers are tests/server/test_workers.py's (pass GRPC_WORKERS to override).
         "GRPC_WORKERS": "1",
     }
     env.update(extra)

@@ -1,7 +1,7 @@
 """Two server processes on one database (replicas, docs/scaling.md).
 
 They start together on a database the owner role migrated (servers never migrate; concurrent
-migration runs are tests/test_migrations.py's), then every debit's request_id is sent to both
+migration runs are tests/ledger/test_migrations.py's), then every debit's request_id is sent to both
 at the same moment, on accounts
 that cannot pay for all of them. Each request_id is applied at most once and both replicas
 give the same answer for it; each account is drained exactly to zero, never below.
@@ -36,7 +36,7 @@ _names = itertools.count(1)
 @pytest_asyncio.fixture(loop_scope="session")
 async def replicas(base_dsn: str, logs_dir: Path) -> AsyncIterator[list[ServerProcess]]:
     """Two servers started at the same moment on one database, migrated by the owner role
-    (migrations applied once by concurrent runs: tests/test_migrations.py)."""
+    (migrations applied once by concurrent runs: tests/ledger/test_migrations.py)."""
     name = f"cw_replicas_{next(_names)}"
     _, dsn = await harness.migrated_database(base_dsn, name)
     procs = [ServerProcess(dsn, logs_dir / f"replica-{i}.log") for i in range(2)]

@@ -50,6 +50,23 @@ DB_COMMAND_TIMEOUT_SECONDS: Final = 10.0
 DB_ACQUIRE_TIMEOUT_SECONDS: Final = 5.0
 DB_CONNECT_TIMEOUT_SECONDS: Final = 5.0
 DB_TRANSACTION_RETRIES_MAX: Final = 5
+# A retried transaction (serialization failure, deadlock) first sleeps this long, doubling.
+DB_TRANSACTION_RETRY_BACKOFF_SECONDS: Final = 0.001
+# A pooled connection idle this long is closed (PostgreSQL frees its memory); one connection
+# serves at most this many queries before it is replaced; prepared statements kept per
+# connection (asyncpg's LRU).
+DB_CONNECTION_IDLE_SECONDS_MAX: Final = 300.0
+DB_CONNECTION_QUERIES_MAX: Final = 1_000_000
+DB_STATEMENT_CACHE_SIZE: Final = 100
+# The metrics endpoint's thread gets this long to stop.
+METRICS_STOP_SECONDS: Final = 5.0
+# How often the supervisors (`make run`, GRPC_WORKERS) look at their processes.
+SUPERVISOR_POLL_SECONDS: Final = 0.2
+# A call that carries a deadline further away than this is treated as carrying none.
+GRPC_DEADLINE_NONE_SECONDS: Final = 10 * 365 * 24 * 3600
+# Referral codes: draws of a fresh code before giving up (a collision has probability
+# ~ codes / 30**8, so a few draws always suffice).
+REFERRAL_CODE_ATTEMPTS_MAX: Final = 8
 
 # Health: how often the database is pinged, and how long a ping may take.
 HEALTH_PROBE_INTERVAL_SECONDS: Final = 2.0
@@ -124,6 +141,9 @@ WEBHOOK_RETRY_WINDOW_SECONDS: Final = 3 * 24 * 60 * 60.0
 # A receiver's answer is read up to this size (for the error message only).
 WEBHOOK_RESPONSE_BYTES_MAX: Final = 4096
 WEBHOOK_ENDPOINTS_MAX: Final = 32
+# A webhook endpoint's signing key (whsec_ + base64): this many bytes (Standard Webhooks).
+WEBHOOK_KEY_BYTES_MIN: Final = 24
+WEBHOOK_KEY_BYTES_MAX: Final = 64
 # Event streams open at once per server process, and events per stream read.
 EVENT_STREAMS_MAX: Final = 64
 EVENT_STREAM_PAGE_MAX: Final = 500
@@ -253,6 +273,11 @@ GATEWAY_JSON_DEPTH_MAX: Final = 64
 
 
 # Start-up and the command line (the front door).
+# The CLI: pages it reads at most for one listing (--all, `prices list`: 500,000 rows), the
+# width of its tables when stdout is not a terminal, the rows of a listing by default.
+CLI_PAGES_MAX: Final = 1000
+CLI_PLAIN_WIDTH: Final = 200
+CLI_LIST_ROWS_DEFAULT: Final = 20
 # The server waits this long for a database that is not up yet, retrying with backoff from
 # INITIAL doubling up to MAX between attempts, before it gives up with one line.
 DB_WAIT_SECONDS_MAX: Final = 30.0

@@ -23,7 +23,7 @@ from creditwallet.server.ledger import types
 from creditwallet.v1 import common_pb2 as pb
 from google.rpc import status_pb2
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 _CLASS_OF_CODE = {
     reasons.INVALID_ARGUMENT: client_errors.InvalidArgument,

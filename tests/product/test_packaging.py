@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_TIMEOUT_SECONDS = 600
 COMMAND_TIMEOUT_SECONDS = 60
 SERVE_TIMEOUT_SECONDS = 120

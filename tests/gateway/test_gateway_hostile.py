@@ -6,7 +6,7 @@ Correctly signed events whose objects are Stripe's fixtures with hostile values 
 gateway — every answer is one of its own JSON answers, never aiohttp's bare 500 — never a
 3xx, and never pass on an INTERNAL or UNKNOWN from the ledger. Whatever they did apply, the
 ledger still verifies (the ``verified`` fixture). The 413 for an oversized body is covered in
-tests/test_gateway.py.
+tests/gateway/test_gateway.py.
 """
 
 from __future__ import annotations
