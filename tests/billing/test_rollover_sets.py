@@ -26,6 +26,7 @@ from creditwallet.server.ledger import rollover
 from creditwallet.v1 import billing_service_pb2 as bpb
 from creditwallet.v1 import common_pb2 as pb
 
+from tests.billing.test_carry_over_cap import Downgrade, _capped
 from tests.billing.test_rollover import pay, ts
 from tests.harness import Ledger, new_user
 
@@ -319,3 +320,26 @@ async def test_the_row_trigger_stands_aside_only_where_asked(ledger: Ledger) -> 
             )
         after = await conn.fetchval("SELECT current_setting('creditwallet.history_events', true)")
     assert after in ("", None)
+
+
+async def test_a_hold_a_chunk_releases_into_a_carried_lot_is_capped_again(
+    ledger: Ledger, admin: AsyncCreditWalletClient
+) -> None:
+    """A 900-credit hold placed before a downgrade renewal (1000 -> 100 credits) expires after
+    it; the rollover's chunk records the release, with an account that has only a due promo
+    beside it: what comes back to the carried lot is capped again (900 expire, reason
+    carry_over_cap), as a write of that one account would have done."""
+    await _flush(ledger)
+    d = Downgrade(ledger, admin, 2)
+    await d.first_period()
+    await admin.authorize(d.user, amount_micros=900 * CREDIT, ttl_seconds=2 * 3600)
+    await d.renewal()
+    other = new_user()
+    soon = ledger.clock.now() + dt.timedelta(minutes=30)
+    await admin.grant(other, 3 * CREDIT, pb.LOT_SOURCE_PROMO, expires_at=soon, create_account=True)
+    ledger.clock.set(d.p1_end + dt.timedelta(hours=2))
+    summary = await rollover.run(ledger.pool, "2029-12", ledger.clock, chunk_accounts=10)
+    assert summary.holds_released == 1
+    assert await _capped(ledger, d.user) == [900]
+    assert await d.available() == 200
+    assert await _expire_rows(ledger, [other]) == {other: [3]}
