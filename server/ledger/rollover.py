@@ -21,9 +21,11 @@ work is done once because its own state says when it is done, not a per-month ma
 
 Both lists are walked by keyset in chunks of ``limits.ROLLOVER_CHUNK_ACCOUNTS``, each chunk
 one transaction, so a million due accounts never mean one huge transaction and a crash
-loses at most the chunk in flight (the next run does it). The common work is set-based: one
-statement expires a chunk's due lots and writes their history rows; accounts with an expired
-hold (rare) and the accounts over the cap (rare) take the per-account path.
+loses at most the chunks in flight (the next run does them). Up to
+``limits.ROLLOVER_WORKERS`` chunks run at once, each on its own connection. A chunk of the
+first walk also settles its accounts' ended periods, so the second walk meets only accounts
+with nothing else due. Each chunk is set-based (``rollover_chunks``): a few statements for
+all of its accounts, whatever their number.
 The month (``period``) only names the run in ``rollover_runs``.
 """
 
@@ -171,7 +173,7 @@ async def _walk(
     A failure stops the walk: no new chunk starts, the ones in flight finish (committed or
     rolled back: a transaction is never abandoned midway), and the first error is raised.
     """
-    running: set[asyncio.Task[Summary]] = set()
+    running: set[asyncio.Future[Summary]] = set()
     try:
         async for ids in chunks:
             while len(running) >= in_flight:
