@@ -15,14 +15,17 @@ ALTER TABLE subscription_periods
 -- (rises too, so the transaction's first change is always queued); at commit the events run
 -- in order, and the first of each account decides, once: its OLD row is the account as the
 -- transaction found it, and the account's row as committed is read back. The accounts
--- already decided are remembered for the rest of the transaction in a transaction-local
--- setting (one setting, whatever the number of accounts).
+-- already decided are remembered for the rest of the transaction in transaction-local
+-- settings: 64 of them, an account's chosen by a hash of its id, so a transaction over
+-- many accounts (a rollover chunk) searches short lists, and a session never holds more
+-- than 64 settings whatever the number of accounts it served.
 DROP TRIGGER events_available_dropped ON credits;
 DROP FUNCTION cw_events_available_dropped();
 
 CREATE FUNCTION cw_events_available_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    seen text := coalesce(current_setting('cw.alerts_decided', true), '');
+    bucket text := 'cw.alerts_decided_' || (hashtext(NEW.user_id) & 63)::text;
+    seen text := coalesce(current_setting(bucket, true), '');
     mark text := chr(31) || NEW.user_id || chr(31);
     avail_before bigint := OLD.balance_micros - OLD.held_micros;
     avail_after bigint;
@@ -36,7 +39,7 @@ BEGIN
     IF position(mark IN seen) > 0 THEN
         RETURN NULL;
     END IF;
-    PERFORM set_config('cw.alerts_decided', seen || mark, true);
+    PERFORM set_config(bucket, seen || mark, true);
     SELECT c.balance_micros - c.held_micros, c.updated_at INTO avail_after, at
     FROM credits c WHERE c.user_id = NEW.user_id;
     IF NOT FOUND OR avail_after >= avail_before THEN
