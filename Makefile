@@ -8,7 +8,7 @@ PROTO_SRC := $(wildcard protos/creditwallet/v1/*.proto)
 # (run from there, so that every file has one module name).
 TYPECHECK := $(VENV)/typecheck/creditwallet
 
-.PHONY: all venv proto proto-check api-docs lint test run bench faults wheel clean
+.PHONY: all venv proto proto-check api-docs lint browser test run bench faults wheel clean
 
 all: test
 
@@ -63,7 +63,15 @@ lint: proto-check
 	cd $(VENV)/typecheck && $(abspath $(VENV))/bin/mypy --config-file $(abspath pyproject.toml) \
 		-p creditwallet -p tests -m apidoc
 
-test: lint
+# The console's tests drive Debian's chromium (Playwright, no browser download): installed
+# here when missing, as pgbouncer is for `make faults` (the tests' fixture does the same).
+browser:
+	@test -x /usr/bin/chromium || { \
+		echo "installing chromium (Debian package) for the console's browser tests"; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+test: lint browser
 	$(VENV)/bin/pytest
 
 run: $(STAMP)

@@ -229,6 +229,18 @@ def get_rollover_progress(period: str = "") -> admin_pb2.GetRolloverProgressRequ
     return admin_pb2.GetRolloverProgressRequest(period=period)
 
 
+def list_holds(
+    user_id: str, *, page_size: int = 0, page_token: str = ""
+) -> admin_pb2.ListHoldsRequest:
+    """One page of the account's pending holds, soonest expiry first; 0 means the server's 50."""
+    return admin_pb2.ListHoldsRequest(user_id=user_id, page_size=page_size, page_token=page_token)
+
+
+def get_daily_totals(*, days: int = 0, top_agents: int = 0) -> admin_pb2.GetDailyTotalsRequest:
+    """Ledger-wide totals per UTC day and type, and the top agents by spend (0: 30 days, 10)."""
+    return admin_pb2.GetDailyTotalsRequest(days=days, top_agents=top_agents)
+
+
 def timestamp(moment: datetime) -> Timestamp:
     """A protobuf Timestamp of a timezone-aware datetime; a naive one is refused as ambiguous."""
     if moment.tzinfo is None or moment.utcoffset() is None:

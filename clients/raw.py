@@ -81,6 +81,8 @@ class AsyncAdminRpcs(AsyncServiceRpcs):
     ReplayEvents = raw_async(rpc_table.REPLAY_EVENTS)
     ListWebhookEndpoints = raw_async(rpc_table.LIST_WEBHOOK_ENDPOINTS)
     GetRolloverProgress = raw_async(rpc_table.GET_ROLLOVER_PROGRESS)
+    ListHolds = raw_async(rpc_table.LIST_HOLDS)
+    GetDailyTotals = raw_async(rpc_table.GET_DAILY_TOTALS)
 
 
 class SyncWalletRpcs(SyncServiceRpcs):
@@ -125,3 +127,5 @@ class SyncAdminRpcs(SyncServiceRpcs):
     ReplayEvents = raw_sync(rpc_table.REPLAY_EVENTS)
     ListWebhookEndpoints = raw_sync(rpc_table.LIST_WEBHOOK_ENDPOINTS)
     GetRolloverProgress = raw_sync(rpc_table.GET_ROLLOVER_PROGRESS)
+    ListHolds = raw_sync(rpc_table.LIST_HOLDS)
+    GetDailyTotals = raw_sync(rpc_table.GET_DAILY_TOTALS)

@@ -164,6 +164,15 @@ GET_ROLLOVER_PROGRESS: Final = Rpc(
     admin_pb2.GetRolloverProgressRequest,
     admin_pb2.GetRolloverProgressResponse,
 )
+LIST_HOLDS: Final = Rpc(
+    ADMIN_SERVICE, "ListHolds", admin_pb2.ListHoldsRequest, admin_pb2.ListHoldsResponse
+)
+GET_DAILY_TOTALS: Final = Rpc(
+    ADMIN_SERVICE,
+    "GetDailyTotals",
+    admin_pb2.GetDailyTotalsRequest,
+    admin_pb2.GetDailyTotalsResponse,
+)
 
 # Events (server-streaming StreamEvents is not in this table: see the async client).
 RECORD_AUTO_RECHARGE_PAYMENT: Final = Rpc(
@@ -227,6 +236,8 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     REPLAY_EVENTS,
     LIST_WEBHOOK_ENDPOINTS,
     GET_ROLLOVER_PROGRESS,
+    LIST_HOLDS,
+    GET_DAILY_TOTALS,
 )
 
 

@@ -6,7 +6,7 @@ Both expose the same API:
   ``authorize``, ``capture``, ``void``, ``list_transactions``, ``get_streak``,
   ``get_referral_code``, ``redeem_referral_code``, ``rollover``, ``grant``, ``reverse_debit``,
   ``set_agent_price``, ``list_agent_prices``, ``get_stats``, ``verify_ledger``,
-  ``get_rollover_progress`` (signatures and
+  ``get_rollover_progress``, ``list_holds``, ``get_daily_totals`` (signatures and
   docs in ``clients.builders``);
 - every RPC raw, taking its request message: ``client.wallet.Debit(request)``,
   ``client.billing.RecordPurchase(request)``, ``client.admin.Grant(request)``;
@@ -263,6 +263,8 @@ class AsyncCreditWalletClient:
     get_rollover_progress = AsyncMethod(
         rpc_table.GET_ROLLOVER_PROGRESS, builders.get_rollover_progress
     )
+    list_holds = AsyncMethod(rpc_table.LIST_HOLDS, builders.list_holds)
+    get_daily_totals = AsyncMethod(rpc_table.GET_DAILY_TOTALS, builders.get_daily_totals)
 
 
 class CreditWalletClient:
@@ -380,3 +382,5 @@ class CreditWalletClient:
     get_rollover_progress = SyncMethod(
         rpc_table.GET_ROLLOVER_PROGRESS, builders.get_rollover_progress
     )
+    list_holds = SyncMethod(rpc_table.LIST_HOLDS, builders.list_holds)
+    get_daily_totals = SyncMethod(rpc_table.GET_DAILY_TOTALS, builders.get_daily_totals)

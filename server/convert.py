@@ -16,6 +16,7 @@ from creditwallet.server.ledger.types import (
     SUBSCRIPTION_STATUSES,
     TRANSACTION_TYPES,
     AgentPrice,
+    Hold,
     Lot,
     Subscription,
     Transaction,
@@ -178,5 +179,37 @@ def stats_reply(value: stats.Stats) -> apb.GetStatsResponse:
                 type=TYPE_TO_PB[t.type], count=t.count, total_amount_micros=t.total_micros
             )
             for t in value.last_day
+        ],
+    )
+
+
+def hold(value: Hold) -> pb.Hold:
+    return pb.Hold(
+        hold_id=str(value.hold_id),
+        user_id=value.user_id,
+        status=pb.HoldStatus.Value("HOLD_STATUS_" + value.status.upper()),
+        amount_micros=value.amount_micros,
+        captured_micros=value.captured_micros,
+        expires_at=timestamp(value.expires_at),
+        created_at=timestamp(value.created_at),
+    )
+
+
+def daily_totals_reply(value: stats.DailyTotals) -> apb.GetDailyTotalsResponse:
+    return apb.GetDailyTotalsResponse(
+        start_date=value.start.isoformat(),
+        end_date=value.end.isoformat(),
+        totals=[
+            apb.DailyTotal(
+                date=t.day.isoformat(),
+                type=TYPE_TO_PB[t.type],
+                count=t.count,
+                amount_micros=t.amount_micros,
+            )
+            for t in value.totals
+        ],
+        top_agents=[
+            apb.AgentSpend(agent_id=a.agent_id, debits=a.debits, spent_micros=a.spent_micros)
+            for a in value.top_agents
         ],
     )

@@ -1,12 +1,13 @@
 """``make run``: everything up on the embedded database, in the foreground.
 
 Starts PostgreSQL (unless DATABASE_URL is set), applies the migrations as the schema's owner
-(``MIGRATIONS_DATABASE_URL``), then the gRPC server (as the runtime role) and the webhook
-gateway as two processes, as in production, with development tokens and secrets generated
+(``MIGRATIONS_DATABASE_URL``), then the gRPC server (as the runtime role), the webhook
+gateway and the operators' console (when its extra is installed) as processes of their own,
+as in production, with development tokens and secrets generated
 for whatever the environment does not set. What a second terminal needs (the addresses, the
 tokens, the virtualenv on PATH) is written to ``DATA_DIR/dev.env`` (``.data/dev.env``) and
 printed, so ``. .data/dev.env`` there makes ``creditwallet`` and ``grpcurl`` talk to this run.
-Ctrl-C (or SIGTERM) stops both processes, then PostgreSQL.
+Ctrl-C (or SIGTERM) stops the processes, then PostgreSQL.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ DEFAULTS: Final = {
     "GRPC_ADDRESS": "127.0.0.1:50051",
     "GATEWAY_ADDRESS": "127.0.0.1:8080",
     "METRICS_ADDRESS": "127.0.0.1:9464",
+    "CONSOLE_ADDRESS": "127.0.0.1:8090",
     "LOG_FORMAT": "text",
 }
 # What dev.env exports: where things are and the secrets a client needs.
@@ -48,14 +50,17 @@ SHARED: Final = (
     "LEDGER_TARGET",
     "GATEWAY_ADDRESS",
     "METRICS_ADDRESS",
+    "CONSOLE_ADDRESS",
     *GENERATED,
 )
-DESCRIPTION = """Run the gRPC server and the gateway on the embedded PostgreSQL (make run).
+DESCRIPTION = """Run the gRPC server, the gateway and the console on the embedded PostgreSQL
+(make run).
 
-Every variable of the server and the gateway is honoured; these are generated when unset:
-AGENT_TOKEN, BILLING_TOKEN, ADMIN_TOKEN, STRIPE_WEBHOOK_SECRET, CRON_SECRET. The addresses
-default to GRPC_ADDRESS=127.0.0.1:50051, GATEWAY_ADDRESS=127.0.0.1:8080 and
-METRICS_ADDRESS=127.0.0.1:9464; DATA_DIR (default .data) holds the database and dev.env."""
+Every variable of the server, the gateway and the console is honoured; these are generated
+when unset: AGENT_TOKEN, BILLING_TOKEN, ADMIN_TOKEN, STRIPE_WEBHOOK_SECRET, CRON_SECRET. The
+addresses default to GRPC_ADDRESS=127.0.0.1:50051, GATEWAY_ADDRESS=127.0.0.1:8080,
+METRICS_ADDRESS=127.0.0.1:9464 and CONSOLE_ADDRESS=127.0.0.1:8090; DATA_DIR (default .data)
+holds the database and dev.env."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +98,7 @@ def dev_env_text(env: Mapping[str, str], bin_dir: Path) -> str:
 
 def _run(os_env: Mapping[str, str]) -> int:
     env, made = environment(os_env)
-    for variable in ("GRPC_ADDRESS", "GATEWAY_ADDRESS", "METRICS_ADDRESS"):
+    for variable in ("GRPC_ADDRESS", "GATEWAY_ADDRESS", "METRICS_ADDRESS", "CONSOLE_ADDRESS"):
         startup.check_can_listen(variable, env[variable])
     data_dir = Path(env.get("DATA_DIR") or ".data")
     if not env.get("DATABASE_URL"):
@@ -127,9 +132,16 @@ def _run(os_env: Mapping[str, str]) -> int:
     procs = [subprocess.Popen([sys.executable, "-m", "creditwallet.server"], env=env)]
     if importlib.util.find_spec("creditwallet.gateway.__main__") is not None:
         procs.append(subprocess.Popen([sys.executable, "-m", "creditwallet.gateway"], env=env))
+    console = importlib.util.find_spec("jinja2") is not None
+    if console:
+        procs.append(
+            subprocess.Popen([sys.executable, "-m", "creditwallet.client.console"], env=env)
+        )
     print(f"gRPC server   {env['GRPC_ADDRESS']}")
     print(f"metrics       http://{env['METRICS_ADDRESS']}/metrics")
     print(f"gateway       http://{env['GATEWAY_ADDRESS']}  (POST /stripe/webhook, POST /rollover)")
+    if console:
+        print(f"console       http://{env['CONSOLE_ADDRESS']}/  (sign in with ADMIN_TOKEN below)")
     print(f"generated     {', '.join(made) if made else 'nothing (all set in the environment)'}")
     print(f"wrote {dev_env}; in another terminal: . {dev_env}")
     print(dev_env_text(env, Path(sys.executable).parent), end="", flush=True)

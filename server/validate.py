@@ -91,6 +91,15 @@ def page_size(value: int, default: int) -> int:
     return value
 
 
+def bounded(value: int, field: str, default: int, maximum: int) -> int:
+    """A count the caller chooses: 0 for ``default``, else 1 to ``maximum``."""
+    if value == 0:
+        return default
+    if not 0 < value <= maximum:
+        raise errors.invalid(field, f"{field} must be between 1 and {maximum}")
+    return value
+
+
 def hold_id(value: str) -> uuid.UUID:
     try:
         if len(value) > limits.HOLD_ID_LENGTH_MAX:

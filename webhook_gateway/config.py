@@ -23,7 +23,7 @@ from typing import Final
 
 from creditwallet.core import limits
 from creditwallet.core.logs import LogSettings
-from creditwallet.core.settings import ConfigError, Secret
+from creditwallet.core.settings import ConfigError, Secret, ledger_tls
 from creditwallet.core.startup import split_host_port
 
 DEFAULT_CATALOG_PATH: Final = Path(__file__).with_name("catalog.json")
@@ -85,7 +85,7 @@ class GatewayConfig:
                 f"CRON_SECRET must be at least {limits.TOKEN_LENGTH_MIN} characters, and not"
                 " the billing token"
             )
-        tls = _ledger_tls(env)
+        tls = ledger_tls(env)
         return cls(
             host=host,
             port=port,
@@ -123,25 +123,3 @@ def _livemode(key: str, mode: str) -> bool:
     if not mode:
         raise ConfigError("STRIPE_MODE (live or test) is required without STRIPE_SECRET_KEY")
     return mode == "live"
-
-
-def _ledger_tls(env: Mapping[str, str]) -> tuple[bool, Path | None, Path | None, Path | None]:
-    """(TLS on, CA, client certificate, client key), all or nothing where it matters."""
-    switch = env.get("LEDGER_TLS", "").strip().lower()
-    if switch not in ("", "on", "off"):
-        raise ConfigError("LEDGER_TLS must be on or off")
-    paths: dict[str, Path | None] = {}
-    for name in ("LEDGER_TLS_CA_PATH", "LEDGER_TLS_CERT_PATH", "LEDGER_TLS_KEY_PATH"):
-        value = env.get(name, "").strip()
-        path = Path(value) if value else None
-        if path is not None and not path.is_file():
-            raise ConfigError(f"{name}: {path} is not a readable file")
-        paths[name] = path
-    cert, key = paths["LEDGER_TLS_CERT_PATH"], paths["LEDGER_TLS_KEY_PATH"]
-    if (cert is None) != (key is None):
-        missing = "LEDGER_TLS_CERT_PATH" if cert is None else "LEDGER_TLS_KEY_PATH"
-        raise ConfigError(f"{missing} is required: the client certificate and key go together")
-    tls = switch == "on" or any(p is not None for p in paths.values())
-    if switch == "off" and tls:
-        raise ConfigError("LEDGER_TLS=off contradicts the LEDGER_TLS_* paths that are set")
-    return tls, paths["LEDGER_TLS_CA_PATH"], cert, key

@@ -146,6 +146,35 @@ class Lot:
 
 
 @dataclasses.dataclass(frozen=True)
+class Hold:
+    """A row of ``holds``: credits reserved by Authorize until Capture, Void or expiry."""
+
+    COLUMNS: ClassVar[str] = (
+        "hold_id, user_id, status, amount_micros, captured_micros, expires_at, created_at"
+    )
+
+    hold_id: uuid.UUID
+    user_id: str
+    status: str
+    amount_micros: int
+    captured_micros: int
+    expires_at: dt.datetime
+    created_at: dt.datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Hold:
+        return cls(
+            hold_id=row["hold_id"],
+            user_id=row["user_id"],
+            status=row["status"],
+            amount_micros=row["amount_micros"],
+            captured_micros=row["captured_micros"],
+            expires_at=row["expires_at"],
+            created_at=row["created_at"],
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Transaction:
     COLUMNS: ClassVar[str] = (
         "transaction_id, user_id, type, source, amount_micros, balance_after_micros, "

@@ -13,6 +13,7 @@ from creditwallet.server.db import Connection
 from creditwallet.server.events.service import AdminEvents
 from creditwallet.server.ledger import (
     accounts,
+    hold_pages,
     lots,
     periods,
     pricing,
@@ -175,3 +176,34 @@ class AdminService(AdminEvents, agrpc.AdminServiceServicer):
             )
 
         return await self.rt.read(work)
+
+    async def ListHolds(
+        self, request: apb.ListHoldsRequest, context: Context
+    ) -> apb.ListHoldsResponse:
+        user_id = validate.user_id(request.user_id)
+        size = validate.page_size(request.page_size, limits.PAGE_SIZE_DEFAULT)
+
+        async def read(conn: Connection, clock: Clock) -> apb.ListHoldsResponse:
+            account = await accounts.read(conn, user_id)
+            rows, token = await hold_pages.page(
+                conn, user_id, accounts.ledger_time(clock, account), size, request.page_token
+            )
+            return apb.ListHoldsResponse(
+                holds=[convert.hold(r) for r in rows], next_page_token=token
+            )
+
+        return await self.rt.read(read)
+
+    async def GetDailyTotals(
+        self, request: apb.GetDailyTotalsRequest, context: Context
+    ) -> apb.GetDailyTotalsResponse:
+        days = validate.bounded(
+            request.days, "days", limits.DAILY_TOTALS_DAYS_DEFAULT, limits.DAILY_TOTALS_DAYS_MAX
+        )
+        top = validate.bounded(
+            request.top_agents, "top_agents", limits.TOP_AGENTS_DEFAULT, limits.TOP_AGENTS_MAX
+        )
+        totals = await self.rt.read(
+            lambda conn, clock: stats.daily_totals(conn, clock.now(), days, top)
+        )
+        return convert.daily_totals_reply(totals)

@@ -32,6 +32,8 @@ READS = {
     "ListEvents",
     "ListWebhookEndpoints",
     "GetRolloverProgress",
+    "ListHolds",
+    "GetDailyTotals",
 }
 # Batches: each item is a request with its own request_id.
 BATCHES = {"BatchDebit": "requests"}

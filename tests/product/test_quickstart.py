@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +55,7 @@ class DevRun:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.data_dir = folder / ".data"
-        self.ports = {name: _free_port() for name in ("grpc", "gateway", "metrics")}
+        self.ports = {name: _free_port() for name in ("grpc", "gateway", "metrics", "console")}
         self.log = folder / "make-run.log"
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -64,6 +65,7 @@ class DevRun:
             "GRPC_ADDRESS": f"127.0.0.1:{self.ports['grpc']}",
             "GATEWAY_ADDRESS": f"127.0.0.1:{self.ports['gateway']}",
             "METRICS_ADDRESS": f"127.0.0.1:{self.ports['metrics']}",
+            "CONSOLE_ADDRESS": f"127.0.0.1:{self.ports['console']}",
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -176,9 +178,51 @@ def test_the_curl_top_up_of_the_billing_doc_works(dev_run: DevRun) -> None:
     assert '"grantedMicros": "100000000"' in done.stdout
 
 
+def test_make_run_starts_the_console_and_prints_where_and_how_to_sign_in(
+    dev_run: DevRun,
+) -> None:
+    url = f"http://127.0.0.1:{dev_run.ports['console']}/"
+    assert f"console       {url}" in dev_run.output()
+    token = re.search(r"^export ADMIN_TOKEN=(\S+)$", dev_run.output(), re.M)
+    assert token is not None
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while True:
+        try:
+            with urllib.request.urlopen(url + "sign-in", timeout=2) as reply:
+                assert reply.status == 200
+                assert "Admin token" in reply.read().decode()
+                break
+        except OSError:
+            assert time.monotonic() < deadline, dev_run.output()
+            time.sleep(POLL_SECONDS)
+    # The printed token signs in: the console answers with its session cookie.
+    request = urllib.request.Request(
+        url + "sign-in", data=f"token={token.group(1).strip(chr(39))}".encode(), method="POST"
+    )
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: object, **kwargs: object) -> None:
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        opener.open(request, timeout=5)
+    assert answer.value.code == 303
+    assert answer.value.headers["Location"] == "/accounts"
+    assert "HttpOnly" in answer.value.headers["Set-Cookie"]
+    answer.value.close()
+
+
 def test_make_run_wrote_and_printed_dev_env_and_stops_cleanly(dev_run: DevRun) -> None:
     dev_env = (dev_run.data_dir / "dev.env").read_text(encoding="utf-8")
-    for name in ("ADMIN_TOKEN", "AGENT_TOKEN", "GRPC_ADDRESS", "STRIPE_WEBHOOK_SECRET", "PATH"):
+    for name in (
+        "ADMIN_TOKEN",
+        "AGENT_TOKEN",
+        "GRPC_ADDRESS",
+        "STRIPE_WEBHOOK_SECRET",
+        "PATH",
+        "CONSOLE_ADDRESS",
+    ):
         assert f"export {name}=" in dev_env
     assert oct((dev_run.data_dir / "dev.env").stat().st_mode & 0o777) == "0o600"
     assert f"GRPC_ADDRESS=127.0.0.1:{dev_run.ports['grpc']}" in dev_env

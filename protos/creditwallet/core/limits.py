@@ -209,6 +209,41 @@ DEVRUN_STOP_GRACE_SECONDS: Final = 15.0
 DEVRUN_MIGRATE_TIMEOUT_SECONDS: Final = 120.0
 
 
+# The operators' overview (GetDailyTotals): the window in UTC days and the agents ranked.
+DAILY_TOTALS_DAYS_DEFAULT: Final = 30
+DAILY_TOTALS_DAYS_MAX: Final = 90
+TOP_AGENTS_DEFAULT: Final = 10
+TOP_AGENTS_MAX: Final = 100
+
+# The operator console (creditwallet-console). Sessions live in its memory only: at most
+# this many at once (signing in beyond it drops the oldest), each for at most this long, and
+# ended sooner when unused for the idle time.
+CONSOLE_SESSIONS_MAX: Final = 1000
+CONSOLE_SESSION_LIFETIME_SECONDS: Final = 8 * 60 * 60
+CONSOLE_SESSION_IDLE_SECONDS: Final = 30 * 60
+# Random bytes of a session id and of its CSRF token.
+CONSOLE_SESSION_ID_BYTES: Final = 32
+CONSOLE_CSRF_TOKEN_BYTES: Final = 32
+# Sign-in attempts refused per client address before it waits CONSOLE_SIGN_IN_PAUSE_SECONDS,
+# and how many addresses that count remembers.
+CONSOLE_SIGN_IN_FAILURES_MAX: Final = 10
+CONSOLE_SIGN_IN_PAUSE_SECONDS: Final = 60.0
+CONSOLE_SIGN_IN_ADDRESSES_MAX: Final = 10_000
+# One request: its form body, how long the console waits for one ledger call.
+CONSOLE_FORM_BYTES_MAX: Final = 16 * 1024
+CONSOLE_RPC_TIMEOUT_SECONDS: Final = 10.0
+# Rows per history page, and the history read for an account's 30-day charts: at most this
+# many pages of PAGE_SIZE_MAX rows (the chart says so when the account has more).
+CONSOLE_HISTORY_PAGE_SIZE: Final = 25
+CONSOLE_CHART_DAYS: Final = 30
+CONSOLE_CHART_PAGES_MAX: Final = 20
+# Agents drawn as their own series in an account's spend chart; the rest are "other".
+CONSOLE_CHART_AGENTS_MAX: Final = 6
+# Rows shown of pending holds, agent prices, webhook endpoints and failed deliveries.
+CONSOLE_LIST_ROWS_MAX: Final = 100
+# The note an operator writes on a grant or reversal (recorded as its metadata "note").
+CONSOLE_NOTE_LENGTH_MAX: Final = METADATA_VALUE_LENGTH_MAX
+
 # The edges of the server (hostile callers). Every call is authorised on its headers before its
 # body is read; these bound what a caller, authenticated or not, can make the server hold.
 # The largest valid request: every string field at its limit, metadata full, with protobuf's
@@ -377,6 +412,19 @@ def _check() -> None:
         "gateway header + body timeouts < Stripe's webhook timeout": (
             GATEWAY_HEADERS_TIMEOUT_SECONDS + GATEWAY_BODY_TIMEOUT_SECONDS
             <= STRIPE_WEBHOOK_TIMEOUT_SECONDS
+        ),
+        "TOP_AGENTS_DEFAULT <= TOP_AGENTS_MAX": TOP_AGENTS_DEFAULT <= TOP_AGENTS_MAX,
+        "DAILY_TOTALS_DAYS_DEFAULT <= DAILY_TOTALS_DAYS_MAX": (
+            DAILY_TOTALS_DAYS_DEFAULT <= DAILY_TOTALS_DAYS_MAX
+        ),
+        "CONSOLE_SESSION_IDLE_SECONDS <= CONSOLE_SESSION_LIFETIME_SECONDS": (
+            CONSOLE_SESSION_IDLE_SECONDS <= CONSOLE_SESSION_LIFETIME_SECONDS
+        ),
+        "CONSOLE_HISTORY_PAGE_SIZE <= PAGE_SIZE_MAX": CONSOLE_HISTORY_PAGE_SIZE <= PAGE_SIZE_MAX,
+        "CONSOLE_CHART_DAYS <= DAILY_TOTALS_DAYS_MAX": CONSOLE_CHART_DAYS <= DAILY_TOTALS_DAYS_MAX,
+        "CONSOLE_LIST_ROWS_MAX <= PAGE_SIZE_MAX": CONSOLE_LIST_ROWS_MAX <= PAGE_SIZE_MAX,
+        "CONSOLE_RPC_TIMEOUT_SECONDS <= CLIENT_TIMEOUT_SECONDS_MAX": (
+            CONSOLE_RPC_TIMEOUT_SECONDS <= CLIENT_TIMEOUT_SECONDS_MAX
         ),
     }
     broken = [name for name, holds in relations.items() if not holds]

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import urllib.parse
-from pathlib import PurePath
+from collections.abc import Mapping
+from pathlib import Path, PurePath
 from typing import Any, Final
 
 MASK: Final = "****"
@@ -88,3 +89,30 @@ def mask_url_password(text: str) -> str:
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+
+
+def ledger_tls(env: Mapping[str, str]) -> tuple[bool, Path | None, Path | None, Path | None]:
+    """(TLS on, CA, client certificate, client key) of a process that calls the ledger.
+
+    ``LEDGER_TLS_CA_PATH`` (the CA to trust) or ``LEDGER_TLS=on`` (the system's roots) turn
+    TLS on; ``LEDGER_TLS_CERT_PATH`` with ``LEDGER_TLS_KEY_PATH`` add a client certificate
+    (mutual TLS), both or neither. The gateway and the console read the same variables.
+    """
+    switch = env.get("LEDGER_TLS", "").strip().lower()
+    if switch not in ("", "on", "off"):
+        raise ConfigError("LEDGER_TLS must be on or off")
+    paths: dict[str, Path | None] = {}
+    for name in ("LEDGER_TLS_CA_PATH", "LEDGER_TLS_CERT_PATH", "LEDGER_TLS_KEY_PATH"):
+        value = env.get(name, "").strip()
+        path = Path(value) if value else None
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{name}: {path} is not a readable file")
+        paths[name] = path
+    cert, key = paths["LEDGER_TLS_CERT_PATH"], paths["LEDGER_TLS_KEY_PATH"]
+    if (cert is None) != (key is None):
+        missing = "LEDGER_TLS_CERT_PATH" if cert is None else "LEDGER_TLS_KEY_PATH"
+        raise ConfigError(f"{missing} is required: the client certificate and key go together")
+    tls = switch == "on" or any(p is not None for p in paths.values())
+    if switch == "off" and tls:
+        raise ConfigError("LEDGER_TLS=off contradicts the LEDGER_TLS_* paths that are set")
+    return tls, paths["LEDGER_TLS_CA_PATH"], cert, key

@@ -553,3 +553,191 @@ class GetRolloverProgressResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRolloverProgressResponse: _TypeAlias = GetRolloverProgressResponse  # noqa: Y015
+
+@_typing.final
+class ListHoldsRequest(_message.Message):
+    """Request of ListHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The account; it must exist (ACCOUNT_NOT_FOUND otherwise)."""
+    page_size: _builtins.int
+    """Rows per page, 1-500; 0 means 50."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldsRequest: _TypeAlias = ListHoldsRequest  # noqa: Y015
+
+@_typing.final
+class ListHoldsResponse(_message.Message):
+    """Response of ListHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last."""
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Hold]:
+        """Pending holds not yet past their expiry, the soonest to expire first."""
+
+    def __init__(
+        self,
+        *,
+        holds: _abc.Iterable[_common_pb2.Hold] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHoldsResponse: _TypeAlias = ListHoldsResponse  # noqa: Y015
+
+@_typing.final
+class GetDailyTotalsRequest(_message.Message):
+    """Request of GetDailyTotals."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    TOP_AGENTS_FIELD_NUMBER: _builtins.int
+    days: _builtins.int
+    """How many UTC days, today included, 1-90; 0 means 30."""
+    top_agents: _builtins.int
+    """How many agents to rank, 1-100; 0 means 10."""
+    def __init__(
+        self,
+        *,
+        days: _builtins.int = ...,
+        top_agents: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "top_agents", b"top_agents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDailyTotalsRequest: _TypeAlias = GetDailyTotalsRequest  # noqa: Y015
+
+@_typing.final
+class DailyTotal(_message.Message):
+    """The transactions of one type written on one UTC day."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
+    date: _builtins.str
+    """The day, YYYY-MM-DD (UTC)."""
+    type: _common_pb2.TransactionType.ValueType
+    """The type."""
+    count: _builtins.int
+    """Rows of the type that day."""
+    amount_micros: _builtins.int
+    """Sum of their signed amounts in micros (debits and expiries are negative)."""
+    def __init__(
+        self,
+        *,
+        date: _builtins.str = ...,
+        type: _common_pb2.TransactionType.ValueType = ...,
+        count: _builtins.int = ...,
+        amount_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "count", b"count", "date", b"date", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DailyTotal: _TypeAlias = DailyTotal  # noqa: Y015
+
+@_typing.final
+class AgentSpend(_message.Message):
+    """What one agent's debits spent over the window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    DEBITS_FIELD_NUMBER: _builtins.int
+    SPENT_MICROS_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """The agent."""
+    debits: _builtins.int
+    """Debits priced by the agent."""
+    spent_micros: _builtins.int
+    """Micros those debits charged (positive; reversals are not deducted)."""
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        debits: _builtins.int = ...,
+        spent_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "debits", b"debits", "spent_micros", b"spent_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentSpend: _TypeAlias = AgentSpend  # noqa: Y015
+
+@_typing.final
+class GetDailyTotalsResponse(_message.Message):
+    """Response of GetDailyTotals."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_DATE_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    TOP_AGENTS_FIELD_NUMBER: _builtins.int
+    start_date: _builtins.str
+    """The first day of the window, YYYY-MM-DD (UTC)."""
+    end_date: _builtins.str
+    """The last day of the window (today, UTC)."""
+    @_builtins.property
+    def totals(self) -> _containers.RepeatedCompositeFieldContainer[Global___DailyTotal]:
+        """One row per day and type that has transactions, by date then type; days without any
+        transaction are absent.
+        """
+
+    @_builtins.property
+    def top_agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentSpend]:
+        """The agents whose debits charged the most over the window, most first (ties by agent_id)."""
+
+    def __init__(
+        self,
+        *,
+        start_date: _builtins.str = ...,
+        end_date: _builtins.str = ...,
+        totals: _abc.Iterable[Global___DailyTotal] | None = ...,
+        top_agents: _abc.Iterable[Global___AgentSpend] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_date", b"end_date", "start_date", b"start_date", "top_agents", b"top_agents", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDailyTotalsResponse: _TypeAlias = GetDailyTotalsResponse  # noqa: Y015

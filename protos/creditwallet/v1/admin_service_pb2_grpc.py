@@ -96,6 +96,16 @@ class AdminServiceStub:
                 request_serializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.SerializeToString,
                 response_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressResponse.FromString,
                 _registered_method=True)
+        self.ListHolds = channel.unary_unary(
+                '/creditwallet.v1.AdminService/ListHolds',
+                request_serializer=creditwallet_dot_v1_dot_admin__service__pb2.ListHoldsRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.ListHoldsResponse.FromString,
+                _registered_method=True)
+        self.GetDailyTotals = channel.unary_unary(
+                '/creditwallet.v1.AdminService/GetDailyTotals',
+                request_serializer=creditwallet_dot_v1_dot_admin__service__pb2.GetDailyTotalsRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.GetDailyTotalsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -187,6 +197,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListHolds(self, request, context):
+        """Lists an account's pending holds, the soonest to expire first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDailyTotals(self, request, context):
+        """Ledger-wide totals per UTC day and transaction type, and the agents that spent the most,
+        over the last days (the operators' overview).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +274,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetRolloverProgress,
                     request_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.FromString,
                     response_serializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressResponse.SerializeToString,
+            ),
+            'ListHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHolds,
+                    request_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.ListHoldsRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_admin__service__pb2.ListHoldsResponse.SerializeToString,
+            ),
+            'GetDailyTotals': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDailyTotals,
+                    request_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.GetDailyTotalsRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_admin__service__pb2.GetDailyTotalsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -576,6 +611,60 @@ class AdminService:
             '/creditwallet.v1.AdminService/GetRolloverProgress',
             creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.SerializeToString,
             creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditwallet.v1.AdminService/ListHolds',
+            creditwallet_dot_v1_dot_admin__service__pb2.ListHoldsRequest.SerializeToString,
+            creditwallet_dot_v1_dot_admin__service__pb2.ListHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDailyTotals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditwallet.v1.AdminService/GetDailyTotals',
+            creditwallet_dot_v1_dot_admin__service__pb2.GetDailyTotalsRequest.SerializeToString,
+            creditwallet_dot_v1_dot_admin__service__pb2.GetDailyTotalsResponse.FromString,
             options,
             channel_credentials,
             insecure,

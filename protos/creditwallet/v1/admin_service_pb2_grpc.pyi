@@ -60,6 +60,12 @@ class AdminServiceStub:
     """How far a month's rollover has come: accounts rolled over for it out of all accounts.
     Read while a Rollover runs (it commits chunk by chunk) to show its progress.
     """
+    ListHolds: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListHoldsRequest, _admin_service_pb2.ListHoldsResponse]
+    """Lists an account's pending holds, the soonest to expire first."""
+    GetDailyTotals: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetDailyTotalsRequest, _admin_service_pb2.GetDailyTotalsResponse]
+    """Ledger-wide totals per UTC day and transaction type, and the agents that spent the most,
+    over the last days (the operators' overview).
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -91,6 +97,12 @@ class AdminServiceAsyncStub(AdminServiceStub):
     GetRolloverProgress: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetRolloverProgressRequest, _admin_service_pb2.GetRolloverProgressResponse]  # type: ignore[assignment]
     """How far a month's rollover has come: accounts rolled over for it out of all accounts.
     Read while a Rollover runs (it commits chunk by chunk) to show its progress.
+    """
+    ListHolds: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListHoldsRequest, _admin_service_pb2.ListHoldsResponse]  # type: ignore[assignment]
+    """Lists an account's pending holds, the soonest to expire first."""
+    GetDailyTotals: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetDailyTotalsRequest, _admin_service_pb2.GetDailyTotalsResponse]  # type: ignore[assignment]
+    """Ledger-wide totals per UTC day and transaction type, and the agents that spent the most,
+    over the last days (the operators' overview).
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -192,6 +204,24 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_service_pb2.GetRolloverProgressResponse, _abc.Awaitable[_admin_service_pb2.GetRolloverProgressResponse]]:
         """How far a month's rollover has come: accounts rolled over for it out of all accounts.
         Read while a Rollover runs (it commits chunk by chunk) to show its progress.
+        """
+
+    @_abc_1.abstractmethod
+    def ListHolds(
+        self,
+        request: _admin_service_pb2.ListHoldsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListHoldsResponse, _abc.Awaitable[_admin_service_pb2.ListHoldsResponse]]:
+        """Lists an account's pending holds, the soonest to expire first."""
+
+    @_abc_1.abstractmethod
+    def GetDailyTotals(
+        self,
+        request: _admin_service_pb2.GetDailyTotalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.GetDailyTotalsResponse, _abc.Awaitable[_admin_service_pb2.GetDailyTotalsResponse]]:
+        """Ledger-wide totals per UTC day and transaction type, and the agents that spent the most,
+        over the last days (the operators' overview).
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
