@@ -142,7 +142,14 @@ async def _main(accounts: int, triggers: bool) -> None:
         await conn.close()
     head, _, query = base.partition("?")
     dsn = f"{head.rsplit('/', 1)[0]}/cw_rollover_bench" + (f"?{query}" if query else "")
-    await bench_rollover(dsn, accounts, triggers=triggers)
+    try:
+        await bench_rollover(dsn, accounts, triggers=triggers)
+    finally:  # a million subscribers take gigabytes: give them back to the disk
+        conn = await asyncpg.connect(base)
+        try:
+            await conn.execute("DROP DATABASE IF EXISTS cw_rollover_bench WITH (FORCE)")
+        finally:
+            await conn.close()
 
 
 if __name__ == "__main__":
