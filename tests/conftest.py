@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,8 +36,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "credit-wallet"))
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Short path: the cluster's unix socket lives under it (108-byte limit).
-    return Path(tempfile.mkdtemp(prefix="cw-", dir="/tmp"))
+    # Short path: the cluster's unix socket lives under it (108-byte limit). The cluster
+    # (about 1 GB after a run) is deleted at exit, after the embedded server's own exit hook
+    # has stopped it (hooks run last registered first); KEEP_TEST_DATA=1 keeps it.
+    path = Path(tempfile.mkdtemp(prefix="cw-", dir="/tmp"))
+    if not os.environ.get("KEEP_TEST_DATA"):
+        atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

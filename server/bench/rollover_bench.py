@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import sys
 import tempfile
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import asyncpg
 from creditwallet.server import db, migrate
+from creditwallet.server.bench import cpu
 from creditwallet.server.clock import ManualClock
 from creditwallet.server.ledger import rollover
 
@@ -89,9 +91,13 @@ async def bench_rollover(dsn: str, accounts: int, *, triggers: bool = True) -> f
         await conn.close()
     pool = await db.create_pool(dsn)
     try:
+        postmaster = _parent(await pool.fetchval("SELECT pg_backend_pid()"))
+        meter = cpu.Meter({"postgres": [postmaster], "rollover": [os.getpid()]})
+        meter.start()
         started = time.perf_counter()
         summary = await rollover.run(pool, now.strftime("%Y-%m"), ManualClock(now))
         seconds = time.perf_counter() - started
+        cores = meter.stop()
         # The next day's run, with nothing due: it reads the due indexes, not every account.
         started = time.perf_counter()
         later = ManualClock(now + dt.timedelta(hours=1))
@@ -108,7 +114,21 @@ async def bench_rollover(dsn: str, accounts: int, *, triggers: bool = True) -> f
         f"{summary.periods_settled} periods settled); "
         f"a run with nothing due: {quiet_seconds * 1000:.1f} ms"
     )
+    # CPU per account: what the run costs whatever else the machine is doing meanwhile.
+    per_account = {k: v * seconds / summary.accounts_processed * 1e6 for k, v in cores.items()}
+    print(
+        "rollover CPU: "
+        + ", ".join(
+            f"{k} {v:.2f} cores ({per_account[k]:.0f} us/account)" for k, v in cores.items()
+        )
+        + f"; machine load {os.getloadavg()[0]:.1f}"
+    )
     return seconds
+
+
+def _parent(pid: int) -> int:
+    """The parent of a PostgreSQL backend: its postmaster, whose tree is all of PostgreSQL."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
 
 
 async def _main(accounts: int, triggers: bool) -> None:
@@ -122,7 +142,14 @@ async def _main(accounts: int, triggers: bool) -> None:
         await conn.close()
     head, _, query = base.partition("?")
     dsn = f"{head.rsplit('/', 1)[0]}/cw_rollover_bench" + (f"?{query}" if query else "")
-    await bench_rollover(dsn, accounts, triggers=triggers)
+    try:
+        await bench_rollover(dsn, accounts, triggers=triggers)
+    finally:  # a million subscribers take gigabytes: give them back to the disk
+        conn = await asyncpg.connect(base)
+        try:
+            await conn.execute("DROP DATABASE IF EXISTS cw_rollover_bench WITH (FORCE)")
+        finally:
+            await conn.close()
 
 
 if __name__ == "__main__":

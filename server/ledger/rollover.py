@@ -21,19 +21,22 @@ work is done once because its own state says when it is done, not a per-month ma
 
 Both lists are walked by keyset in chunks of ``limits.ROLLOVER_CHUNK_ACCOUNTS``, each chunk
 one transaction, so a million due accounts never mean one huge transaction and a crash
-loses at most the chunk in flight (the next run does it). The common work is set-based: one
-statement expires a chunk's due lots and writes their history rows; accounts with an expired
-hold (rare) and the accounts over the cap (rare) take the per-account path.
+loses at most the chunks in flight (the next run does them). Up to
+``limits.ROLLOVER_WORKERS`` chunks run at once, each on its own connection. A chunk of the
+first walk also settles its accounts' ended periods, so the second walk meets only accounts
+with nothing else due. Each chunk is set-based (``rollover_chunks``): a few statements for
+all of its accounts, whatever their number.
 The month (``period``) only names the run in ``rollover_runs``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -41,8 +44,7 @@ from creditwallet.core import limits
 from creditwallet.server import db
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection, Pool
-from creditwallet.server.ledger import accounts, idempotency, lots, subscriptions
-from creditwallet.server.ledger.types import Account
+from creditwallet.server.ledger import idempotency, rollover_chunks
 
 log = logging.getLogger(__name__)
 
@@ -55,66 +57,6 @@ WHERE next_expiry_at <= $1 AND (next_expiry_at, user_id) > ($2, $3)
 ORDER BY next_expiry_at, user_id LIMIT $4
 """
 
-# Locked in user_id order, and re-checked once locked: another run or a writer's touch may
-# have swept the account meanwhile.
-_LOCK_DUE = f"""
-SELECT {Account.COLUMNS}
-FROM credits WHERE user_id = ANY($1::text[]) AND next_expiry_at <= $2
-ORDER BY user_id FOR UPDATE
-"""
-
-# Each account's time is the run's clock or the account's last write, if later.
-_DUE_HOLDS = """
-SELECT h.user_id, count(*) AS n FROM holds h JOIN credits c ON c.user_id = h.user_id
-WHERE h.user_id = ANY($1::text[]) AND h.status = 'pending'
-  AND h.expires_at <= GREATEST($2::timestamptz, c.updated_at)
-GROUP BY h.user_id
-"""
-
-# lots.sweep for many accounts at once: balance_after of each history row is the balance
-# before the statement less the running total of the account's expired lots. Each account's
-# time is the run's clock (read after the lock) or the account's last write if later.
-_EXPIRE_DUE = """
-WITH old AS (
-    SELECT l.user_id, l.lot_id, l.source, l.remaining_micros, l.expires_at,
-           GREATEST($2::timestamptz, c.updated_at) AS at,
-           (sum(l.remaining_micros) OVER (
-               PARTITION BY l.user_id ORDER BY l.expires_at, l.lot_id))::bigint AS upto
-    FROM credit_lots l JOIN credits c ON c.user_id = l.user_id
-    WHERE l.user_id = ANY($1::text[]) AND l.remaining_micros > 0
-      AND l.expires_at <= GREATEST($2::timestamptz, c.updated_at)
-), zeroed AS (
-    UPDATE credit_lots l SET remaining_micros = 0 FROM old
-    WHERE l.user_id = old.user_id AND l.lot_id = old.lot_id
-), history AS (
-    INSERT INTO credit_transactions (user_id, type, source, amount_micros, balance_after_micros,
-                                     metadata, created_at)
-    SELECT old.user_id, 'expire', old.source, -old.remaining_micros, c.balance_micros - old.upto,
-           jsonb_build_object('lot_id', old.lot_id::text, 'reason', 'rollover',
-                              'expired_at', old.expires_at), old.at
-    FROM old JOIN credits c ON c.user_id = old.user_id
-    ORDER BY old.user_id, old.expires_at, old.lot_id
-    RETURNING user_id, transaction_id
-), totals AS (
-    SELECT user_id, sum(remaining_micros)::bigint AS expired, max(at) AS at
-    FROM old GROUP BY user_id
-), moved AS (
-    UPDATE credits c SET balance_micros = c.balance_micros - totals.expired, updated_at = totals.at,
-        last_transaction_id = (SELECT max(h.transaction_id) FROM history h
-                               WHERE h.user_id = totals.user_id)
-    FROM totals WHERE c.user_id = totals.user_id
-)
-SELECT coalesce(sum(expired), 0)::bigint FROM totals
-"""
-
-_NEXT_EXPIRY = """
-UPDATE credits c SET next_expiry_at = LEAST(
-    (SELECT min(expires_at) FROM credit_lots l
-     WHERE l.user_id = c.user_id AND l.remaining_micros > 0 AND l.expires_at IS NOT NULL),
-    (SELECT min(expires_at) FROM holds h WHERE h.user_id = c.user_id AND h.status = 'pending'))
-WHERE c.user_id = ANY($1::text[]) AND c.next_expiry_at <= $2
-"""
-
 # Ended, granted, unsettled periods after the cursor, in the order of their index.
 _DUE_PERIODS = """
 SELECT coalesce(ended_at, period_end) AS ended, subscription_id, period_start, user_id
@@ -122,36 +64,6 @@ FROM subscription_periods
 WHERE carry_settled_at IS NULL AND lot_id IS NOT NULL AND coalesce(ended_at, period_end) <= $1
   AND (coalesce(ended_at, period_end), subscription_id, period_start) > ($2, $3, $4)
 ORDER BY coalesce(ended_at, period_end), subscription_id, period_start LIMIT $5
-"""
-
-_LOCK_ACCOUNTS = """
-SELECT user_id FROM credits WHERE user_id = ANY($1::text[]) ORDER BY user_id FOR UPDATE
-"""
-
-# The claim: each ended period is settled once, by whoever locks its account first. All of
-# an account's ended periods are settled together, so its carried credits count once a run.
-_SETTLE = """
-UPDATE subscription_periods SET carry_settled_at = $2,
-    carry_cap_micros = (SELECT max(s.period_credits_micros) FROM subscriptions s
-                        WHERE s.user_id = subscription_periods.user_id)
-WHERE user_id = ANY($1::text[]) AND lot_id IS NOT NULL AND carry_settled_at IS NULL
-  AND coalesce(ended_at, period_end) <= $2
-RETURNING user_id
-"""
-
-# Subscription credits carried past ended periods, against the plan's allotment.
-_CARRIED = """
-WITH allot AS (
-    SELECT user_id, max(period_credits_micros)::bigint AS allotment FROM subscriptions
-    WHERE user_id = ANY($1::text[]) GROUP BY user_id
-)
-SELECT l.user_id, sum(l.remaining_micros)::bigint AS carried, allot.allotment
-FROM credit_lots l
-JOIN subscription_periods p ON p.user_id = l.user_id AND p.lot_id = l.lot_id
-JOIN allot ON allot.user_id = l.user_id
-WHERE l.user_id = ANY($1::text[]) AND l.remaining_micros > 0
-  AND (l.expires_at IS NULL OR l.expires_at > $2) AND coalesce(p.ended_at, p.period_end) <= $2
-GROUP BY l.user_id, allot.allotment
 """
 
 _START_RUN = "INSERT INTO rollover_runs (period, started_at) VALUES ($1, $2) RETURNING run_id"
@@ -177,25 +89,7 @@ SELECT (SELECT coalesce(sum(accounts_processed + accounts_settled), 0)::bigint
 """
 
 
-@dataclasses.dataclass
-class Summary:
-    """What one run did (every count is this run's own work, not a month's total)."""
-
-    period: str
-    accounts_processed: int = 0
-    credits_carried_micros: int = 0
-    credits_expired_micros: int = 0
-    holds_released: int = 0
-    chunks: int = 0
-    periods_settled: int = 0
-    accounts_settled: int = 0
-    accounts_capped: int = 0
-    credits_capped_micros: int = 0
-
-    def add(self, other: Summary) -> None:
-        for field in dataclasses.fields(self):
-            if field.name != "period":
-                setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+Summary = rollover_chunks.Summary
 
 
 async def run(
@@ -204,44 +98,60 @@ async def run(
     clock: Clock,
     *,
     chunk_accounts: int = limits.ROLLOVER_CHUNK_ACCOUNTS,
+    workers: int = limits.ROLLOVER_WORKERS,
     after_chunk: Callable[[Summary], Awaitable[None]] | None = None,
 ) -> Summary:
     """Record everything due as of the run's start (the run is named ``period``); resumable.
 
     Which work is due is decided at the start (``now``); each chunk's writes take their time
-    from the clock after their locks, never before an account's last write.
+    from the clock after their locks, never before an account's last write. Up to ``workers``
+    chunks are in flight at once, each on its own connection (the chunks of one walk are
+    disjoint, so they never wait on each other). ``after_chunk`` (tests) is called after each
+    chunk commits and before the next one starts: chunks then run one at a time.
     """
     now = clock.now()
     run_id = await db.run_transaction(pool, lambda c: c.fetchval(_START_RUN, period, now))
     total = Summary(period)
+    in_flight = 1 if after_chunk is not None else workers
 
     async def step(done: Summary) -> None:
         total.add(done)
         if after_chunk is not None:
             await after_chunk(total)
 
-    at, user = _EPOCH, ""
-    while True:
-        due = await db.read(
-            pool,
-            functools.partial(_fetch, query=_DUE_ACCOUNTS, args=(now, at, user, chunk_accounts)),
+    async def accounts_due() -> AsyncIterator[list[str]]:
+        at, user = _EPOCH, ""
+        while True:
+            args = (now, at, user, chunk_accounts)
+            due = await db.read(pool, functools.partial(_fetch, query=_DUE_ACCOUNTS, args=args))
+            if not due:
+                return
+            at, user = due[-1]["next_expiry_at"], due[-1]["user_id"]
+            yield sorted({r["user_id"] for r in due})
+
+    async def periods_due() -> AsyncIterator[list[str]]:
+        ended, sub, start = _EPOCH, "", _EPOCH
+        while True:
+            cursor = (now, ended, sub, start, chunk_accounts)
+            rows = await db.read(pool, functools.partial(_fetch, query=_DUE_PERIODS, args=cursor))
+            if not rows:
+                return
+            last = rows[-1]
+            ended, sub, start = last["ended"], last["subscription_id"], last["period_start"]
+            yield sorted({r["user_id"] for r in rows})
+
+    def expire(ids: list[str]) -> Callable[[Connection], Awaitable[Summary]]:
+        return functools.partial(
+            _counted, rollover_chunks.expire, run_id, ids=ids, due=now, clock=clock
         )
-        if not due:
-            break
-        at, user = due[-1]["next_expiry_at"], due[-1]["user_id"]
-        ids = sorted({r["user_id"] for r in due})
-        work = functools.partial(_counted, _expire, run_id, ids=ids, due=now, clock=clock)
-        await step(await db.run_transaction(pool, work))
-    ended, sub, start = _EPOCH, "", _EPOCH
-    while True:
-        cursor = (now, ended, sub, start, chunk_accounts)
-        rows = await db.read(pool, functools.partial(_fetch, query=_DUE_PERIODS, args=cursor))
-        if not rows:
-            break
-        ended, sub, start = rows[-1]["ended"], rows[-1]["subscription_id"], rows[-1]["period_start"]
-        keys = [(r["subscription_id"], r["period_start"], r["user_id"]) for r in rows]
-        work = functools.partial(_counted, _settle, run_id, keys=keys, due=now, clock=clock)
-        await step(await db.run_transaction(pool, work))
+
+    def settle(users: list[str]) -> Callable[[Connection], Awaitable[Summary]]:
+        return functools.partial(
+            _counted, rollover_chunks.settle, run_id, users=users, due=now, clock=clock
+        )
+
+    await _walk(pool, accounts_due(), expire, in_flight, step)
+    await _walk(pool, periods_due(), settle, in_flight, step)
     purged = await idempotency.purge_expired(pool, now)
     await db.run_transaction(pool, lambda c: c.execute(_FINISH_RUN, run_id, clock.now()))
     log.info(
@@ -249,6 +159,34 @@ async def run(
         extra={**dataclasses.asdict(total), "idempotency_records_purged": purged},
     )
     return total
+
+
+async def _walk(
+    pool: Pool,
+    chunks: AsyncIterator[list[str]],
+    work: Callable[[list[str]], Callable[[Connection], Awaitable[Summary]]],
+    in_flight: int,
+    step: Callable[[Summary], Awaitable[None]],
+) -> None:
+    """Run each chunk in its own transaction, up to ``in_flight`` at once, in keyset order.
+
+    A failure stops the walk: no new chunk starts, the ones in flight finish (committed or
+    rolled back: a transaction is never abandoned midway), and the first error is raised.
+    """
+    running: set[asyncio.Future[Summary]] = set()
+    try:
+        async for ids in chunks:
+            while len(running) >= in_flight:
+                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    await step(task.result())
+            running.add(asyncio.ensure_future(db.run_transaction(pool, work(ids))))
+        for task in asyncio.as_completed(list(running)):
+            await step(await task)
+        running.clear()
+    finally:
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
 
 
 async def _counted(
@@ -273,49 +211,3 @@ async def _counted(
 
 async def _fetch(conn: Connection, *, query: str, args: tuple[object, ...]) -> list[asyncpg.Record]:
     return list(await conn.fetch(query, *args))
-
-
-async def _expire(conn: Connection, *, ids: list[str], due: dt.datetime, clock: Clock) -> Summary:
-    """One transaction: record the due expiries and holds of the chunk's accounts."""
-    done = Summary("", chunks=1)
-    locked = {r["user_id"]: Account.from_row(r) for r in await conn.fetch(_LOCK_DUE, ids, due)}
-    if not locked:
-        return done
-    now = max(due, clock.now())  # after the locks: the chunk's time (each account's if later)
-    done.accounts_processed = len(locked)
-    for row in await conn.fetch(_DUE_HOLDS, list(locked), now):
-        before = locked.pop(row["user_id"])
-        after = await lots.sweep(conn, before, max(now, before.updated_at))
-        done.holds_released += row["n"]
-        done.credits_expired_micros += before.balance_micros - after.balance_micros
-    rest = list(locked)
-    done.credits_expired_micros += await conn.fetchval(_EXPIRE_DUE, rest, now) or 0
-    await conn.execute(_NEXT_EXPIRY, rest, now)
-    return done
-
-
-async def _settle(
-    conn: Connection, *, keys: list[tuple[str, dt.datetime, str]], due: dt.datetime, clock: Clock
-) -> Summary:
-    """One transaction: settle the carry-over of the chunk's ended periods, capping it."""
-    done = Summary("", chunks=1)
-    await conn.fetch(_LOCK_ACCOUNTS, sorted({k[2] for k in keys}))
-    claimed = await conn.fetch(_SETTLE, sorted({k[2] for k in keys}), due)
-    if not claimed:
-        return done
-    done.periods_settled = len(claimed)
-    users = sorted({r["user_id"] for r in claimed})
-    done.accounts_settled = len(users)
-    for row in await conn.fetch(_CARRIED, users, due):
-        carried, allotment = row["carried"], row["allotment"]
-        if carried > allotment:
-            entry = await accounts.lock(conn, row["user_id"], clock)
-            account = entry.account
-            after = await subscriptions.cap_carried(conn, account, allotment, due, entry.now)
-            capped = account.balance_micros - after.balance_micros
-            done.accounts_capped += 1
-            done.credits_capped_micros += capped
-            done.credits_expired_micros += capped
-            carried = allotment
-        done.credits_carried_micros += carried
-    return done

@@ -100,6 +100,8 @@ VERIFY_VIOLATIONS_MAX: Final = 1000
 
 # Rollover: accounts (or ended subscription periods) per chunk, each chunk one transaction.
 ROLLOVER_CHUNK_ACCOUNTS: Final = 2000
+# Rollover chunks in flight at once, each on its own connection (of the server's pool).
+ROLLOVER_WORKERS: Final = 2
 
 # Subscription billing schedules. A period spans at most this many of its intervals (the
 # provider's interval_count; Stripe's longest period is three years, 1095 days).
@@ -369,6 +371,9 @@ def _check() -> None:
         ),
         "MEMBERS_PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX": MEMBERS_PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX,
         "DB_POOL_SIZE_MIN <= DB_POOL_SIZE_MAX": DB_POOL_SIZE_MIN <= DB_POOL_SIZE_MAX,
+        "1 <= ROLLOVER_WORKERS < DB_POOL_SIZE_WORKER_MIN": (
+            1 <= ROLLOVER_WORKERS < DB_POOL_SIZE_WORKER_MIN
+        ),
         "IDEMPOTENCY_RETENTION_DAYS >= 7": IDEMPOTENCY_RETENTION_DAYS >= 7,
         "HEALTH_PROBE_TIMEOUT_SECONDS <= HEALTH_PROBE_INTERVAL_SECONDS": (
             HEALTH_PROBE_TIMEOUT_SECONDS <= HEALTH_PROBE_INTERVAL_SECONDS
