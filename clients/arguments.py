@@ -46,8 +46,12 @@ AMOUNT_ARGUMENTS: Final = {
     "amount": "--amount",
     "grant_amount": "AMOUNT",
     "price": "PRICE",
+    "overdraft_limit": "LIMIT",
     "cap": "--cap",
 }
+
+# Amounts whose bounds are not (1 micro, AMOUNT_MICROS_MAX): an overdraft limit may be 0.
+AMOUNT_BOUNDS: Final = {"overdraft_limit": (0, limits.OVERDRAFT_LIMIT_MICROS_MAX)}
 
 # Request fields named by the server's INVALID_ARGUMENT answers -> what the operator typed.
 FIELD_FLAGS: Final[Mapping[str, Mapping[str, str]]] = {
@@ -61,10 +65,19 @@ FIELD_FLAGS: Final[Mapping[str, Mapping[str, str]]] = {
         "agent_id": "--agent",
         "quantity": "--quantity",
         "member_id": "--member",
+        "for_agent_id": "--for-agent",
     },
     "usage": {"start_time": "--from", "end_time": "--to", "group_by": "--by"},
     "members set": {"member_id": "MEMBER", "cap_micros": "--cap", "cap_period": "--period"},
-    "grant": {"amount_micros": "AMOUNT", "expires_at": "--expires-at", "source": "--source"},
+    "grant": {
+        "amount_micros": "AMOUNT",
+        "expires_at": "--expires-at",
+        "source": "--source",
+        "priority": "--priority",
+        "agent_ids": "--agent",
+    },
+    "balance": {"agent_id": "--agent", "as_of": "--as-of"},
+    "overdraft set": {"limit_micros": "LIMIT"},
     "reverse": {"amount_micros": "--amount", "transaction_id": "TRANSACTION_ID"},
     "prices set": {"agent_id": "AGENT", "price_micros": "PRICE", "unit": "--unit"},
     "history": {"page_size": "--limit", "type": "--type"},
@@ -115,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     leaf = command(commands, "balance", "Show a user's available, held and debt credits and lots.")
     leaf.add_argument("user", metavar="USER")
+    leaf.add_argument(
+        "--agent", default="", help="also show what is available for debits for this agent"
+    )
+    leaf.add_argument(
+        "--as-of",
+        type=_aware_datetime,
+        help="the balance at a past moment, ISO 8601 with offset, e.g. 2030-01-31T12:00:00Z",
+    )
 
     leaf = command(
         commands,
@@ -133,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--agent", help="charge this agent's price times --quantity")
     cost.add_argument("--amount", help="charge this many credits, e.g. 1.5")
     leaf.add_argument("--quantity", type=_positive_int, help="units of --agent (default 1)")
+    leaf.add_argument(
+        "--for-agent",
+        default="",
+        help="with --amount: the agent it pays for, so lots restricted to it apply",
+    )
     leaf.add_argument("--member", default="", help="the team member that spends (its cap)")
     _add_request_id(leaf)
     debitfile.add_arguments(leaf)
@@ -156,7 +182,37 @@ def build_parser() -> argparse.ArgumentParser:
     leaf.add_argument(
         "--create", action="store_true", help="create the account (without trial credits)"
     )
+    leaf.add_argument(
+        "--priority",
+        type=_priority,
+        help=f"burn-down priority {limits.LOT_PRIORITY_MIN}-{limits.LOT_PRIORITY_MAX}, lower "
+        f"burns first (default {limits.LOT_PRIORITY_DEFAULT})",
+    )
+    leaf.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        dest="agents",
+        metavar="AGENT",
+        help="restrict the lot to debits for this agent (repeat for several)",
+    )
     _add_request_id(leaf)
+
+    overdraft = commands.add_parser("overdraft", help="Set an account's overdraft limit.")
+    overdraft_commands = overdraft.add_subparsers(
+        dest="overdraft_command", required=True, metavar="overdraft"
+    )
+    leaf = command(
+        overdraft_commands,
+        "set",
+        "Let a user's debits take the available balance down to -LIMIT, as debt.",
+        parent="overdraft",
+        description="Let a user's debits take the available balance down to -LIMIT: what the\n"
+        "lots do not cover is recorded as debt, which later credits pay first. 0 turns it off\n"
+        "(a lower limit undoes no debt; it refuses further debits until the debt is paid down).",
+    )
+    leaf.add_argument("user", metavar="USER")
+    leaf.add_argument("overdraft_limit", metavar="LIMIT", help="credits, e.g. 10")
 
     leaf = command(commands, "history", "List a user's transactions, newest first.")
     leaf.add_argument("user", metavar="USER")
@@ -335,13 +391,10 @@ def resolve_amounts(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             micros = parse_micros(text) if args.micros else parse_credits(text)
         except ValueError as error:
             parser.error(f"{label}: {error}")
-        if not 0 < micros <= limits.AMOUNT_MICROS_MAX:
-            largest = (
-                str(limits.AMOUNT_MICROS_MAX)
-                if args.micros
-                else format_credits(limits.AMOUNT_MICROS_MAX)
-            )
-            smallest = "1" if args.micros else format_credits(1)
+        low, high = AMOUNT_BOUNDS.get(dest, (1, limits.AMOUNT_MICROS_MAX))
+        if not low <= micros <= high:
+            largest = str(high) if args.micros else format_credits(high)
+            smallest = str(low) if args.micros else format_credits(low)
             unit = "micro-credits" if args.micros else "credits"
             parser.error(f"{label} must be between {smallest} and {largest} {unit}, not {text}")
         setattr(args, dest, micros)
@@ -387,6 +440,19 @@ def _seconds(text: str) -> float:
             f"not a number of seconds between 0 and {limits.CLIENT_TIMEOUT_SECONDS_MAX:g}: {text!r}"
         )
     return seconds
+
+
+def _priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not limits.LOT_PRIORITY_MIN <= value <= limits.LOT_PRIORITY_MAX:
+        raise argparse.ArgumentTypeError(
+            f"not a priority between {limits.LOT_PRIORITY_MIN} and {limits.LOT_PRIORITY_MAX}: "
+            f"{text!r}"
+        )
+    return value
 
 
 def _aware_datetime(text: str) -> datetime:

@@ -33,9 +33,19 @@ def ensure_account(user_id: str, *, referral_code: str = "") -> wallet_pb2.Ensur
     return wallet_pb2.EnsureAccountRequest(user_id=user_id, referral_code=referral_code)
 
 
-def get_balance(user_id: str) -> wallet_pb2.GetBalanceRequest:
-    """Reads available, held and debt micros, the live lots, the subscription and the streak."""
-    return wallet_pb2.GetBalanceRequest(user_id=user_id)
+def get_balance(
+    user_id: str, *, agent_id: str = "", as_of: datetime | None = None
+) -> wallet_pb2.GetBalanceRequest:
+    """Reads available, held and debt micros, the live lots, the subscription and the streak.
+
+    ``agent_id``: also what is available for debits for that agent (the lots that apply to
+    it). ``as_of`` (timezone-aware, not in the future): the figures and lots at that moment.
+    """
+    return wallet_pb2.GetBalanceRequest(
+        user_id=user_id,
+        agent_id=agent_id,
+        as_of=timestamp(as_of) if as_of is not None else None,
+    )
 
 
 def debit(
@@ -47,12 +57,15 @@ def debit(
     request_id: str | None = None,
     session_id: str = "",
     metadata: Mapping[str, str] | None = None,
+    for_agent_id: str = "",
     member_id: str = "",
 ) -> wallet_pb2.DebitRequest:
     """Spends credits: ``agent_id`` (times ``quantity``, default 1) or ``amount_micros``, not both.
 
-    All or nothing, never overdrawing; a new uuid4 ``request_id`` unless one is given.
-    ``member_id`` names the team member that spends (counted against its cap).
+    All or nothing, never overdrawing beyond the account's overdraft limit; a new uuid4
+    ``request_id`` unless one is given. ``for_agent_id`` names the agent an ``amount_micros``
+    pays for, so lots restricted to that agent apply. ``member_id`` names the team member that
+    spends (counted against its cap).
     """
     return wallet_pb2.DebitRequest(
         user_id=user_id,
@@ -62,6 +75,7 @@ def debit(
         amount_micros=amount_micros or 0,
         session_id=session_id,
         metadata=metadata,
+        for_agent_id=for_agent_id,
         member_id=member_id,
     )
 
@@ -84,10 +98,12 @@ def authorize(
     request_id: str | None = None,
     session_id: str = "",
     metadata: Mapping[str, str] | None = None,
+    for_agent_id: str = "",
     member_id: str = "",
 ) -> wallet_pb2.AuthorizeRequest:
     """Places a hold like ``debit`` would charge; ``ttl_seconds`` 0 means the server's 900.
 
+    A hold reserves credits of the lots that apply to its agent and never overdraws.
     ``member_id``: the held amount counts against that member's cap until captured or voided.
     """
     return wallet_pb2.AuthorizeRequest(
@@ -99,6 +115,7 @@ def authorize(
         session_id=session_id,
         metadata=metadata,
         ttl_seconds=ttl_seconds,
+        for_agent_id=for_agent_id,
         member_id=member_id,
     )
 
@@ -205,11 +222,14 @@ def grant(
     request_id: str | None = None,
     metadata: Mapping[str, str] | None = None,
     create_account: bool = False,
+    priority: int | None = None,
+    agent_ids: Iterable[str] = (),
 ) -> admin_pb2.GrantRequest:
     """Grants a new lot; ``expires_at`` (timezone-aware) None means the source's default.
 
     The account must exist (``AccountNotFound`` otherwise) unless ``create_account`` is true,
-    which creates it without a trial lot.
+    which creates it without a trial lot. ``priority`` (0-100, lower burns first) None means
+    the default 50; ``agent_ids`` restricts the lot to debits for those agents.
     """
     return admin_pb2.GrantRequest(
         user_id=user_id,
@@ -219,6 +239,8 @@ def grant(
         expires_at=timestamp(expires_at) if expires_at is not None else None,
         metadata=metadata,
         create_account=create_account,
+        priority=priority,
+        agent_ids=list(agent_ids),
     )
 
 
@@ -254,6 +276,11 @@ def list_agent_prices(
 ) -> admin_pb2.ListAgentPricesRequest:
     """One page of prices by agent_id; ``page_size`` 0 means the server's 100."""
     return admin_pb2.ListAgentPricesRequest(page_size=page_size, page_token=page_token)
+
+
+def set_overdraft_limit(user_id: str, limit_micros: int) -> admin_pb2.SetOverdraftLimitRequest:
+    """Sets how far below zero the account's debits may go, as debt (0: not at all)."""
+    return admin_pb2.SetOverdraftLimitRequest(user_id=user_id, limit_micros=limit_micros)
 
 
 def set_member(

@@ -259,8 +259,8 @@ def _read(path: Path | None, flag: str) -> bytes | None:
 
 
 def _balance(s: Session) -> Output:
-    reply = s.client.get_balance(s.args.user)
-    return Output(reply, render.balance(reply, s.amounts))
+    reply = s.client.get_balance(s.args.user, agent_id=s.args.agent, as_of=s.args.as_of)
+    return Output(reply, render.balance(reply, s.amounts, agent_id=s.args.agent))
 
 
 def _ensure(s: Session) -> Output:
@@ -282,6 +282,7 @@ def _debit(s: Session) -> Output:
         quantity=s.args.quantity,
         amount_micros=s.args.amount,
         request_id=s.args.request_id,
+        for_agent_id=s.args.for_agent,
         member_id=s.args.member,
     )
     items = [
@@ -315,15 +316,29 @@ def _grant(s: Session) -> Output:
         request_id=s.args.request_id,
         metadata=_reason(s.args),
         create_account=s.args.create,
+        priority=s.args.priority,
+        agent_ids=s.args.agents,
     )
     items = [
         ("granted", s.amounts.text(reply.lot.amount_micros)),
         ("source", s.args.source),
         ("expires_at", render.timestamp_text(reply.lot.expires_at, unset="never")),
+        ("priority", str(reply.lot.priority)),
+        ("agents", ", ".join(reply.lot.agent_ids) or "any"),
         ("available", s.amounts.text(reply.available_micros)),
         ("transaction", reply.transaction_id),
         ("request_id", s.args.request_id),
         ("replayed", render.yes_no(reply.replayed)),
+    ]
+    return Output(reply, render.pairs(items))
+
+
+def _overdraft_set(s: Session) -> Output:
+    reply = s.client.set_overdraft_limit(s.args.user, s.args.overdraft_limit)
+    items = [
+        ("overdraft limit", s.amounts.text(reply.limit_micros)),
+        ("available", s.amounts.text(reply.available_micros)),
+        ("debt", s.amounts.text(reply.debt_micros)),
     ]
     return Output(reply, render.pairs(items))
 
@@ -525,6 +540,7 @@ COMMANDS: Final[dict[str, Command]] = {
     "ensure": _ensure,
     "debit": _debit,
     "grant": _grant,
+    "overdraft set": _overdraft_set,
     "reverse": _reverse,
     "history": _history,
     "prices set": _prices_set,

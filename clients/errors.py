@@ -126,7 +126,11 @@ class FailedPrecondition(CreditWalletError):
 
 
 class InsufficientCredits(FailedPrecondition):
-    """Not enough available credits; a retry needs a top-up and a new request_id."""
+    """Not enough available credits; a retry needs a top-up and a new request_id.
+
+    ``available_micros`` counts the lots that apply to the debit's agent, less the debt;
+    ``overdraft_left_micros`` is what the account's overdraft limit still allows (0 without).
+    """
 
     def __init__(
         self,
@@ -140,6 +144,7 @@ class InsufficientCredits(FailedPrecondition):
         # back to FailedPrecondition rather than invent figures.
         self.available_micros = int(self.metadata["available_micros"])
         self.required_micros = int(self.metadata["required_micros"])
+        self.overdraft_left_micros = int(self.metadata.get("overdraft_left_micros", "0"))
 
 
 class AgentDisabled(FailedPrecondition):

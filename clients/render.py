@@ -137,19 +137,25 @@ _TRANSACTION_TYPE = common_pb2.TransactionType.DESCRIPTOR
 _SUBSCRIPTION_STATUS = common_pb2.SubscriptionStatus.DESCRIPTOR
 
 
-def balance(reply: wallet_pb2.GetBalanceResponse, amounts: Amounts) -> Group:
+def balance(reply: wallet_pb2.GetBalanceResponse, amounts: Amounts, *, agent_id: str = "") -> Group:
     items = [
         ("user", reply.user_id),
+        ("as of", timestamp_text(reply.as_of)),
         ("available", amounts.text(reply.available_micros)),
         ("held", amounts.text(reply.held_micros)),
         ("debt", amounts.text(reply.debt_micros)),
     ]
+    if reply.HasField("available_for_agent_micros"):
+        items.append((f"available for {agent_id}", amounts.text(reply.available_for_agent_micros)))
+    if reply.overdraft_limit_micros:
+        items.append(("overdraft limit", amounts.text(reply.overdraft_limit_micros)))
     if reply.HasField("subscription"):
         subscription = reply.subscription
         status = enum_label(_SUBSCRIPTION_STATUS, subscription.status)
         period_end = timestamp_text(subscription.current_period_end)
         items.append(("subscription", f"{status}, period ends {period_end}"))
-    items.append(("streak", streak_summary(reply.streak, amounts)))
+    if reply.HasField("streak"):
+        items.append(("streak", streak_summary(reply.streak, amounts)))
     return stack(pairs(items), lots(reply.lots, amounts))
 
 
@@ -161,6 +167,8 @@ def lots(groups: Iterable[common_pb2.LotGroup], amounts: Amounts) -> RenderableT
             amounts.figure(lot.amount_micros),
             timestamp_text(lot.granted_at),
             timestamp_text(lot.expires_at, unset="never"),
+            str(lot.priority),
+            ",".join(lot.agent_ids) or "any",
         ]
         for group in groups
         for lot in group.lots
@@ -168,7 +176,15 @@ def lots(groups: Iterable[common_pb2.LotGroup], amounts: Amounts) -> RenderableT
     if not rows:
         return Text("no live lots")
     unit = amounts.unit.upper()
-    headers = ["SOURCE", f"REMAINING ({unit})", f"AMOUNT ({unit})", "GRANTED_AT", "EXPIRES_AT"]
+    headers = [
+        "SOURCE",
+        f"REMAINING ({unit})",
+        f"AMOUNT ({unit})",
+        "GRANTED_AT",
+        "EXPIRES_AT",
+        "PRIORITY",
+        "AGENTS",
+    ]
     return table(headers, rows, right=frozenset({1, 2}))
 
 
@@ -226,8 +242,12 @@ def _transaction_detail(row: common_pb2.Transaction) -> str:
 
 
 def _what(row: common_pb2.Transaction) -> str:
+    overdraft = f", {row.overdraft_micros} micros on overdraft" if row.overdraft_micros else ""
     if row.agent_id:
-        return f"{row.agent_id} x{row.quantity}"
+        units = f" x{row.quantity}" if row.quantity else ""
+        return f"{row.agent_id}{units}{overdraft}"
+    if overdraft:
+        return overdraft.removeprefix(", ")
     if row.source:
         return enum_label(_LOT_SOURCE, row.source)
     if row.related_transaction_id:

@@ -173,6 +173,12 @@ GET_ROLLOVER_PROGRESS: Final = Rpc(
     admin_pb2.GetRolloverProgressRequest,
     admin_pb2.GetRolloverProgressResponse,
 )
+SET_OVERDRAFT_LIMIT: Final = Rpc(
+    ADMIN_SERVICE,
+    "SetOverdraftLimit",
+    admin_pb2.SetOverdraftLimitRequest,
+    admin_pb2.SetOverdraftLimitResponse,
+)
 LIST_HOLDS: Final = Rpc(
     ADMIN_SERVICE, "ListHolds", admin_pb2.ListHoldsRequest, admin_pb2.ListHoldsResponse
 )
@@ -246,6 +252,7 @@ ALL_RPCS: Final[tuple[Rpc[Any, Any], ...]] = (
     REPLAY_EVENTS,
     LIST_WEBHOOK_ENDPOINTS,
     GET_ROLLOVER_PROGRESS,
+    SET_OVERDRAFT_LIMIT,
     SET_MEMBER,
     LIST_MEMBERS,
     LIST_HOLDS,

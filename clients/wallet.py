@@ -7,7 +7,7 @@ Both expose the same API:
   ``get_referral_code``, ``redeem_referral_code``, ``rollover``, ``grant``, ``reverse_debit``,
   ``set_agent_price``, ``list_agent_prices``, ``get_stats``, ``verify_ledger``,
   ``get_rollover_progress``, ``list_holds``, ``get_daily_totals``, ``set_member``,
-  ``list_members`` (signatures and docs in ``clients.builders``);
+  ``list_members``, ``set_overdraft_limit`` (signatures and docs in ``clients.builders``);
 - every RPC raw, taking its request message: ``client.wallet.Debit(request)``,
   ``client.billing.RecordPurchase(request)``, ``client.admin.Grant(request)``;
 - ``call(rpc, request)`` for any entry of ``clients.rpc_table``.
@@ -258,6 +258,7 @@ class AsyncCreditWalletClient:
     grant = AsyncMethod(rpc_table.GRANT, builders.grant)
     reverse_debit = AsyncMethod(rpc_table.REVERSE_DEBIT, builders.reverse_debit)
     set_agent_price = AsyncMethod(rpc_table.SET_AGENT_PRICE, builders.set_agent_price)
+    set_overdraft_limit = AsyncMethod(rpc_table.SET_OVERDRAFT_LIMIT, builders.set_overdraft_limit)
     list_agent_prices = AsyncMethod(rpc_table.LIST_AGENT_PRICES, builders.list_agent_prices)
     get_stats = AsyncMethod(rpc_table.GET_STATS, builders.get_stats)
     set_member = AsyncMethod(rpc_table.SET_MEMBER, builders.set_member)
@@ -380,6 +381,7 @@ class CreditWalletClient:
     grant = SyncMethod(rpc_table.GRANT, builders.grant)
     reverse_debit = SyncMethod(rpc_table.REVERSE_DEBIT, builders.reverse_debit)
     set_agent_price = SyncMethod(rpc_table.SET_AGENT_PRICE, builders.set_agent_price)
+    set_overdraft_limit = SyncMethod(rpc_table.SET_OVERDRAFT_LIMIT, builders.set_overdraft_limit)
     list_agent_prices = SyncMethod(rpc_table.LIST_AGENT_PRICES, builders.list_agent_prices)
     get_stats = SyncMethod(rpc_table.GET_STATS, builders.get_stats)
     set_member = SyncMethod(rpc_table.SET_MEMBER, builders.set_member)

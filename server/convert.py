@@ -89,6 +89,8 @@ def lot(value: Lot) -> pb.Lot:
         remaining_micros=value.remaining_micros,
         granted_at=timestamp(value.granted_at),
         expires_at=timestamp(value.expires_at),
+        priority=value.priority,
+        agent_ids=value.agent_ids,
     )
 
 
@@ -120,6 +122,7 @@ def transaction(value: Transaction) -> pb.Transaction:
         related_transaction_id=str(value.related_transaction_id or ""),
         metadata=value.metadata,
         created_at=timestamp(value.created_at),
+        overdraft_micros=value.overdraft_micros,
         member_id=value.member_id or "",
     )
 
@@ -178,7 +181,11 @@ def balance(view: balances.BalanceView) -> wpb.GetBalanceResponse:
         debt_micros=view.account.debt_micros,
         lots=lot_groups(view.lots),
         subscription=subscription(view.subscription),
-        streak=streak(view.streak),
+        streak=streak(view.streak) if view.streak is not None else None,
+        available_for_agent_micros=view.available_for_agent_micros,
+        overdraft_limit_micros=view.account.overdraft_limit_micros,
+        as_of=timestamp(view.at),
+        balance_micros=view.account.balance_micros,
     )
 
 

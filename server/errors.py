@@ -57,12 +57,13 @@ def _of_code(code: str, reason: str, message: str, metadata: Mapping[str, str]) 
     return error
 
 
-def insufficient_credits(available_micros: int, required_micros: int) -> LedgerError:
+def insufficient_credits(available_micros: int, required_micros: int, **extra: str) -> LedgerError:
     return precondition(
         "INSUFFICIENT_CREDITS",
         f"{required_micros} micros required, {available_micros} available",
         available_micros=str(available_micros),
         required_micros=str(required_micros),
+        **extra,
     )
 
 

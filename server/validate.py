@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from creditwallet.core import limits
 from creditwallet.server import errors
@@ -86,6 +86,34 @@ def cost(
     if not amount_micros:
         raise errors.invalid("amount_micros", "give agent_id or a positive amount_micros")
     return None, None, amount(amount_micros)
+
+
+def priority(value: int | None) -> int:
+    """A lot's burn-down priority; unset is the default of every lot."""
+    if value is None:
+        return limits.LOT_PRIORITY_DEFAULT
+    if not limits.LOT_PRIORITY_MIN <= value <= limits.LOT_PRIORITY_MAX:
+        raise errors.invalid(
+            "priority",
+            f"priority must be between {limits.LOT_PRIORITY_MIN} and {limits.LOT_PRIORITY_MAX}",
+        )
+    return value
+
+
+def agent_ids(values: Sequence[str]) -> tuple[str, ...]:
+    """The agents a lot may pay for: distinct agent ids, sorted; empty for any."""
+    if len(values) > limits.LOT_AGENT_IDS_MAX:
+        raise errors.invalid("agent_ids", f"at most {limits.LOT_AGENT_IDS_MAX} agent_ids")
+    return tuple(sorted({agent_id(v, "agent_ids") for v in values}))
+
+
+def overdraft_limit(value: int) -> int:
+    if not 0 <= value <= limits.OVERDRAFT_LIMIT_MICROS_MAX:
+        raise errors.invalid(
+            "limit_micros",
+            f"limit_micros must be between 0 and {limits.OVERDRAFT_LIMIT_MICROS_MAX}",
+        )
+    return value
 
 
 def page_size(value: int, default: int) -> int:

@@ -58,6 +58,9 @@ class CatalogPrice:
     credits_micros: int
     unit_amount: int
     currency: str
+    # The burn-down priority of the top-up lot it grants (0-100, lower burns first); None
+    # for the default of every lot.
+    priority: int | None = None
 
     @property
     def credits(self) -> PriceCredits:
@@ -93,9 +96,34 @@ def load(path: Path) -> dict[str, CatalogPrice]:
                 f"catalog {path}: {price_id} needs a positive unit_amount and a currency"
             )
         out[price_id] = CatalogPrice(
-            entry["kind"], credits_micros(entry["credits"]), amount, currency.lower()
+            entry["kind"],
+            credits_micros(entry["credits"]),
+            amount,
+            currency.lower(),
+            _priority(path, price_id, entry),
         )
     return out
+
+
+def _priority(path: Path, price_id: str, entry: Mapping[str, Any]) -> int | None:
+    """An optional priority, for top-ups only (a subscription's lots keep the default)."""
+    if "priority" not in entry:
+        return None
+    value = entry["priority"]
+    if entry["kind"] != "top_up":
+        raise ValueError(f"catalog {path}: {price_id}: priority applies to top_up prices only")
+    if type(value) is not int or not limits.LOT_PRIORITY_MIN <= value <= limits.LOT_PRIORITY_MAX:
+        raise ValueError(
+            f"catalog {path}: {price_id}: priority must be an integer between "
+            f"{limits.LOT_PRIORITY_MIN} and {limits.LOT_PRIORITY_MAX}"
+        )
+    return value
+
+
+def lot_priority(items: Sequence[tuple[CatalogPrice, int]]) -> int | None:
+    """One checkout grants one lot: it burns as early as its most urgent price asks."""
+    given = [price.priority for price, _ in items if price.priority is not None]
+    return min(given) if given else None
 
 
 def check_paid(paid: Paid, items: Sequence[tuple[CatalogPrice, int]], *, livemode: bool) -> None:

@@ -188,6 +188,7 @@ class Mapper:
                 credits_micros=total,
                 amount_paid_minor=int(obj.get("amount_total") or 0),
                 currency=obj.get("currency") or "",
+                priority=catalog.lot_priority(bought),
             ),
         )
 

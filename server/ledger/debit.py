@@ -29,9 +29,11 @@ from creditwallet.server.ledger.types import Account, Balances
 
 # The burn-down of lots.consume, fused with the history row, the consumption records, the
 # balance and the day's activity, so a debit is one round trip once the account is locked.
+# $12 the member; $13 the agent the lots must apply to; $14 the overdraft (the part no lot
+# pays, taken as debt), $15 the limit it was taken under, $16 the debt after it.
 _DEBIT = (
     "WITH"
-    + lots.BURN_DOWN_CTES
+    + lots.burn_down_ctes("$13")
     + f""", burnt AS (
     UPDATE credit_lots l SET remaining_micros = l.remaining_micros - take.amount
     FROM take WHERE l.user_id = $1 AND l.lot_id = take.lot_id
@@ -45,8 +47,13 @@ _DEBIT = (
     INSERT INTO lot_consumptions (user_id, transaction_id, lot_id, amount_micros)
     SELECT $1, tx.transaction_id, burnt.lot_id, burnt.amount FROM tx, burnt
     RETURNING amount_micros
+), overdraft AS (
+    INSERT INTO debit_overdrafts (user_id, transaction_id, amount_micros, limit_micros,
+                                  debt_after_micros)
+    SELECT $1, tx.transaction_id, $14::bigint, $15::bigint, $16::bigint FROM tx
+    WHERE $14::bigint > 0
 ), account AS (
-    UPDATE credits SET balance_micros = $4, updated_at = $3,
+    UPDATE credits SET balance_micros = $4, updated_at = $3, debt_micros = debt_micros + $14,
         last_transaction_id = (SELECT transaction_id FROM tx)
     WHERE user_id = $1
     RETURNING {Account.COLUMNS}
@@ -76,8 +83,15 @@ class DebitCommand:
     quantity: int | None
     session_id: str
     metadata: Mapping[str, str]
+    # The agent an explicit amount pays for, so lots restricted to it apply (None: none).
+    for_agent_id: str | None = dataclasses.field(default=None, kw_only=True)
     # The member of a team wallet that spends (``members``); None for the account itself.
     member_id: str | None = dataclasses.field(default=None, kw_only=True)
+
+    @property
+    def spent_for(self) -> str | None:
+        """The agent whose lots apply: the priced agent, or the one an amount names."""
+        return self.agent_id if self.agent_id is not None else self.for_agent_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +108,10 @@ async def debit_locked(
     """The debit of an account the caller has locked and touched at ``now``
     (``accounts.lock`` / ``lock_many``); returns the result and the account after it."""
     amount = await cost_of(conn, cmd.amount_micros, cmd.agent_id, cmd.quantity)
-    check_spendable(account, amount)
+    agent = cmd.spent_for
+    check_not_in_debt(account)
+    applicable = await lots.applicable_micros(conn, account, agent, now)
+    overdraft = overdraft_of(account, applicable, amount)
     if cmd.member_id is not None:
         await members.check_room(conn, cmd.user_id, cmd.member_id, amount, now)
     row = await conn.fetchrow(
@@ -104,16 +121,20 @@ async def debit_locked(
         now,
         account.balance_micros - amount,
         cmd.request_id,
-        cmd.agent_id,
+        agent,
         cmd.quantity if cmd.agent_id is not None else None,
         cmd.session_id or None,
         None,
         json.dumps(dict(cmd.metadata), sort_keys=True) if cmd.metadata else None,
         streaks.utc_day(now),
         cmd.member_id,
+        agent,
+        overdraft,
+        account.overdraft_limit_micros,
+        account.debt_micros + overdraft,
     )
     assert row is not None
-    if row["burnt_micros"] != amount:
+    if row["burnt_micros"] != amount - overdraft:
         raise AssertionError(f"debit of {amount} burnt {row['burnt_micros']} from the lots")
     reward, account = await streaks.record_debit(
         conn, Account.from_row(row), now, row["first_today"], streaks.state_from(row, "streak_")
@@ -130,13 +151,43 @@ async def cost_of(
     return amount_micros
 
 
-def check_spendable(account: Account, amount_micros: int) -> None:
-    """Refuse before any write: debt first, then the available credits."""
-    if account.debt_micros > 0:
+def check_not_in_debt(account: Account) -> None:
+    """Refuse before any write an account whose debt is beyond its overdraft limit (with no
+    limit, any debt: what a refund left unpaid blocks debits until credits pay it off)."""
+    if account.debt_micros > account.overdraft_limit_micros:
         raise errors.precondition(
             "ACCOUNT_IN_DEBT",
             "the account owes credits after a refund; a grant must pay it off first",
             debt_micros=str(account.debt_micros),
         )
-    if account.available_micros < amount_micros:
-        raise errors.insufficient_credits(account.available_micros, amount_micros)
+
+
+def overdraft_of(account: Account, applicable_micros: int, amount_micros: int) -> int:
+    """The part of a debit no applicable lot pays, which the overdraft limit must cover as
+    debt (0 when the lots cover it); refuse before any write when it cannot."""
+    overdraft = max(0, amount_micros - applicable_micros)
+    if overdraft and account.debt_micros + overdraft > account.overdraft_limit_micros:
+        raise insufficient(account, applicable_micros, amount_micros)
+    return overdraft
+
+
+def check_reservable(account: Account, applicable_micros: int, amount_micros: int) -> None:
+    """A hold reserves credits that exist: it never overdraws, whatever the limit."""
+    if applicable_micros < amount_micros:
+        raise insufficient(account, applicable_micros, amount_micros, overdraft=False)
+
+
+def insufficient(
+    account: Account, applicable_micros: int, amount_micros: int, *, overdraft: bool = True
+) -> errors.LedgerError:
+    """INSUFFICIENT_CREDITS with the credits available for the spend's agent: what its
+    applicable lots hold less the debt (the account's available figure when every lot
+    applies), and the overdraft left when the account has a limit."""
+    extra: dict[str, str] = {}
+    if overdraft and account.overdraft_limit_micros:
+        extra["overdraft_left_micros"] = str(
+            max(0, account.overdraft_limit_micros - account.debt_micros)
+        )
+    return errors.insufficient_credits(
+        applicable_micros - account.debt_micros, amount_micros, **extra
+    )

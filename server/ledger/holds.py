@@ -1,6 +1,7 @@
 """Holds: two-phase debits (Authorize, then Capture or Void), as TigerBeetle's pending transfers.
 
-Authorize takes the amount out of the lots at once (in burn-down order) and records which
+Authorize takes the amount out of the lots that apply to its agent at once (in burn-down
+order; a hold never overdraws, whatever the account's overdraft limit) and records which
 lot portions the hold reserved (``hold_lots``): held credits stay in the balance but stop
 being available. Capture spends up to the held amount from those same portions and gives
 the rest back; Void or expiry gives everything back. A hold is finalized once.
@@ -27,7 +28,12 @@ from creditwallet.server import errors
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger import accounts, history, lots, members, streaks
-from creditwallet.server.ledger.debit import DebitCommand, check_spendable, cost_of
+from creditwallet.server.ledger.debit import (
+    DebitCommand,
+    check_not_in_debt,
+    check_reservable,
+    cost_of,
+)
 from creditwallet.server.ledger.types import Account, Balances
 
 
@@ -87,11 +93,11 @@ FROM holds WHERE user_id = $1 AND hold_id = $2
 
 # The reserved portions, in the burn-down order of their lots: a partial capture spends
 # the soonest-expiring credits and gives back the longest-lived ones.
-_PORTIONS = """
+_PORTIONS = f"""
 SELECT h.lot_id, h.amount_micros FROM hold_lots h
 JOIN credit_lots l ON l.user_id = h.user_id AND l.lot_id = h.lot_id
 WHERE h.user_id = $1 AND h.hold_id = $2
-ORDER BY l.expires_at ASC NULLS LAST, l.granted_at, l.lot_id
+ORDER BY {lots.ordered("l")}
 """
 
 _FINALIZE = """
@@ -117,19 +123,21 @@ async def authorize(conn: Connection, cmd: AuthorizeCommand, clock: Clock) -> Au
     locked = await accounts.lock(conn, cmd.user_id, clock)
     account, now = locked.account, locked.now
     amount = await cost_of(conn, cmd.amount_micros, cmd.agent_id, cmd.quantity)
-    check_spendable(account, amount)
+    agent = cmd.spent_for
+    check_not_in_debt(account)
+    check_reservable(account, await lots.applicable_micros(conn, account, agent, now), amount)
     if cmd.member_id is not None:
         await members.check_room(conn, cmd.user_id, cmd.member_id, amount, now)
     hold_id = uuid.uuid4()
     expires_at = now + dt.timedelta(seconds=cmd.ttl_seconds)
-    portions = await lots.consume(conn, cmd.user_id, amount, now)
+    portions = await lots.consume(conn, cmd.user_id, amount, now, agent)
     await conn.execute(
         _INSERT_HOLD,
         cmd.user_id,
         hold_id,
         amount,
         cmd.request_id,
-        cmd.agent_id,
+        agent,
         (cmd.quantity or 1) if cmd.agent_id is not None else None,
         cmd.session_id or None,
         json.dumps(dict(cmd.metadata), sort_keys=True) if cmd.metadata else None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from creditwallet.core import limits
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger import accounts, customers, lots, referrals, refunds, subscriptions
@@ -30,6 +31,7 @@ class PurchaseCommand:
     credits_micros: int
     amount_paid_minor: int
     currency: str
+    priority: int = limits.LOT_PRIORITY_DEFAULT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +84,7 @@ async def record(conn: Connection, cmd: PurchaseCommand, clock: Clock) -> Purcha
         request_id=cmd.request_id,
         metadata={"purchase_id": cmd.purchase_id, "price_id": cmd.price_id},
         grant_key=f"purchase:{cmd.purchase_id}",
+        priority=cmd.priority,
     )
     await conn.execute(
         _INSERT,

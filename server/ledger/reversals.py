@@ -1,6 +1,9 @@
 """ReverseDebit: give a debit's credits back to the lots they came from.
 
-A partial reversal gives back to the longest-lived lots first (the reverse of burn-down),
+The part of a debit taken on overdraft and not paid yet is reversed first: the reversal
+cancels that much debt. The rest goes back to the lots that paid it (a lot that paid the
+overdraft later included), a partial reversal to the longest-lived lots first (the reverse of
+burn-down),
 so the user keeps the credits least likely to expire. Each consumption records how much of
 it was reversed, so reversals never exceed the debit, however many there are. Credits given
 back to a lot that has expired since the debit expire in the same write (``lots.give_back``):
@@ -20,12 +23,23 @@ from creditwallet.server.ledger.types import Account, Balances
 
 _DEBIT = "SELECT type FROM credit_transactions WHERE user_id = $1 AND transaction_id = $2"
 
-_CONSUMED = """
+_CONSUMED = f"""
 SELECT c.lot_id, c.amount_micros - c.reversed_micros AS reversible
 FROM lot_consumptions c
 JOIN credit_lots l ON l.user_id = c.user_id AND l.lot_id = c.lot_id
 WHERE c.user_id = $1 AND c.transaction_id = $2 AND c.amount_micros > c.reversed_micros
-ORDER BY l.expires_at DESC NULLS FIRST, l.granted_at DESC, l.lot_id DESC
+ORDER BY {lots.ordered("l", lots.REVERSE_ORDER)}
+"""
+
+# The part of the debit taken on overdraft that no credits have paid yet.
+_UNPAID = """
+SELECT amount_micros - paid_micros - reversed_micros FROM debit_overdrafts
+WHERE user_id = $1 AND transaction_id = $2
+"""
+
+_CANCEL_OVERDRAFT = """
+UPDATE debit_overdrafts SET reversed_micros = reversed_micros + $3
+WHERE user_id = $1 AND transaction_id = $2
 """
 
 _MARK = """
@@ -36,7 +50,7 @@ WHERE c.user_id = $1 AND c.transaction_id = $2 AND c.lot_id = g.lot_id
 
 _ACCOUNT = f"""
 UPDATE credits SET balance_micros = balance_micros + $2, updated_at = $3,
-    last_transaction_id = $4
+    last_transaction_id = $4, debt_micros = debt_micros - $5
 WHERE user_id = $1
 RETURNING {Account.COLUMNS}
 """
@@ -67,7 +81,8 @@ async def reverse_debit(
             transaction_id=str(debit_id),
         )
     consumed = await conn.fetch(_CONSUMED, user_id, debit_id)
-    reversible = sum(c["reversible"] for c in consumed)
+    unpaid = await conn.fetchval(_UNPAID, user_id, debit_id) or 0
+    reversible = unpaid + sum(c["reversible"] for c in consumed)
     amount = reversible if amount_micros is None else amount_micros
     if reversible == 0 or amount > reversible:
         raise errors.precondition(
@@ -75,8 +90,12 @@ async def reverse_debit(
             f"{reversible} micros of the debit are left to reverse",
             reversible_micros=str(reversible),
         )
+    # The unpaid overdraft first: what the account still owes for the debit is cancelled.
+    cancelled = min(amount, unpaid)
+    if cancelled:
+        await conn.execute(_CANCEL_OVERDRAFT, user_id, debit_id, cancelled)
     portions: list[tuple[int, int]] = []
-    left = amount
+    left = amount - cancelled
     for c in consumed:
         take = min(left, c["reversible"])
         if take:
@@ -94,7 +113,7 @@ async def reverse_debit(
         related_transaction_id=debit_id,
         metadata=metadata,
     )
-    row = await conn.fetchrow(_ACCOUNT, user_id, amount, now, tx_id)
+    row = await conn.fetchrow(_ACCOUNT, user_id, amount, now, tx_id, cancelled)
     assert row is not None
     account = await lots.give_back(conn, Account.from_row(row), portions, now)
     return ReversalResult(tx_id, amount, Balances.of(account))

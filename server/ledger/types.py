@@ -14,6 +14,7 @@ import uuid
 from typing import ClassVar, Final
 
 import asyncpg
+from creditwallet.core import limits
 
 LOT_SOURCES: Final = (
     "trial",
@@ -67,7 +68,7 @@ class Account:
 
     COLUMNS: ClassVar[str] = (
         "user_id, balance_micros, held_micros, debt_micros, next_expiry_at, created_at, "
-        "updated_at, last_transaction_id"
+        "updated_at, last_transaction_id, overdraft_limit_micros, restricted_lots"
     )
 
     user_id: str
@@ -78,10 +79,19 @@ class Account:
     created_at: dt.datetime
     updated_at: dt.datetime
     last_transaction_id: int | None
+    # How far below zero debits may take the available balance, as debt.
+    overdraft_limit_micros: int = 0
+    # Ever granted a lot restricted to some agents (until then every lot applies to any debit).
+    restricted_lots: bool = False
 
     @property
     def available_micros(self) -> int:
         return self.balance_micros - self.held_micros
+
+    @property
+    def live_micros(self) -> int:
+        """What the live lots hold (balance = lots + held - debt)."""
+        return self.available_micros + self.debt_micros
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Account:
@@ -94,6 +104,8 @@ class Account:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             last_transaction_id=row["last_transaction_id"],
+            overdraft_limit_micros=row["overdraft_limit_micros"],
+            restricted_lots=row["restricted_lots"],
         )
 
     def sweep_due(self, now: dt.datetime) -> bool:
@@ -124,7 +136,8 @@ class Balances:
 @dataclasses.dataclass(frozen=True)
 class Lot:
     COLUMNS: ClassVar[str] = (
-        "lot_id, source, amount_micros, remaining_micros, granted_at, expires_at"
+        "lot_id, source, amount_micros, remaining_micros, granted_at, expires_at, priority, "
+        "agent_ids"
     )
 
     lot_id: int
@@ -133,6 +146,9 @@ class Lot:
     remaining_micros: int
     granted_at: dt.datetime
     expires_at: dt.datetime | None
+    # Lower burns first (0-100); the agents it may pay for, empty for any.
+    priority: int = limits.LOT_PRIORITY_DEFAULT
+    agent_ids: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Lot:
@@ -143,7 +159,12 @@ class Lot:
             remaining_micros=row["remaining_micros"],
             granted_at=row["granted_at"],
             expires_at=row["expires_at"],
+            priority=row["priority"],
+            agent_ids=tuple(row["agent_ids"]),
         )
+
+    def applies_to(self, agent_id: str | None) -> bool:
+        return not self.agent_ids or agent_id in self.agent_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +201,9 @@ class Transaction:
     COLUMNS: ClassVar[str] = (
         "transaction_id, user_id, type, source, amount_micros, balance_after_micros, "
         "request_id, agent_id, quantity, session_id, hold_id, related_transaction_id, "
-        "metadata, created_at, member_id"
+        "metadata, created_at, member_id, (SELECT o.amount_micros FROM debit_overdrafts o "
+        "WHERE o.user_id = credit_transactions.user_id "
+        "AND o.transaction_id = credit_transactions.transaction_id) AS overdraft_micros"
     )
 
     transaction_id: int
@@ -198,6 +221,8 @@ class Transaction:
     metadata: dict[str, str]
     created_at: dt.datetime
     member_id: str | None
+    # For a debit: the part no lot paid, taken as debt on overdraft.
+    overdraft_micros: int = 0
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Transaction:
@@ -217,6 +242,7 @@ class Transaction:
             metadata=json.loads(row["metadata"]) if row["metadata"] else {},
             created_at=row["created_at"],
             member_id=row["member_id"],
+            overdraft_micros=row["overdraft_micros"] or 0,
         )
 
 

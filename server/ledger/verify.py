@@ -13,6 +13,7 @@ from creditwallet.core import limits
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger import (
     verify_carry,
+    verify_lots,
     verify_members,
     verify_refunds,
     verify_rewards,
@@ -54,19 +55,31 @@ WHERE c.balance_micros <> coalesce(tx.total, 0)
 LIMIT $1
 """
 
-# 2. lots within bounds; consumptions within their debit.
+# 2. lots within bounds; consumptions (with the unpaid overdraft) add up to their debit.
 _LOTS = """
 SELECT user_id, lot_id, amount_micros, remaining_micros FROM credit_lots
 WHERE remaining_micros < 0 OR remaining_micros > amount_micros LIMIT $1
 """
 
+# What a debit consumed from its lots, plus the part taken on overdraft not paid yet (each
+# payment of it is a consumption of the debit), is the debit.
 _CONSUMPTIONS = """
-SELECT c.user_id, c.transaction_id, sum(c.amount_micros)::bigint AS consumed,
-       -t.amount_micros AS debited
-FROM lot_consumptions c
-JOIN credit_transactions t ON t.user_id = c.user_id AND t.transaction_id = c.transaction_id
-GROUP BY c.user_id, c.transaction_id, t.amount_micros
-HAVING sum(c.amount_micros) <> -t.amount_micros
+WITH consumed AS (
+    SELECT user_id, transaction_id, sum(amount_micros)::bigint AS consumed
+    FROM lot_consumptions GROUP BY user_id, transaction_id
+), unpaid AS (
+    SELECT user_id, transaction_id, amount_micros - paid_micros AS unpaid FROM debit_overdrafts
+), spent AS (
+    SELECT user_id, transaction_id FROM consumed
+    UNION SELECT user_id, transaction_id FROM unpaid
+)
+SELECT s.user_id, s.transaction_id,
+       coalesce(c.consumed, 0) + coalesce(u.unpaid, 0) AS consumed, -t.amount_micros AS debited
+FROM spent s
+JOIN credit_transactions t ON t.user_id = s.user_id AND t.transaction_id = s.transaction_id
+LEFT JOIN consumed c ON c.user_id = s.user_id AND c.transaction_id = s.transaction_id
+LEFT JOIN unpaid u ON u.user_id = s.user_id AND u.transaction_id = s.transaction_id
+WHERE coalesce(c.consumed, 0) + coalesce(u.unpaid, 0) <> -t.amount_micros
 LIMIT $1
 """
 
@@ -134,6 +147,8 @@ async def verify(conn: Connection) -> tuple[int, list[Violation]]:
     for user_id, detail in await verify_time.violations(conn, cap):
         found.append(Violation(verify_time.INVARIANT, user_id, detail))
     for invariant, user_id, detail in await verify_subscriptions.violations(conn, cap):
+        found.append(Violation(invariant, user_id, detail))
+    for invariant, user_id, detail in await verify_lots.violations(conn, cap):
         found.append(Violation(invariant, user_id, detail))
     for user_id, detail in await verify_carry.violations(conn, cap):
         found.append(Violation(verify_carry.INVARIANT, user_id, detail))

@@ -16,6 +16,7 @@ from creditwallet.server.ledger import (
     hold_pages,
     lots,
     members,
+    overdraft,
     periods,
     pricing,
     reversals,
@@ -50,6 +51,8 @@ class AdminService(AdminEvents, agrpc.AdminServiceServicer):
         source = convert.source_name(request.source)
         amount = validate.amount(request.amount_micros)
         metadata = validate.metadata(request.metadata)
+        priority = validate.priority(request.priority if request.HasField("priority") else None)
+        agent_ids = validate.agent_ids(request.agent_ids)
         explicit_expiry = (
             validate.timestamp(request.expires_at, "expires_at")
             if request.HasField("expires_at")
@@ -76,6 +79,8 @@ class AdminService(AdminEvents, agrpc.AdminServiceServicer):
                 expires_at=expires_at,
                 request_id=request_id,
                 metadata=metadata,
+                priority=priority,
+                agent_ids=agent_ids,
             )
             row = await conn.fetchrow(_LOT, user_id, granted.lot_id)
             assert row is not None
@@ -161,6 +166,20 @@ class AdminService(AdminEvents, agrpc.AdminServiceServicer):
                 apb.LedgerViolation(invariant=v.invariant, user_id=v.user_id, detail=v.detail)
                 for v in violations
             ],
+        )
+
+    async def SetOverdraftLimit(
+        self, request: apb.SetOverdraftLimitRequest, context: Context
+    ) -> apb.SetOverdraftLimitResponse:
+        user_id = validate.user_id(request.user_id)
+        limit = validate.overdraft_limit(request.limit_micros)
+        account = await self.rt.write(
+            lambda conn, clock: overdraft.set_limit(conn, user_id, limit, clock)
+        )
+        return apb.SetOverdraftLimitResponse(
+            limit_micros=account.overdraft_limit_micros,
+            available_micros=account.available_micros,
+            debt_micros=account.debt_micros,
         )
 
     async def SetMember(

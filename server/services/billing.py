@@ -57,6 +57,7 @@ class BillingService(BillingEvents, bgrpc.BillingServiceServicer):
             credits_micros=validate.amount(request.credits_micros, "credits_micros"),
             amount_paid_minor=_minor(request.amount_paid_minor, "amount_paid_minor"),
             currency=validate.text(request.currency, "currency", 8),
+            priority=validate.priority(request.priority if request.HasField("priority") else None),
         )
 
         outcome = await self._execute(

@@ -65,7 +65,13 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
         self, request: wpb.GetBalanceRequest, context: Context
     ) -> wpb.GetBalanceResponse:
         user_id = validate.user_id(request.user_id)
-        return convert.balance(await balances.balance(self.rt.pool, self.rt.clock, user_id))
+        agent_id = validate.agent_id(request.agent_id) if request.agent_id else None
+        as_of = validate.timestamp(request.as_of, "as_of") if request.HasField("as_of") else None
+        return convert.balance(
+            await balances.balance(
+                self.rt.pool, self.rt.clock, user_id, agent_id=agent_id, as_of=as_of
+            )
+        )
 
     async def Debit(self, request: wpb.DebitRequest, context: Context) -> wpb.DebitResponse:
         return await self._debit(request)
@@ -83,6 +89,7 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
                 request.session_id, "session_id", limits.SESSION_ID_LENGTH_MAX
             ),
             metadata=validate.metadata(request.metadata),
+            for_agent_id=_for_agent(request),
             member_id=validate.optional_member_id(request.member_id),
             **_cost(request),
         )
@@ -110,6 +117,7 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
             ),
             metadata=validate.metadata(request.metadata),
             ttl_seconds=validate.ttl_seconds(request.ttl_seconds),
+            for_agent_id=_for_agent(request),
             member_id=validate.optional_member_id(request.member_id),
             **_cost(request),
         )
@@ -235,6 +243,17 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
             available_micros=result.balances.available_micros,
             replayed=outcome.replayed,
         )
+
+
+def _for_agent(request: wpb.DebitRequest | wpb.AuthorizeRequest) -> str | None:
+    """The agent an explicit amount pays for; with agent_id the agent is that one."""
+    if not request.for_agent_id:
+        return None
+    if request.agent_id:
+        raise errors.invalid(
+            "for_agent_id", "for_agent_id goes with amount_micros; agent_id already names one"
+        )
+    return validate.agent_id(request.for_agent_id, "for_agent_id")
 
 
 def _cost(request: wpb.DebitRequest | wpb.AuthorizeRequest) -> dict[str, Any]:

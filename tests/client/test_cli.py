@@ -252,6 +252,54 @@ async def test_balance_shows_the_subscription(
     assert re.search(r"subscription\s+past_due, period ends", out)
 
 
+async def test_priority_agents_overdraft_and_a_past_balance(
+    ledger: Ledger, admin: AsyncCreditWalletClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user = new_user()
+    await admin.ensure_account(user)  # 5 trial credits
+    before = ledger.clock.now()
+    ledger.clock.advance(seconds=1)
+    assert (
+        await cli(
+            ledger,
+            "grant",
+            user,
+            "3",
+            "--source",
+            "promo",
+            "--priority",
+            "10",
+            "--agent",
+            "cli-a",
+            "--agent",
+            "cli-b",
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert re.search(r"priority\s+10", out)
+    assert re.search(r"agents\s+cli-a, cli-b", out)
+    assert await cli(ledger, "balance", user, "--agent", "cli-a") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"available for cli-a\s+8 credits", out)
+    assert re.search(r"promo\s+3\s+3\s+.*\s10\s+cli-a,cli-b", out, re.IGNORECASE)
+    assert await cli(ledger, "overdraft", "set", user, "2") == 0
+    assert re.search(r"overdraft limit\s+2 credits", capsys.readouterr().out)
+    assert await cli(ledger, "debit", user, "--amount", "7") == 0  # 5 trial, 2 owed
+    # Available counts the restricted lot (3) less the debt (2).
+    assert re.search(r"available\s+1 credit\b", capsys.readouterr().out)
+    assert await cli(ledger, "debit", user, "--amount", "1", "--for-agent", "cli-a") == 0
+    capsys.readouterr()
+    assert await cli(ledger, "balance", user, "--as-of", before.isoformat()) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"available\s+5 credits", out)
+    assert "streak" not in out
+    assert await cli(ledger, "grant", user, "1", "--source", "promo", "--priority", "101") == 2
+    assert "--priority" in capsys.readouterr().err
+    assert await cli(ledger, "overdraft", "set", user, "0") == 0
+    assert re.search(r"debt\s+2 credits", capsys.readouterr().out)
+
+
 # --- the grammar, and output against a scripted server (no ledger) -------------------------
 
 
@@ -265,6 +313,7 @@ def test_every_cli_command_has_a_function() -> None:
         ["reverse", "u", "t"],
         ["history", "u"],
         ["prices", "set", "a", "0.5"],
+        ["overdraft", "set", "u", "0"],
         ["prices", "list"],
         ["stats"],
         ["verify"],

@@ -10,8 +10,15 @@ The oracle is written from the rules, not from the code:
 - a write's time is the clock, never before the account's last recorded change;
 - a lot is spendable strictly before its expiry; due expiries are recorded by the next write
   (a refused debit keeps that bookkeeping, any other refused write rolls it back);
-- burn-down: soonest expiry first, never-expiring last, then the oldest grant; a hold reserves
-  in that order, a partial capture spends in that order, a reversal gives back in the reverse;
+- burn-down: the lowest priority first, then the soonest expiry (never-expiring last), then the
+  oldest grant; a hold reserves in that order, a partial capture spends in that order, a
+  reversal gives back in the reverse;
+- a lot restricted to agents pays only for debits and holds for one of them; a spend for no
+  agent burns unrestricted lots only;
+- overdraft: a debit may take what its applicable lots do not cover as debt, up to the
+  account's limit; debt beyond the limit refuses debits; holds never overdraw; unrestricted
+  credits pay debt first (a new lot at once, credits given back right after), the oldest
+  overdraft first, and a reversal cancels a debit's unpaid overdraft before refilling lots;
 - credits given back to a lot that has expired expire at once;
 - a replay returns the first answer (refusals that depend on state included), marked replayed.
 """
@@ -56,12 +63,17 @@ class Lot:
     granted_at: dt.datetime
     expires_at: dt.datetime | None
     remaining: int  # as the database holds it: an expired lot keeps it until recorded
+    priority: int = 50
+    agents: frozenset[str] = frozenset()
 
     def live(self, at: dt.datetime) -> bool:
         return self.expires_at is None or self.expires_at > at
 
-    def order(self) -> tuple[dt.datetime, dt.datetime, int]:
-        return (self.expires_at or NEVER, self.granted_at, self.lot_id)
+    def applies(self, agent: str | None) -> bool:
+        return not self.agents or agent in self.agents
+
+    def order(self) -> tuple[int, dt.datetime, dt.datetime, int]:
+        return (self.priority, self.expires_at or NEVER, self.granted_at, self.lot_id)
 
 
 @dataclasses.dataclass
@@ -81,15 +93,29 @@ class Account:
     # transaction_id -> {lot_id: amount still reversible}
     debits: dict[str, dict[int, int]] = dataclasses.field(default_factory=dict)
     changed_at: dt.datetime | None = None
+    debt: int = 0
+    limit: int = 0
+    # transaction_id -> the debit's overdraft not paid (nor reversed) yet, oldest first
+    unpaid: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def available(self, at: dt.datetime) -> int:
-        return sum(lot.remaining for lot in self.lots.values() if lot.live(at))
+        return sum(lot.remaining for lot in self.lots.values() if lot.live(at)) - self.debt
+
+    def applicable(self, at: dt.datetime, agent: str | None) -> int:
+        return sum(x.remaining for x in self.live_in_order(at, agent))
 
     def held(self) -> int:
         return sum(h.amount for h in self.holds.values() if h.status == "pending")
 
-    def live_in_order(self, at: dt.datetime) -> list[Lot]:
-        return sorted((x for x in self.lots.values() if x.live(at) and x.remaining), key=Lot.order)
+    def live_in_order(self, at: dt.datetime, agent: str | None = "*") -> list[Lot]:
+        return sorted(
+            (
+                x
+                for x in self.lots.values()
+                if x.live(at) and x.remaining and (agent == "*" or x.applies(agent))
+            ),
+            key=Lot.order,
+        )
 
 
 class Refused(Exception):
@@ -143,22 +169,54 @@ class LedgerModel(RuleBasedStateMachine):
         """Record due expiries (holds released, expired lots emptied); True if any."""
         account = self.accounts[user]
         recorded = False
+        released = False
         for hold in account.holds.values():
             if hold.status == "pending" and hold.expires_at <= at:
                 hold.status = "expired"
-                self._give_back(user, hold.portions, at)
-                recorded = True
+                self._give_back(user, hold.portions, at, settle=False)
+                recorded = released = True
         for lot in account.lots.values():
             if lot.remaining and not lot.live(at):
                 lot.remaining = 0
                 recorded = True
+        if released:
+            self._settle(user, at)
         return recorded
 
-    def _give_back(self, user: str, portions: dict[int, int], at: dt.datetime) -> None:
+    def _give_back(
+        self, user: str, portions: dict[int, int], at: dt.datetime, settle: bool = True
+    ) -> None:
         for lot_id, amount in portions.items():
             lot = self.accounts[user].lots[lot_id]
             if lot.live(at):  # what lands in an expired lot expires at once
                 lot.remaining += amount
+        if settle:
+            self._settle(user, at)
+
+    def _settle(self, user: str, at: dt.datetime) -> None:
+        """Debt is paid at once from live unrestricted lots, in burn-down order."""
+        account = self.accounts[user]
+        paid = min(account.debt, account.applicable(at, None))
+        if paid:
+            taken = _take_in_order(account.live_in_order(at, None), paid)
+            for lot_id, take in taken.items():
+                account.lots[lot_id].remaining -= take
+            self._pay_overdrafts(user, taken)
+            account.debt -= paid
+
+    def _pay_overdrafts(self, user: str, taken: dict[int, int]) -> None:
+        """A payment of an overdraft becomes a reversible consumption of its debit."""
+        account = self.accounts[user]
+        portions = [[lot_id, amount] for lot_id, amount in taken.items()]
+        for tx in sorted(account.unpaid, key=int):
+            while account.unpaid[tx] and portions:
+                take = min(account.unpaid[tx], portions[0][1])
+                lot_id = portions[0][0]
+                account.debits[tx][lot_id] = account.debits[tx].get(lot_id, 0) + take
+                account.unpaid[tx] -= take
+                portions[0][1] -= take
+                if portions[0][1] == 0:
+                    portions.pop(0)
 
     def _write(self, user: str, apply: Callable[[dt.datetime], T], debit: bool = False) -> T:
         """The oracle of one write: sweep, then apply; a refusal undoes all but a debit's sweep."""
@@ -220,8 +278,17 @@ class LedgerModel(RuleBasedStateMachine):
         who=st.integers(0, 1),
         credits=st.integers(1, 20),
         expires_in=st.one_of(st.none(), st.integers(-60, 7200)),
+        priority=st.sampled_from([None, 0, 10, 50, 90]),
+        agents=st.sampled_from([(), (), ("ma",), ("mb",), ("ma", "mb")]),
     )
-    def grant(self, who: int, credits: int, expires_in: int | None) -> None:
+    def grant(
+        self,
+        who: int,
+        credits: int,
+        expires_in: int | None,
+        priority: int | None,
+        agents: tuple[str, ...],
+    ) -> None:
         user = self.users[who]
         amount = credits * CREDIT
         clock_now = self.ledger.clock.now()
@@ -236,6 +303,9 @@ class LedgerModel(RuleBasedStateMachine):
                 if expires_at is not None and expires_at <= at:
                     raise Refused("INVALID_ARGUMENT", stored=False)
                 result["at"] = at
+                account = self.accounts[user]
+                result["paid"] = 0 if agents else min(account.debt, amount)
+                account.debt -= result["paid"]
                 return {}
 
             return self._write(user, apply)
@@ -248,6 +318,8 @@ class LedgerModel(RuleBasedStateMachine):
                 expires_at=expires_at,
                 request_id=rid,
                 create_account=True,
+                priority=priority,
+                agent_ids=agents,
             )
             return reply
 
@@ -266,12 +338,30 @@ class LedgerModel(RuleBasedStateMachine):
             return
         assert not isinstance(expected, Refused), reply
         lot_id = int(reply.lot.lot_id)
-        self.accounts[user].lots[lot_id] = Lot(lot_id, result["at"], expires_at, amount)
+        paid = result["paid"]
+        self.accounts[user].lots[lot_id] = Lot(
+            lot_id,
+            result["at"],
+            expires_at,
+            amount - paid,
+            50 if priority is None else priority,
+            frozenset(agents),
+        )
+        if paid:
+            self._pay_overdrafts(user, {lot_id: paid})
+        assert (reply.lot.priority, tuple(reply.lot.agent_ids)) == (
+            50 if priority is None else priority,
+            agents,
+        )
         assert reply.available_micros == self.accounts[user].available(result["at"])
         self.sent.append((user, "grant", rid, send, reply))
 
-    @rule(who=st.integers(0, 1), credits=st.integers(1, 30))
-    def debit(self, who: int, credits: int) -> None:
+    @rule(
+        who=st.integers(0, 1),
+        credits=st.integers(1, 30),
+        agent=st.sampled_from([None, None, "ma", "mb"]),
+    )
+    def debit(self, who: int, credits: int, agent: str | None) -> None:
         user, amount, rid = self.users[who], credits * CREDIT, self._rid()
 
         def model() -> dict[str, int]:
@@ -279,12 +369,17 @@ class LedgerModel(RuleBasedStateMachine):
                 account = self.accounts[user]
                 if not account.lots and not account.holds and account.changed_at is None:
                     raise Refused("ACCOUNT_NOT_FOUND")
-                if account.available(at) < amount:
+                if account.debt > account.limit:
+                    raise Refused("ACCOUNT_IN_DEBT")
+                applicable = account.applicable(at, agent)
+                shortfall = max(0, amount - applicable)
+                if shortfall and account.debt + shortfall > account.limit:
                     raise Refused("INSUFFICIENT_CREDITS")
-                taken = _take_in_order(account.live_in_order(at), amount)
+                taken = _take_in_order(account.live_in_order(at, agent), amount - shortfall)
                 for lot_id, take in taken.items():
                     account.lots[lot_id].remaining -= take
-                result["taken"] = taken
+                account.debt += shortfall
+                result.update(taken=taken, shortfall=shortfall)
                 return {"charged_micros": amount, "available_micros": account.available(at)}
 
             return self._write(user, apply, debit=True)
@@ -292,15 +387,24 @@ class LedgerModel(RuleBasedStateMachine):
         result: dict[str, Any] = {}
 
         def send() -> Any:
-            reply = self.client.debit(user, amount_micros=amount, request_id=rid)
+            reply = self.client.debit(
+                user, amount_micros=amount, request_id=rid, for_agent_id=agent or ""
+            )
             return reply
 
         reply = self._call(user, "debit", rid, send, model)
         if reply is not None:
             self.accounts[user].debits[reply.transaction_id] = dict(result["taken"])
+            if result["shortfall"]:
+                self.accounts[user].unpaid[reply.transaction_id] = result["shortfall"]
 
-    @rule(who=st.integers(0, 1), credits=st.integers(1, 15), ttl=st.integers(1, 5400))
-    def authorize(self, who: int, credits: int, ttl: int) -> None:
+    @rule(
+        who=st.integers(0, 1),
+        credits=st.integers(1, 15),
+        ttl=st.integers(1, 5400),
+        agent=st.sampled_from([None, None, "ma", "mb"]),
+    )
+    def authorize(self, who: int, credits: int, ttl: int, agent: str | None) -> None:
         user, amount, rid = self.users[who], credits * CREDIT, self._rid()
         result: dict[str, Any] = {}
 
@@ -309,9 +413,11 @@ class LedgerModel(RuleBasedStateMachine):
                 account = self.accounts[user]
                 if not account.lots and account.changed_at is None:
                     raise Refused("ACCOUNT_NOT_FOUND")
-                if account.available(at) < amount:
+                if account.debt > account.limit:
+                    raise Refused("ACCOUNT_IN_DEBT")
+                if account.applicable(at, agent) < amount:  # a hold never overdraws
                     raise Refused("INSUFFICIENT_CREDITS")
-                taken = _take_in_order(account.live_in_order(at), amount)
+                taken = _take_in_order(account.live_in_order(at, agent), amount)
                 for lot_id, take in taken.items():
                     account.lots[lot_id].remaining -= take
                 result.update(taken=taken, expires_at=at + dt.timedelta(seconds=ttl))
@@ -321,7 +427,11 @@ class LedgerModel(RuleBasedStateMachine):
 
         def send() -> Any:
             return self.client.authorize(
-                user, amount_micros=amount, ttl_seconds=ttl, request_id=rid
+                user,
+                amount_micros=amount,
+                ttl_seconds=ttl,
+                request_id=rid,
+                for_agent_id=agent or "",
             )
 
         reply = self._call(user, "authorize", rid, send, model)
@@ -423,17 +533,23 @@ class LedgerModel(RuleBasedStateMachine):
     def reverse(self, data: st.DataObject, fraction: int | None) -> None:
         user, tx = data.draw(st.sampled_from(self._debits()))
         consumed = self.accounts[user].debits[tx]
-        reversible_now = sum(consumed.values())
+        reversible_now = sum(consumed.values()) + self.accounts[user].unpaid.get(tx, 0)
         amount = None if fraction is None else max(1, reversible_now * fraction // 3)
         rid = self._rid()
 
         def model() -> dict[str, int]:
             def apply(at: dt.datetime) -> dict[str, int]:
                 account = self.accounts[user]
-                left = sum(account.debits[tx].values())
+                unpaid = account.unpaid.get(tx, 0)
+                left = sum(account.debits[tx].values()) + unpaid
                 want = left if amount is None else amount
                 if left == 0 or want > left:
                     raise Refused("REVERSAL_EXCEEDS_DEBIT")
+                cancelled = min(want, unpaid)  # the unpaid overdraft first: less debt
+                if cancelled:
+                    account.unpaid[tx] -= cancelled
+                    account.debt -= cancelled
+                    want -= cancelled
                 order = sorted(
                     account.debits[tx],
                     key=lambda i: account.lots[i].order(),
@@ -448,7 +564,7 @@ class LedgerModel(RuleBasedStateMachine):
                         want -= take
                 self._give_back(user, back, at)
                 return {
-                    "reversed_micros": sum(back.values()),
+                    "reversed_micros": sum(back.values()) + cancelled,
                     "available_micros": account.available(at),
                 }
 
@@ -458,6 +574,26 @@ class LedgerModel(RuleBasedStateMachine):
             return self.client.reverse_debit(user, tx, amount_micros=amount, request_id=rid)
 
         self._call(user, "reverse", rid, send, model)
+
+    @rule(who=st.integers(0, 1), credits=st.sampled_from([0, 0, 5, 15]))
+    def set_overdraft_limit(self, who: int, credits: int) -> None:
+        user, limit = self.users[who], credits * CREDIT
+        account = self.accounts[user]
+        OPERATIONS["overdraft"] = OPERATIONS.get("overdraft", 0) + 1
+        if not account.lots and account.changed_at is None:
+            with pytest.raises(cw.AccountNotFound):
+                self.client.set_overdraft_limit(user, limit)
+            return
+        at = self._time(user)
+        if self._sweep(user, at) or account.limit != limit:
+            account.changed_at = at
+        account.limit = limit
+        reply = self.client.set_overdraft_limit(user, limit)
+        assert (reply.limit_micros, reply.debt_micros, reply.available_micros) == (
+            limit,
+            account.debt,
+            account.available(at),
+        )
 
     @precondition(lambda self: self.sent)
     @rule(data=st.data())
@@ -525,6 +661,12 @@ class LedgerModel(RuleBasedStateMachine):
                 account.changed_at = at
             assert reply.available_micros == account.available(at), user
             assert reply.held_micros == account.held(), user
+            assert reply.debt_micros == account.debt, user
+            for agent in ("ma", "mb"):
+                for_agent = self.client.get_balance(user, agent_id=agent)
+                assert for_agent.available_for_agent_micros == (
+                    account.applicable(at, agent) - account.debt
+                ), (user, agent)
             live = {
                 int(lot.lot_id): lot.remaining_micros for group in reply.lots for lot in group.lots
             }
@@ -545,6 +687,9 @@ def _copy(account: Account) -> Account:
         },
         debits={k: dict(v) for k, v in account.debits.items()},
         changed_at=account.changed_at,
+        debt=account.debt,
+        limit=account.limit,
+        unpaid=dict(account.unpaid),
     )
 
 

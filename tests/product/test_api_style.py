@@ -16,6 +16,7 @@ FILES = [common_pb2, events_pb2, wallet_service_pb2, billing_service_pb2, admin_
 NATURALLY_IDEMPOTENT = {
     "EnsureAccount",
     "SetAgentPrice",
+    "SetOverdraftLimit",
     "GetReferralCode",
     "Rollover",
     "SetBalanceAlert",

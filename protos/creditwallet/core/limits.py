@@ -29,6 +29,15 @@ PROVIDER_ID_LENGTH_MAX: Final = 255
 AMOUNT_MICROS_MAX: Final = 10**9 * MICROS_PER_CREDIT
 QUANTITY_MAX: Final = 10**9
 
+# Lots: burn-down priority (lower burns first) and the agents a restricted lot may pay for.
+LOT_PRIORITY_MIN: Final = 0
+LOT_PRIORITY_MAX: Final = 100
+LOT_PRIORITY_DEFAULT: Final = 50
+LOT_AGENT_IDS_MAX: Final = 32
+
+# Overdraft: how far below zero an operator may let an account's debits go.
+OVERDRAFT_LIMIT_MICROS_MAX: Final = 10**6 * MICROS_PER_CREDIT
+
 # Holds.
 HOLD_TTL_SECONDS_DEFAULT: Final = 15 * 60
 HOLD_TTL_SECONDS_MAX: Final = 24 * 60 * 60
@@ -351,6 +360,12 @@ def _check() -> None:
         "PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX": PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX,
         "PRICES_PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX": PRICES_PAGE_SIZE_DEFAULT <= PAGE_SIZE_MAX,
         "AMOUNT_MICROS_MAX < INT64_MAX": AMOUNT_MICROS_MAX < INT64_MAX,
+        "LOT_PRIORITY_MIN <= LOT_PRIORITY_DEFAULT <= LOT_PRIORITY_MAX": (
+            LOT_PRIORITY_MIN <= LOT_PRIORITY_DEFAULT <= LOT_PRIORITY_MAX
+        ),
+        "OVERDRAFT_LIMIT_MICROS_MAX <= AMOUNT_MICROS_MAX": (
+            OVERDRAFT_LIMIT_MICROS_MAX <= AMOUNT_MICROS_MAX
+        ),
         "USAGE_PAGE_SIZE_DEFAULT <= USAGE_PAGE_SIZE_MAX": (
             USAGE_PAGE_SIZE_DEFAULT <= USAGE_PAGE_SIZE_MAX
         ),

@@ -67,7 +67,9 @@ CATALOGUE: Final = (
     Reason(
         "INSUFFICIENT_CREDITS",
         FAILED_PRECONDITION,
-        "not enough available credits; a retry needs more credits and a new request_id",
+        "not enough available credits for the spend's agent (the lots that apply to it, less"
+        " the debt; overdraft_left_micros too when the account has an overdraft limit); a"
+        " retry needs more credits and a new request_id",
         ("available_micros", "required_micros"),
     ),
     Reason("AGENT_DISABLED", FAILED_PRECONDITION, "the agent's price is inactive", ("agent_id",)),
@@ -92,7 +94,8 @@ CATALOGUE: Final = (
     Reason(
         "ACCOUNT_IN_DEBT",
         FAILED_PRECONDITION,
-        "a refund left debt; debits are refused until credits pay it off",
+        "the account's debt (a refund's) is beyond its overdraft limit; debits are refused"
+        " until credits pay it down",
         ("debt_micros",),
     ),
     Reason(

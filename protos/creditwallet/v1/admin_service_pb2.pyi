@@ -78,6 +78,8 @@ class GrantRequest(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     CREATE_ACCOUNT_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    AGENT_IDS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The account. It must exist (ACCOUNT_NOT_FOUND otherwise) unless create_account is set."""
     request_id: _builtins.str
@@ -90,6 +92,8 @@ class GrantRequest(_message.Message):
     """When true, a user_id without an account gets one, without a trial lot. False (the default)
     refuses an unknown user_id with ACCOUNT_NOT_FOUND, so a mistyped id never receives credits.
     """
+    priority: _builtins.int
+    """Burn-down priority, 0-100 (lower burns first); unset for 50, the default of every lot."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the lot expires; unset for the source's default (never for top-up, promo, adjustment)."""
@@ -97,6 +101,12 @@ class GrantRequest(_message.Message):
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Why, recorded with the transaction."""
+
+    @_builtins.property
+    def agent_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The agents the lot may pay for (at most 32); empty for any. A restricted lot never pays
+        debt.
+        """
 
     def __init__(
         self,
@@ -108,12 +118,16 @@ class GrantRequest(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         create_account: _builtins.bool = ...,
+        priority: _builtins.int | None = ...,
+        agent_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "expires_at", b"expires_at", "priority", b"priority"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "create_account", b"create_account", "expires_at", b"expires_at", "metadata", b"metadata", "request_id", b"request_id", "source", b"source", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "agent_ids", b"agent_ids", "amount_micros", b"amount_micros", "create_account", b"create_account", "expires_at", b"expires_at", "metadata", b"metadata", "priority", b"priority", "request_id", b"request_id", "source", b"source", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
 
 Global___GrantRequest: _TypeAlias = GrantRequest  # noqa: Y015
 
@@ -522,6 +536,65 @@ class VerifyLedgerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyLedgerResponse: _TypeAlias = VerifyLedgerResponse  # noqa: Y015
+
+@_typing.final
+class SetOverdraftLimitRequest(_message.Message):
+    """Request of SetOverdraftLimit. Naturally idempotent: it sets the whole limit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_MICROS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The account."""
+    limit_micros: _builtins.int
+    """How far below zero debits may take the available balance, in micros; 0 (the default of
+    every account) for not at all. Lowering it below the current debt refuses new overdrafts
+    until credits pay the debt down; it never undoes one.
+    """
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        limit_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit_micros", b"limit_micros", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetOverdraftLimitRequest: _TypeAlias = SetOverdraftLimitRequest  # noqa: Y015
+
+@_typing.final
+class SetOverdraftLimitResponse(_message.Message):
+    """Response of SetOverdraftLimit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_MICROS_FIELD_NUMBER: _builtins.int
+    AVAILABLE_MICROS_FIELD_NUMBER: _builtins.int
+    DEBT_MICROS_FIELD_NUMBER: _builtins.int
+    limit_micros: _builtins.int
+    """The limit as stored."""
+    available_micros: _builtins.int
+    """Micros available now (below zero by the debt)."""
+    debt_micros: _builtins.int
+    """Micros owed now."""
+    def __init__(
+        self,
+        *,
+        limit_micros: _builtins.int = ...,
+        available_micros: _builtins.int = ...,
+        debt_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_micros", b"available_micros", "debt_micros", b"debt_micros", "limit_micros", b"limit_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetOverdraftLimitResponse: _TypeAlias = SetOverdraftLimitResponse  # noqa: Y015
 
 @_typing.final
 class GetRolloverProgressRequest(_message.Message):

@@ -96,6 +96,11 @@ class AdminServiceStub:
                 request_serializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.SerializeToString,
                 response_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressResponse.FromString,
                 _registered_method=True)
+        self.SetOverdraftLimit = channel.unary_unary(
+                '/creditwallet.v1.AdminService/SetOverdraftLimit',
+                request_serializer=creditwallet_dot_v1_dot_admin__service__pb2.SetOverdraftLimitRequest.SerializeToString,
+                response_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.SetOverdraftLimitResponse.FromString,
+                _registered_method=True)
         self.SetMember = channel.unary_unary(
                 '/creditwallet.v1.AdminService/SetMember',
                 request_serializer=creditwallet_dot_v1_dot_admin__service__pb2.SetMemberRequest.SerializeToString,
@@ -207,6 +212,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetOverdraftLimit(self, request, context):
+        """Sets how far below zero an account's debits may take its available balance, as debt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetMember(self, request, context):
         """Creates or replaces a member of an account (a team wallet): its spending cap per UTC day
         or month, and whether it may spend. Debits and holds that name it count against the cap.
@@ -299,6 +311,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetRolloverProgress,
                     request_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.FromString,
                     response_serializer=creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressResponse.SerializeToString,
+            ),
+            'SetOverdraftLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetOverdraftLimit,
+                    request_deserializer=creditwallet_dot_v1_dot_admin__service__pb2.SetOverdraftLimitRequest.FromString,
+                    response_serializer=creditwallet_dot_v1_dot_admin__service__pb2.SetOverdraftLimitResponse.SerializeToString,
             ),
             'SetMember': grpc.unary_unary_rpc_method_handler(
                     servicer.SetMember,
@@ -646,6 +663,33 @@ class AdminService:
             '/creditwallet.v1.AdminService/GetRolloverProgress',
             creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressRequest.SerializeToString,
             creditwallet_dot_v1_dot_admin__service__pb2.GetRolloverProgressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetOverdraftLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/creditwallet.v1.AdminService/SetOverdraftLimit',
+            creditwallet_dot_v1_dot_admin__service__pb2.SetOverdraftLimitRequest.SerializeToString,
+            creditwallet_dot_v1_dot_admin__service__pb2.SetOverdraftLimitResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,8 @@ class AdminServiceStub:
     """How far a month's rollover has come: accounts rolled over for it out of all accounts.
     Read while a Rollover runs (it commits chunk by chunk) to show its progress.
     """
+    SetOverdraftLimit: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetOverdraftLimitRequest, _admin_service_pb2.SetOverdraftLimitResponse]
+    """Sets how far below zero an account's debits may take its available balance, as debt."""
     SetMember: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.SetMemberRequest, _admin_service_pb2.SetMemberResponse]
     """Creates or replaces a member of an account (a team wallet): its spending cap per UTC day
     or month, and whether it may spend. Debits and holds that name it count against the cap.
@@ -104,6 +106,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """How far a month's rollover has come: accounts rolled over for it out of all accounts.
     Read while a Rollover runs (it commits chunk by chunk) to show its progress.
     """
+    SetOverdraftLimit: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetOverdraftLimitRequest, _admin_service_pb2.SetOverdraftLimitResponse]  # type: ignore[assignment]
+    """Sets how far below zero an account's debits may take its available balance, as debt."""
     SetMember: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.SetMemberRequest, _admin_service_pb2.SetMemberResponse]  # type: ignore[assignment]
     """Creates or replaces a member of an account (a team wallet): its spending cap per UTC day
     or month, and whether it may spend. Debits and holds that name it count against the cap.
@@ -217,6 +221,14 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """How far a month's rollover has come: accounts rolled over for it out of all accounts.
         Read while a Rollover runs (it commits chunk by chunk) to show its progress.
         """
+
+    @_abc_1.abstractmethod
+    def SetOverdraftLimit(
+        self,
+        request: _admin_service_pb2.SetOverdraftLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.SetOverdraftLimitResponse, _abc.Awaitable[_admin_service_pb2.SetOverdraftLimitResponse]]:
+        """Sets how far below zero an account's debits may take its available balance, as debt."""
 
     @_abc_1.abstractmethod
     def SetMember(

@@ -70,6 +70,7 @@ class RecordPurchaseRequest(_message.Message):
     CREDITS_MICROS_FIELD_NUMBER: _builtins.int
     AMOUNT_PAID_MINOR_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key: the provider's event id."""
     user_id: _builtins.str
@@ -88,6 +89,8 @@ class RecordPurchaseRequest(_message.Message):
     """Amount paid in the currency's minor unit (cents); the base of proportional refunds."""
     currency: _builtins.str
     """ISO currency code, lower case."""
+    priority: _builtins.int
+    """Burn-down priority of the top-up lot, 0-100 (lower burns first); unset for 50."""
     def __init__(
         self,
         *,
@@ -100,12 +103,15 @@ class RecordPurchaseRequest(_message.Message):
         credits_micros: _builtins.int = ...,
         amount_paid_minor: _builtins.int = ...,
         currency: _builtins.str = ...,
+        priority: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "priority", b"priority"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_paid_minor", b"amount_paid_minor", "credits_micros", b"credits_micros", "currency", b"currency", "customer_id", b"customer_id", "payment_id", b"payment_id", "price_id", b"price_id", "purchase_id", b"purchase_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "amount_paid_minor", b"amount_paid_minor", "credits_micros", b"credits_micros", "currency", b"currency", "customer_id", b"customer_id", "payment_id", b"payment_id", "price_id", b"price_id", "priority", b"priority", "purchase_id", b"purchase_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
 
 Global___RecordPurchaseRequest: _TypeAlias = RecordPurchaseRequest  # noqa: Y015
 

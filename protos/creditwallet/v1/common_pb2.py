@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63reditwallet/v1/common.proto\x12\x0f\x63reditwallet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd2\x01\n\x03Lot\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\x12*\n\x06source\x18\x02 \x01(\x0e\x32\x1a.creditwallet.v1.LotSource\x12\x15\n\ramount_micros\x18\x03 \x01(\x03\x12\x18\n\x10remaining_micros\x18\x04 \x01(\x03\x12.\n\ngranted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"t\n\x08LotGroup\x12*\n\x06source\x18\x01 \x01(\x0e\x32\x1a.creditwallet.v1.LotSource\x12\x18\n\x10remaining_micros\x18\x02 \x01(\x03\x12\"\n\x04lots\x18\x03 \x03(\x0b\x32\x14.creditwallet.v1.Lot\"\xf6\x03\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12.\n\x04type\x18\x03 \x01(\x0e\x32 .creditwallet.v1.TransactionType\x12*\n\x06source\x18\x04 \x01(\x0e\x32\x1a.creditwallet.v1.LotSource\x12\x15\n\ramount_micros\x18\x05 \x01(\x03\x12\x1c\n\x14\x62\x61lance_after_micros\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x08 \x01(\t\x12\x10\n\x08quantity\x18\t \x01(\x03\x12\x12\n\nsession_id\x18\n \x01(\t\x12\x0f\n\x07hold_id\x18\x0b \x01(\t\x12\x1e\n\x16related_transaction_id\x18\x0c \x01(\t\x12<\n\x08metadata\x18\r \x03(\x0b\x32*.creditwallet.v1.Transaction.MetadataEntry\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tmember_id\x18\x32 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe5\x01\n\x04Hold\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.creditwallet.v1.HoldStatus\x12\x15\n\ramount_micros\x18\x04 \x01(\x03\x12\x17\n\x0f\x63\x61ptured_micros\x18\x05 \x01(\x03\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9d\x02\n\x0cSubscription\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x33\n\x06status\x18\x02 \x01(\x0e\x32#.creditwallet.v1.SubscriptionStatus\x12\x10\n\x08price_id\x18\x03 \x01(\t\x12\x38\n\x14\x63urrent_period_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63urrent_period_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63\x61ncel_at_period_end\x18\x06 \x01(\x08\x12\x1d\n\x15period_credits_micros\x18\x07 \x01(\x03\"\xa9\x01\n\x06Streak\x12\x14\n\x0c\x63urrent_days\x18\x01 \x01(\x05\x12\x14\n\x0clongest_days\x18\x02 \x01(\x05\x12\x1b\n\x13next_milestone_days\x18\x03 \x01(\x05\x12$\n\x1cnext_milestone_reward_micros\x18\x04 \x01(\x03\x12\x16\n\x0egrace_day_used\x18\x05 \x01(\x08\x12\x18\n\x10last_active_date\x18\x06 \x01(\t\"U\n\x0cStreakReward\x12\x16\n\x0emilestone_days\x18\x01 \x01(\x05\x12\x15\n\ramount_micros\x18\x02 \x01(\x03\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\"\x82\x01\n\nAgentPrice\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cprice_micros\x18\x02 \x01(\x03\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xd2\x01\n\tLotSource\x12\x1a\n\x16LOT_SOURCE_UNSPECIFIED\x10\x00\x12\x14\n\x10LOT_SOURCE_TRIAL\x10\x01\x12\x1b\n\x17LOT_SOURCE_SUBSCRIPTION\x10\x02\x12\x15\n\x11LOT_SOURCE_TOP_UP\x10\x03\x12\x17\n\x13LOT_SOURCE_REFERRAL\x10\x04\x12\x15\n\x11LOT_SOURCE_STREAK\x10\x05\x12\x14\n\x10LOT_SOURCE_PROMO\x10\x06\x12\x19\n\x15LOT_SOURCE_ADJUSTMENT\x10\x07*\xea\x01\n\x0fTransactionType\x12 \n\x1cTRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRANSACTION_TYPE_GRANT\x10\x01\x12\x1a\n\x16TRANSACTION_TYPE_DEBIT\x10\x02\x12\x1b\n\x17TRANSACTION_TYPE_EXPIRE\x10\x03\x12\x1d\n\x19TRANSACTION_TYPE_REVERSAL\x10\x04\x12\x1d\n\x19TRANSACTION_TYPE_CLAWBACK\x10\x05\x12\"\n\x1eTRANSACTION_TYPE_EXPIRY_CHANGE\x10\x06*\x8d\x01\n\nHoldStatus\x12\x1b\n\x17HOLD_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13HOLD_STATUS_PENDING\x10\x01\x12\x18\n\x14HOLD_STATUS_CAPTURED\x10\x02\x12\x16\n\x12HOLD_STATUS_VOIDED\x10\x03\x12\x17\n\x13HOLD_STATUS_EXPIRED\x10\x04*\xcf\x02\n\x12SubscriptionStatus\x12#\n\x1fSUBSCRIPTION_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSUBSCRIPTION_STATUS_ACTIVE\x10\x01\x12 \n\x1cSUBSCRIPTION_STATUS_TRIALING\x10\x02\x12 \n\x1cSUBSCRIPTION_STATUS_PAST_DUE\x10\x03\x12\x1e\n\x1aSUBSCRIPTION_STATUS_UNPAID\x10\x04\x12\"\n\x1eSUBSCRIPTION_STATUS_INCOMPLETE\x10\x05\x12*\n&SUBSCRIPTION_STATUS_INCOMPLETE_EXPIRED\x10\x06\x12 \n\x1cSUBSCRIPTION_STATUS_CANCELED\x10\x07\x12\x1e\n\x1aSUBSCRIPTION_STATUS_PAUSED\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63reditwallet/v1/common.proto\x12\x0f\x63reditwallet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x01\n\x03Lot\x12\x0e\n\x06lot_id\x18\x01 \x01(\t\x12*\n\x06source\x18\x02 \x01(\x0e\x32\x1a.creditwallet.v1.LotSource\x12\x15\n\ramount_micros\x18\x03 \x01(\x03\x12\x18\n\x10remaining_micros\x18\x04 \x01(\x03\x12.\n\ngranted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08priority\x18( \x01(\x05\x12\x11\n\tagent_ids\x18) \x03(\t\"t\n\x08LotGroup\x12*\n\x06source\x18\x01 \x01(\x0e\x32\x1a.creditwallet.v1.LotSource\x12\x18\n\x10remaining_micros\x18\x02 \x01(\x03\x12\"\n\x04lots\x18\x03 \x03(\x0b\x32\x14.creditwallet.v1.Lot\"\x90\x04\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12.\n\x04type\x18\x03 \x01(\x0e\x32 .creditwallet.v1.TransactionType\x12*\n\x06source\x18\x04 \x01(\x0e\x32\x1a.creditwallet.v1.LotSource\x12\x15\n\ramount_micros\x18\x05 \x01(\x03\x12\x1c\n\x14\x62\x61lance_after_micros\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x08 \x01(\t\x12\x10\n\x08quantity\x18\t \x01(\x03\x12\x12\n\nsession_id\x18\n \x01(\t\x12\x0f\n\x07hold_id\x18\x0b \x01(\t\x12\x1e\n\x16related_transaction_id\x18\x0c \x01(\t\x12<\n\x08metadata\x18\r \x03(\x0b\x32*.creditwallet.v1.Transaction.MetadataEntry\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10overdraft_micros\x18( \x01(\x03\x12\x11\n\tmember_id\x18\x32 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe5\x01\n\x04Hold\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.creditwallet.v1.HoldStatus\x12\x15\n\ramount_micros\x18\x04 \x01(\x03\x12\x17\n\x0f\x63\x61ptured_micros\x18\x05 \x01(\x03\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9d\x02\n\x0cSubscription\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x33\n\x06status\x18\x02 \x01(\x0e\x32#.creditwallet.v1.SubscriptionStatus\x12\x10\n\x08price_id\x18\x03 \x01(\t\x12\x38\n\x14\x63urrent_period_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12\x63urrent_period_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63\x61ncel_at_period_end\x18\x06 \x01(\x08\x12\x1d\n\x15period_credits_micros\x18\x07 \x01(\x03\"\xa9\x01\n\x06Streak\x12\x14\n\x0c\x63urrent_days\x18\x01 \x01(\x05\x12\x14\n\x0clongest_days\x18\x02 \x01(\x05\x12\x1b\n\x13next_milestone_days\x18\x03 \x01(\x05\x12$\n\x1cnext_milestone_reward_micros\x18\x04 \x01(\x03\x12\x16\n\x0egrace_day_used\x18\x05 \x01(\x08\x12\x18\n\x10last_active_date\x18\x06 \x01(\t\"U\n\x0cStreakReward\x12\x16\n\x0emilestone_days\x18\x01 \x01(\x05\x12\x15\n\ramount_micros\x18\x02 \x01(\x03\x12\x16\n\x0etransaction_id\x18\x03 \x01(\t\"\x82\x01\n\nAgentPrice\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cprice_micros\x18\x02 \x01(\x03\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xd2\x01\n\tLotSource\x12\x1a\n\x16LOT_SOURCE_UNSPECIFIED\x10\x00\x12\x14\n\x10LOT_SOURCE_TRIAL\x10\x01\x12\x1b\n\x17LOT_SOURCE_SUBSCRIPTION\x10\x02\x12\x15\n\x11LOT_SOURCE_TOP_UP\x10\x03\x12\x17\n\x13LOT_SOURCE_REFERRAL\x10\x04\x12\x15\n\x11LOT_SOURCE_STREAK\x10\x05\x12\x14\n\x10LOT_SOURCE_PROMO\x10\x06\x12\x19\n\x15LOT_SOURCE_ADJUSTMENT\x10\x07*\xea\x01\n\x0fTransactionType\x12 \n\x1cTRANSACTION_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TRANSACTION_TYPE_GRANT\x10\x01\x12\x1a\n\x16TRANSACTION_TYPE_DEBIT\x10\x02\x12\x1b\n\x17TRANSACTION_TYPE_EXPIRE\x10\x03\x12\x1d\n\x19TRANSACTION_TYPE_REVERSAL\x10\x04\x12\x1d\n\x19TRANSACTION_TYPE_CLAWBACK\x10\x05\x12\"\n\x1eTRANSACTION_TYPE_EXPIRY_CHANGE\x10\x06*\x8d\x01\n\nHoldStatus\x12\x1b\n\x17HOLD_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13HOLD_STATUS_PENDING\x10\x01\x12\x18\n\x14HOLD_STATUS_CAPTURED\x10\x02\x12\x16\n\x12HOLD_STATUS_VOIDED\x10\x03\x12\x17\n\x13HOLD_STATUS_EXPIRED\x10\x04*\xcf\x02\n\x12SubscriptionStatus\x12#\n\x1fSUBSCRIPTION_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSUBSCRIPTION_STATUS_ACTIVE\x10\x01\x12 \n\x1cSUBSCRIPTION_STATUS_TRIALING\x10\x02\x12 \n\x1cSUBSCRIPTION_STATUS_PAST_DUE\x10\x03\x12\x1e\n\x1aSUBSCRIPTION_STATUS_UNPAID\x10\x04\x12\"\n\x1eSUBSCRIPTION_STATUS_INCOMPLETE\x10\x05\x12*\n&SUBSCRIPTION_STATUS_INCOMPLETE_EXPIRED\x10\x06\x12 \n\x1cSUBSCRIPTION_STATUS_CANCELED\x10\x07\x12\x1e\n\x1aSUBSCRIPTION_STATUS_PAUSED\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,30 +34,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRANSACTION_METADATAENTRY']._loaded_options = None
   _globals['_TRANSACTION_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_LOTSOURCE']._serialized_start=1831
-  _globals['_LOTSOURCE']._serialized_end=2041
-  _globals['_TRANSACTIONTYPE']._serialized_start=2044
-  _globals['_TRANSACTIONTYPE']._serialized_end=2278
-  _globals['_HOLDSTATUS']._serialized_start=2281
-  _globals['_HOLDSTATUS']._serialized_end=2422
-  _globals['_SUBSCRIPTIONSTATUS']._serialized_start=2425
-  _globals['_SUBSCRIPTIONSTATUS']._serialized_end=2760
+  _globals['_LOTSOURCE']._serialized_start=1894
+  _globals['_LOTSOURCE']._serialized_end=2104
+  _globals['_TRANSACTIONTYPE']._serialized_start=2107
+  _globals['_TRANSACTIONTYPE']._serialized_end=2341
+  _globals['_HOLDSTATUS']._serialized_start=2344
+  _globals['_HOLDSTATUS']._serialized_end=2485
+  _globals['_SUBSCRIPTIONSTATUS']._serialized_start=2488
+  _globals['_SUBSCRIPTIONSTATUS']._serialized_end=2823
   _globals['_LOT']._serialized_start=83
-  _globals['_LOT']._serialized_end=293
-  _globals['_LOTGROUP']._serialized_start=295
-  _globals['_LOTGROUP']._serialized_end=411
-  _globals['_TRANSACTION']._serialized_start=414
-  _globals['_TRANSACTION']._serialized_end=916
-  _globals['_TRANSACTION_METADATAENTRY']._serialized_start=869
-  _globals['_TRANSACTION_METADATAENTRY']._serialized_end=916
-  _globals['_HOLD']._serialized_start=919
-  _globals['_HOLD']._serialized_end=1148
-  _globals['_SUBSCRIPTION']._serialized_start=1151
-  _globals['_SUBSCRIPTION']._serialized_end=1436
-  _globals['_STREAK']._serialized_start=1439
-  _globals['_STREAK']._serialized_end=1608
-  _globals['_STREAKREWARD']._serialized_start=1610
-  _globals['_STREAKREWARD']._serialized_end=1695
-  _globals['_AGENTPRICE']._serialized_start=1698
-  _globals['_AGENTPRICE']._serialized_end=1828
+  _globals['_LOT']._serialized_end=330
+  _globals['_LOTGROUP']._serialized_start=332
+  _globals['_LOTGROUP']._serialized_end=448
+  _globals['_TRANSACTION']._serialized_start=451
+  _globals['_TRANSACTION']._serialized_end=979
+  _globals['_TRANSACTION_METADATAENTRY']._serialized_start=932
+  _globals['_TRANSACTION_METADATAENTRY']._serialized_end=979
+  _globals['_HOLD']._serialized_start=982
+  _globals['_HOLD']._serialized_end=1211
+  _globals['_SUBSCRIPTION']._serialized_start=1214
+  _globals['_SUBSCRIPTION']._serialized_end=1499
+  _globals['_STREAK']._serialized_start=1502
+  _globals['_STREAK']._serialized_end=1671
+  _globals['_STREAKREWARD']._serialized_start=1673
+  _globals['_STREAKREWARD']._serialized_end=1758
+  _globals['_AGENTPRICE']._serialized_start=1761
+  _globals['_AGENTPRICE']._serialized_end=1891
 # @@protoc_insertion_point(module_scope)

@@ -202,6 +202,8 @@ class Lot(_message.Message):
     REMAINING_MICROS_FIELD_NUMBER: _builtins.int
     GRANTED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    AGENT_IDS_FIELD_NUMBER: _builtins.int
     lot_id: _builtins.str
     """Opaque lot identifier."""
     source: Global___LotSource.ValueType
@@ -210,6 +212,8 @@ class Lot(_message.Message):
     """Micros granted."""
     remaining_micros: _builtins.int
     """Micros not yet spent, held or expired."""
+    priority: _builtins.int
+    """Burn-down priority, 0-100: lower burns first, then the soonest expiry, then the oldest."""
     @_builtins.property
     def granted_at(self) -> _timestamp_pb2.Timestamp:
         """When the lot was granted."""
@@ -217,6 +221,10 @@ class Lot(_message.Message):
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the lot stops being spendable; unset for never."""
+
+    @_builtins.property
+    def agent_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The agents the lot may pay for; empty for any debit."""
 
     def __init__(
         self,
@@ -227,10 +235,12 @@ class Lot(_message.Message):
         remaining_micros: _builtins.int = ...,
         granted_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        priority: _builtins.int = ...,
+        agent_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "granted_at", b"granted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "expires_at", b"expires_at", "granted_at", b"granted_at", "lot_id", b"lot_id", "remaining_micros", b"remaining_micros", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_ids", b"agent_ids", "amount_micros", b"amount_micros", "expires_at", b"expires_at", "granted_at", b"granted_at", "lot_id", b"lot_id", "priority", b"priority", "remaining_micros", b"remaining_micros", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -308,6 +318,7 @@ class Transaction(_message.Message):
     RELATED_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    OVERDRAFT_MICROS_FIELD_NUMBER: _builtins.int
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """Opaque transaction identifier."""
@@ -333,6 +344,8 @@ class Transaction(_message.Message):
     """The hold captured, for debits made by Capture."""
     related_transaction_id: _builtins.str
     """The transaction this one reverses, for reversals."""
+    overdraft_micros: _builtins.int
+    """For a debit: the part no lot paid, taken as debt under the account's overdraft limit."""
     member_id: _builtins.str
     """The member that spent, for debits (and captures) that named one."""
     @_builtins.property
@@ -360,11 +373,12 @@ class Transaction(_message.Message):
         related_transaction_id: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        overdraft_micros: _builtins.int = ...,
         member_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "amount_micros", b"amount_micros", "balance_after_micros", b"balance_after_micros", "created_at", b"created_at", "hold_id", b"hold_id", "member_id", b"member_id", "metadata", b"metadata", "quantity", b"quantity", "related_transaction_id", b"related_transaction_id", "request_id", b"request_id", "session_id", b"session_id", "source", b"source", "transaction_id", b"transaction_id", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "amount_micros", b"amount_micros", "balance_after_micros", b"balance_after_micros", "created_at", b"created_at", "hold_id", b"hold_id", "member_id", b"member_id", "metadata", b"metadata", "overdraft_micros", b"overdraft_micros", "quantity", b"quantity", "related_transaction_id", b"related_transaction_id", "request_id", b"request_id", "session_id", b"session_id", "source", b"source", "transaction_id", b"transaction_id", "type", b"type", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -152,16 +152,30 @@ class GetBalanceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The account."""
+    agent_id: _builtins.str
+    """An agent: the reply also tells what is available for debits for it
+    (available_for_agent_micros), counting only the lots that apply to it.
+    """
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """A past moment: the balance, held, debt and live lots as they were then, from the history
+        (at most now). Unset for now.
+        """
+
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "as_of", b"as_of", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -180,6 +194,10 @@ class GetBalanceResponse(_message.Message):
     LOTS_FIELD_NUMBER: _builtins.int
     SUBSCRIPTION_FIELD_NUMBER: _builtins.int
     STREAK_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FOR_AGENT_MICROS_FIELD_NUMBER: _builtins.int
+    OVERDRAFT_LIMIT_MICROS_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    BALANCE_MICROS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The account."""
     available_micros: _builtins.int
@@ -188,6 +206,14 @@ class GetBalanceResponse(_message.Message):
     """Micros reserved by pending holds."""
     debt_micros: _builtins.int
     """Micros owed after a refund."""
+    available_for_agent_micros: _builtins.int
+    """With agent_id: micros available for debits for that agent (its applicable lots less the
+    debt); may be below zero by the debt, down to -overdraft_limit_micros.
+    """
+    overdraft_limit_micros: _builtins.int
+    """How far below zero debits may take the available balance (0: not at all)."""
+    balance_micros: _builtins.int
+    """The balance (held credits included) at that moment."""
     @_builtins.property
     def lots(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.LotGroup]:
         """The live lots grouped by source, in burn-down order."""
@@ -200,6 +226,10 @@ class GetBalanceResponse(_message.Message):
     def streak(self) -> _common_pb2.Streak:
         """The Smart Streaks state."""
 
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp:
+        """The moment the figures are of: as_of when it was given, else the read's time."""
+
     def __init__(
         self,
         *,
@@ -210,12 +240,18 @@ class GetBalanceResponse(_message.Message):
         lots: _abc.Iterable[_common_pb2.LotGroup] | None = ...,
         subscription: _common_pb2.Subscription | None = ...,
         streak: _common_pb2.Streak | None = ...,
+        available_for_agent_micros: _builtins.int | None = ...,
+        overdraft_limit_micros: _builtins.int = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+        balance_micros: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["streak", b"streak", "subscription", b"subscription"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_available_for_agent_micros", b"_available_for_agent_micros", "as_of", b"as_of", "available_for_agent_micros", b"available_for_agent_micros", "streak", b"streak", "subscription", b"subscription"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_micros", b"available_micros", "debt_micros", b"debt_micros", "held_micros", b"held_micros", "lots", b"lots", "streak", b"streak", "subscription", b"subscription", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_available_for_agent_micros", b"_available_for_agent_micros", "as_of", b"as_of", "available_for_agent_micros", b"available_for_agent_micros", "available_micros", b"available_micros", "balance_micros", b"balance_micros", "debt_micros", b"debt_micros", "held_micros", b"held_micros", "lots", b"lots", "overdraft_limit_micros", b"overdraft_limit_micros", "streak", b"streak", "subscription", b"subscription", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__available_for_agent_micros: _TypeAlias = _typing.Literal["available_for_agent_micros"]  # noqa: Y015
+    _WhichOneofArgType__available_for_agent_micros: _TypeAlias = _typing.Literal["_available_for_agent_micros", b"_available_for_agent_micros"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__available_for_agent_micros) -> _WhichOneofReturnType__available_for_agent_micros | None: ...
 
 Global___GetBalanceResponse: _TypeAlias = GetBalanceResponse  # noqa: Y015
 
@@ -252,6 +288,7 @@ class DebitRequest(_message.Message):
     AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    FOR_AGENT_ID_FIELD_NUMBER: _builtins.int
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The account."""
@@ -265,6 +302,10 @@ class DebitRequest(_message.Message):
     """An explicit cost in micros. Excludes agent_id."""
     session_id: _builtins.str
     """The caller's session, recorded with the transaction."""
+    for_agent_id: _builtins.str
+    """With amount_micros: the agent the amount pays for, so lots restricted to it apply (a
+    debit that names no agent burns unrestricted lots only); recorded as the debit's agent.
+    """
     member_id: _builtins.str
     """The member of the account that spends (a team wallet), counted against its cap; empty
     for the account itself.
@@ -283,11 +324,12 @@ class DebitRequest(_message.Message):
         amount_micros: _builtins.int = ...,
         session_id: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        for_agent_id: _builtins.str = ...,
         member_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "quantity", b"quantity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "agent_id", b"agent_id", "amount_micros", b"amount_micros", "member_id", b"member_id", "metadata", b"metadata", "quantity", b"quantity", "request_id", b"request_id", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "agent_id", b"agent_id", "amount_micros", b"amount_micros", "for_agent_id", b"for_agent_id", "member_id", b"member_id", "metadata", b"metadata", "quantity", b"quantity", "request_id", b"request_id", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__quantity: _TypeAlias = _typing.Literal["quantity"]  # noqa: Y015
     _WhichOneofArgType__quantity: _TypeAlias = _typing.Literal["_quantity", b"_quantity"]  # noqa: Y015
@@ -508,6 +550,7 @@ class AuthorizeRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    FOR_AGENT_ID_FIELD_NUMBER: _builtins.int
     MEMBER_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The account."""
@@ -523,6 +566,8 @@ class AuthorizeRequest(_message.Message):
     """The caller's session."""
     ttl_seconds: _builtins.int
     """Seconds until the hold is released if not captured; 0 means 900, at most 86400."""
+    for_agent_id: _builtins.str
+    """With amount_micros: the agent the amount pays for, as in Debit."""
     member_id: _builtins.str
     """The member that spends: the held amount counts against its cap from now on, in today's
     period, and the capture replaces it; empty for the account itself.
@@ -542,11 +587,12 @@ class AuthorizeRequest(_message.Message):
         session_id: _builtins.str = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ttl_seconds: _builtins.int = ...,
+        for_agent_id: _builtins.str = ...,
         member_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "quantity", b"quantity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "agent_id", b"agent_id", "amount_micros", b"amount_micros", "member_id", b"member_id", "metadata", b"metadata", "quantity", b"quantity", "request_id", b"request_id", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_quantity", b"_quantity", "agent_id", b"agent_id", "amount_micros", b"amount_micros", "for_agent_id", b"for_agent_id", "member_id", b"member_id", "metadata", b"metadata", "quantity", b"quantity", "request_id", b"request_id", "session_id", b"session_id", "ttl_seconds", b"ttl_seconds", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__quantity: _TypeAlias = _typing.Literal["quantity"]  # noqa: Y015
     _WhichOneofArgType__quantity: _TypeAlias = _typing.Literal["_quantity", b"_quantity"]  # noqa: Y015
