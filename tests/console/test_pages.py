@@ -24,11 +24,19 @@ CREDIT = MICROS_PER_CREDIT
 
 
 async def _busy_account(admin: AsyncCreditWalletClient, agent: AsyncCreditWalletClient) -> str:
-    """An account with three kinds of lots, two pending holds and a history of agent debits."""
+    """An account with three kinds of lots (the promo one burnt first and only by the
+    summarizer), two pending holds and a history of agent debits."""
     user = harness.new_user()
     await agent.ensure_account(user)  # the trial lot
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=7)
-    await admin.grant(user, 40 * CREDIT, common_pb2.LOT_SOURCE_PROMO, expires_at=soon)
+    await admin.grant(
+        user,
+        40 * CREDIT,
+        common_pb2.LOT_SOURCE_PROMO,
+        expires_at=soon,
+        priority=10,
+        agent_ids=["summarizer"],
+    )
     await admin.grant(user, 100 * CREDIT, common_pb2.LOT_SOURCE_TOP_UP)
     await admin.set_agent_price("summarizer", 2 * CREDIT, unit="run")
     await admin.set_agent_price("translator", CREDIT // 2, unit="page")
@@ -77,10 +85,16 @@ async def test_sign_in_search_and_an_account_with_lots_holds_and_history(
     held = page.locator("#held .amount")
     assert await held.get_attribute("title") == f"{balance.held_micros} micros"
     lots = page.locator("#lots tbody tr")
-    assert await lots.count() == sum(len(g.lots) for g in balance.lots) == 3
+    # The trial went to the translator's debits and the hold by amount (the promo lot is
+    # the summarizer's only): promo and top-up are left.
+    assert await lots.count() == sum(len(g.lots) for g in balance.lots) == 2
     await expect(page.locator("#lots")).to_contain_text("top up")
     await expect(page.locator("#lots")).to_contain_text("promo")
     await expect(page.locator("#lots")).to_contain_text("never")
+    promo = page.locator("#lots tbody tr", has_text="promo")
+    await expect(promo).to_contain_text("summarizer")
+    await expect(promo.locator("td").nth(5)).to_have_text("10")
+    await expect(page.locator("#lots tbody tr", has_text="top up")).to_contain_text("any")
     assert await page.locator("#holds tbody tr").count() == 2
     history = page.locator("#history tbody tr")
     assert await history.count() == 9  # trial + 2 grants + 6 debits

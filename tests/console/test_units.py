@@ -138,7 +138,8 @@ def test_account_series_and_charts_keep_exact_micros() -> None:
         _row(days[-1], debit, -3_000_000, 7_000_000, "a"),
         _row(days[10], grant, 10_000_000, 10_000_000),
     ]
-    series = usage.summarize(days, newest_first, complete=True)
+    spent = {"b": [0] * 29 + [1], "a": [0] * 29 + [3_000_000]}
+    series = usage.summarize(days, newest_first, True, spent)
     assert series.balance_micros[:10] == [0] * 10
     assert series.balance_micros[10:-1] == [10_000_000] * 19
     assert series.balance_micros[-1] == 6_999_999
