@@ -139,3 +139,37 @@ async def test_as_of_in_the_future_is_refused_and_before_the_account_is_empty(
     before = await admin.get_balance(user, as_of=ledger.clock.now() - dt.timedelta(days=1))
     assert figures(before) == (0, 0, 0, 0, ())
     assert not before.HasField("streak")
+
+
+async def test_as_of_shows_a_lot_with_the_expiry_in_force_then(
+    ledger: Ledger, admin: AsyncCreditWalletClient
+) -> None:
+    """A subscription lot's expiry corrected later (an anchor reset: an ``expiry_change`` row)
+    is shown, as of a moment before the correction, with the expiry it had then."""
+    from tests.billing import paid
+
+    user = new_user()
+    await admin.ensure_account(user)
+    sub = f"sub_{user}"
+    jan1 = dt.datetime(2031, 1, 1, tzinfo=dt.UTC)
+    ledger.clock.set(jan1 + dt.timedelta(hours=1))
+    await paid.paid(admin, sub, user, jan1, dt.datetime(2031, 2, 1, tzinfo=dt.UTC), 100, jan1)
+    ledger.clock.set(dt.datetime(2031, 1, 15, tzinfo=dt.UTC))
+    before = await admin.get_balance(user)
+    moment = ledger.clock.now()
+    ledger.clock.set(dt.datetime(2031, 1, 20, tzinfo=dt.UTC))
+    reset = dt.datetime(2031, 1, 20, tzinfo=dt.UTC)
+    await paid.paid(admin, sub, user, reset, dt.datetime(2031, 2, 20, tzinfo=dt.UTC), 100, reset)
+    history = await admin.list_transactions(user, page_size=50)
+    assert any(t.type == pb.TRANSACTION_TYPE_EXPIRY_CHANGE for t in history.transactions)
+    then = await admin.get_balance(user, as_of=moment)
+
+    def expiries(state: wpb.GetBalanceResponse) -> list[tuple[str, str]]:
+        return [
+            (lot.lot_id, lot.expires_at.ToJsonString())
+            for group in state.lots
+            for lot in group.lots
+            if lot.source == pb.LOT_SOURCE_SUBSCRIPTION
+        ]
+
+    assert expiries(then) == expiries(before)

@@ -146,6 +146,24 @@ async def test_the_cap_refuses_with_spent_cap_and_period_end(
         await agent.debit(user, amount_micros=1, member_id="alice")
 
 
+async def test_a_members_debit_and_capture_name_the_member_in_their_events(
+    ledger: Ledger, admin: AsyncCreditWalletClient, agent: AsyncCreditWalletClient
+) -> None:
+    user = await team(admin)
+    await admin.set_member(user, "alice", cap_micros=10 * CREDIT, cap_period="day")
+    await agent.debit(user, amount_micros=CREDIT, member_id="alice")
+    await agent.debit(user, amount_micros=CREDIT)
+    hold = await agent.authorize(user, amount_micros=CREDIT, member_id="alice")
+    await agent.capture(user, hold.hold_id)
+    async with ledger.pool.acquire() as conn:
+        bodies = await conn.fetch(
+            "SELECT body->>'member_id' AS member FROM events "
+            "WHERE user_id = $1 AND type = 'credits.debited' ORDER BY seq",
+            user,
+        )
+    assert [b["member"] for b in bodies] == ["alice", None, "alice"]
+
+
 async def test_many_concurrent_debits_batches_and_holds_of_one_member_never_pass_its_cap(
     admin: AsyncCreditWalletClient, agent: AsyncCreditWalletClient
 ) -> None:
