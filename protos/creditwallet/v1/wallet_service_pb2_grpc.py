@@ -122,7 +122,7 @@ class WalletServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Debit(self, request, context):
-        """Spends credits, all or nothing, never overdrawing.
+        """Spends credits, all or nothing, never below the account's overdraft limit (0 unless set).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

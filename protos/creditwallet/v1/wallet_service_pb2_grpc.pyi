@@ -39,7 +39,7 @@ class WalletServiceStub:
     GetBalance: _grpc.UnaryUnaryMultiCallable[_wallet_service_pb2.GetBalanceRequest, _wallet_service_pb2.GetBalanceResponse]
     """Reads the available and held credits, the live lots, the subscription and the streak."""
     Debit: _grpc.UnaryUnaryMultiCallable[_wallet_service_pb2.DebitRequest, _wallet_service_pb2.DebitResponse]
-    """Spends credits, all or nothing, never overdrawing."""
+    """Spends credits, all or nothing, never below the account's overdraft limit (0 unless set)."""
     BatchDebit: _grpc.UnaryUnaryMultiCallable[_wallet_service_pb2.BatchDebitRequest, _wallet_service_pb2.BatchDebitResponse]
     """Up to 1,000 debits in one call, each on its own: applied, replayed or refused as Debit
     would answer it, never all or nothing across them.
@@ -75,7 +75,7 @@ class WalletServiceAsyncStub(WalletServiceStub):
     GetBalance: _aio.UnaryUnaryMultiCallable[_wallet_service_pb2.GetBalanceRequest, _wallet_service_pb2.GetBalanceResponse]  # type: ignore[assignment]
     """Reads the available and held credits, the live lots, the subscription and the streak."""
     Debit: _aio.UnaryUnaryMultiCallable[_wallet_service_pb2.DebitRequest, _wallet_service_pb2.DebitResponse]  # type: ignore[assignment]
-    """Spends credits, all or nothing, never overdrawing."""
+    """Spends credits, all or nothing, never below the account's overdraft limit (0 unless set)."""
     BatchDebit: _aio.UnaryUnaryMultiCallable[_wallet_service_pb2.BatchDebitRequest, _wallet_service_pb2.BatchDebitResponse]  # type: ignore[assignment]
     """Up to 1,000 debits in one call, each on its own: applied, replayed or refused as Debit
     would answer it, never all or nothing across them.
@@ -126,7 +126,7 @@ class WalletServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _wallet_service_pb2.DebitRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_wallet_service_pb2.DebitResponse, _abc.Awaitable[_wallet_service_pb2.DebitResponse]]:
-        """Spends credits, all or nothing, never overdrawing."""
+        """Spends credits, all or nothing, never below the account's overdraft limit (0 unless set)."""
 
     @_abc_1.abstractmethod
     def BatchDebit(
