@@ -29,11 +29,12 @@ from creditwallet.server.ledger.types import Account, Balances
 
 # The burn-down of lots.consume, fused with the history row, the consumption records, the
 # balance and the day's activity, so a debit is one round trip once the account is locked.
-# $12 the member; $13 the agent the lots must apply to; $14 the overdraft (the part no lot
-# pays, taken as debt), $15 the limit it was taken under, $16 the debt after it.
+# $6 the agent the debit is recorded for is also the one its lots must apply to; $12 the
+# member; $13 the overdraft (the part no lot pays, taken as debt), $14 the limit it was taken
+# under, $15 the debt after it.
 _DEBIT = (
     "WITH"
-    + lots.burn_down_ctes("$13")
+    + lots.burn_down_ctes("$6")
     + f""", burnt AS (
     UPDATE credit_lots l SET remaining_micros = l.remaining_micros - take.amount
     FROM take WHERE l.user_id = $1 AND l.lot_id = take.lot_id
@@ -50,10 +51,10 @@ _DEBIT = (
 ), overdraft AS (
     INSERT INTO debit_overdrafts (user_id, transaction_id, amount_micros, limit_micros,
                                   debt_after_micros)
-    SELECT $1, tx.transaction_id, $14::bigint, $15::bigint, $16::bigint FROM tx
-    WHERE $14::bigint > 0
+    SELECT $1, tx.transaction_id, $13::bigint, $14::bigint, $15::bigint FROM tx
+    WHERE $13::bigint > 0
 ), account AS (
-    UPDATE credits SET balance_micros = $4, updated_at = $3, debt_micros = debt_micros + $14,
+    UPDATE credits SET balance_micros = $4, updated_at = $3, debt_micros = debt_micros + $13,
         last_transaction_id = (SELECT transaction_id FROM tx)
     WHERE user_id = $1
     RETURNING {Account.COLUMNS}
@@ -128,7 +129,6 @@ async def debit_locked(
         json.dumps(dict(cmd.metadata), sort_keys=True) if cmd.metadata else None,
         streaks.utc_day(now),
         cmd.member_id,
-        agent,
         overdraft,
         account.overdraft_limit_micros,
         account.debt_micros + overdraft,
