@@ -7,9 +7,10 @@ that arrive while earlier batches are committing are applied together in one tra
 1. one statement claims all their request_ids (``idempotency.claim``);
 2. one statement locks all their accounts, then the clock is read: each account's write
    time is taken after its lock (``accounts.lock_many``), and its due expiries recorded;
-3. each debit runs its fused statement (``debit.debit_locked``), in (account, request_id)
-   order, each seeing the balance the previous one left;
-4. one statement stores all the results (``idempotency.store``).
+3. one call applies all the debits (``debit.debit_many``), in (account, request_id) order,
+   each seeing the balance the previous one left (a second call only after an account's
+   first debit of the day, for its streak);
+4. one statement stores all the refusals and one all the results (``idempotency.store``).
 
 Each debit is still on its own:
 
@@ -40,7 +41,6 @@ from creditwallet.server import db, errors, metrics
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection, Pool
 from creditwallet.server.ledger import accounts, debit, idempotency
-from creditwallet.server.ledger.accounts import Locked
 from creditwallet.server.ledger.debit import DebitCommand, DebitResult
 from creditwallet.server.ledger.idempotency import Guard, Outcome
 
@@ -139,38 +139,52 @@ class DebitBatcher:
         locked = await accounts.lock_many(
             conn, [i.cmd.user_id for i in batch if i.guard.key in claimed], self._clock
         )
-        answers: list[Answer] = []
+        answers: list[Answer | None] = [None] * len(batch)
         first: dict[tuple[str, str], int] = {}
-        done: list[tuple[Guard, DebitResult]] = []
+        copies: list[int] = []
+        to_apply: list[int] = []
         for index, item in enumerate(batch):
             if item.guard.key not in claimed:  # recorded by an earlier transaction
-                answers.append(await idempotency.replay(conn, item.guard, DebitResult))
-                continue
-            if item.guard.key in first:  # the same request_id, claimed earlier in this batch
-                earlier = first[item.guard.key]
-                answers.append(_as_replay(batch[earlier], item, answers[earlier]))
-                continue
-            first[item.guard.key] = index
-            try:
-                result = await self._debit(conn, item, locked)
-            except errors.LedgerError as exc:
-                if not exc.stored:
-                    raise  # its claim is written: only a rollback of the batch undoes it
-                await idempotency.store_refusal(conn, item.guard, exc)
-                answers.append(exc)
-                continue
-            done.append((item.guard, result))
-            answers.append(Outcome(result, replayed=False))
+                answers[index] = await idempotency.replay(conn, item.guard, DebitResult)
+            elif item.guard.key in first:  # the same request_id, claimed earlier in this batch
+                copies.append(index)
+            elif item.cmd.user_id not in locked:
+                first[item.guard.key] = index
+                answers[index] = _stored(accounts.account_not_found(item.cmd.user_id))
+            else:
+                first[item.guard.key] = index
+                to_apply.append(index)
+        outcomes = await debit.debit_many(conn, [batch[i].cmd for i in to_apply], locked)
+        done: list[tuple[Guard, DebitResult]] = []
+        for index, outcome in zip(to_apply, outcomes, strict=True):
+            if isinstance(outcome, DebitResult):
+                done.append((batch[index].guard, outcome))
+                answers[index] = Outcome(outcome, replayed=False)
+            else:
+                answers[index] = outcome
+        refused = [
+            (batch[i].guard, answer)
+            for i, answer in enumerate(answers)
+            if i in first.values() and isinstance(answer, errors.LedgerError)
+        ]
+        await idempotency.store_refusals(conn, refused)
         await idempotency.store(conn, done)
-        return answers
+        for index in copies:
+            earlier = first[batch[index].guard.key]
+            original = answers[earlier]
+            assert original is not None
+            answers[index] = _as_replay(batch[earlier], batch[index], original)
+        settled = [a for a in answers if a is not None]
+        assert len(settled) == len(batch)
+        return settled
 
-    async def _debit(self, conn: Connection, item: _Item, locked: dict[str, Locked]) -> DebitResult:
-        entry = locked.get(item.cmd.user_id)
-        if entry is None:
-            raise accounts.account_not_found(item.cmd.user_id)
-        result, account = await debit.debit_locked(conn, item.cmd, entry.account, entry.now)
-        locked[item.cmd.user_id] = Locked(account, entry.now)
-        return result
+
+def _stored(exc: errors.LedgerError) -> errors.LedgerError:
+    """A refusal decided in the batch: stored under its request_id, or (a malformed request)
+    raised, since only a rollback of the batch undoes its claim."""
+    if not exc.stored:
+        raise exc
+    return exc
 
 
 def _as_replay(original: _Item, copy: _Item, answer: Answer) -> Answer:

@@ -6,13 +6,16 @@ around it: a refused debit of a batch leaves its batch-mates alone.
 
 The route of a Debit RPC: ``services/wallet.py: Debit`` (validate) → ``ledger/batching.py``
 (one transaction for the batch: claim the request_ids, lock the accounts and take the time,
-then this module for each debit, then store the results) → ``convert`` (the reply). A lone
-debit is a batch of one.
+then ``debit_many`` here for all the debits, then store the results) → ``convert`` (the
+reply). A lone debit is a batch of one.
 
-Once the account is locked, a debit is one statement: it burns the lots down, writes the
-history row and its lot consumptions, moves the balance, counts the day's activity and reads
-the streak state. The streak bookkeeping follows on the day's first debit only, in one more
-statement (two when it grants a milestone).
+Once the accounts are locked, one call of the database function ``cw_debit_many`` (migration
+0016) applies all the debits of a batch in order: each is priced, refused or burnt down, and
+writes its history row, lot consumptions, overdraft, balance and the day's activity, each
+seeing what the previous ones left. The streak bookkeeping follows for the accounts' first
+debits of the day, one statement for all of them (more only when one earns a milestone).
+The rules a debit is refused by are the same as a hold's (``holds.authorize``, in Python
+here); their words are built here for both, from the reason and figures the call returns.
 """
 
 from __future__ import annotations
@@ -20,59 +23,25 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import asyncpg
+from creditwallet.core import limits
 from creditwallet.server import errors
 from creditwallet.server.db import Connection
-from creditwallet.server.ledger import lots, members, pricing, streaks
+from creditwallet.server.ledger import members, pricing, streaks
+from creditwallet.server.ledger.accounts import Locked
 from creditwallet.server.ledger.types import Account, Balances
 
-# The burn-down of lots.consume, fused with the history row, the consumption records, the
-# balance and the day's activity, so a debit is one round trip once the account is locked.
-# $6 the agent the debit is recorded for is also the one its lots must apply to; $12 the
-# member; $13 the overdraft (the part no lot pays, taken as debt), $14 the limit it was taken
-# under, $15 the debt after it.
-_DEBIT = (
-    "WITH"
-    + lots.burn_down_ctes("$6")
-    + f""", burnt AS (
-    UPDATE credit_lots l SET remaining_micros = l.remaining_micros - take.amount
-    FROM take WHERE l.user_id = $1 AND l.lot_id = take.lot_id
-    RETURNING l.lot_id, take.amount
-), tx AS (
-    INSERT INTO credit_transactions (user_id, type, amount_micros, balance_after_micros,
-        request_id, agent_id, quantity, session_id, hold_id, metadata, created_at, member_id)
-    VALUES ($1, 'debit', -$2::bigint, $4, $5, $6, $7, $8, $9, $10::jsonb, $3, $12)
-    RETURNING transaction_id
-), consumed AS (
-    INSERT INTO lot_consumptions (user_id, transaction_id, lot_id, amount_micros)
-    SELECT $1, tx.transaction_id, burnt.lot_id, burnt.amount FROM tx, burnt
-    RETURNING amount_micros
-), overdraft AS (
-    INSERT INTO debit_overdrafts (user_id, transaction_id, amount_micros, limit_micros,
-                                  debt_after_micros)
-    SELECT $1, tx.transaction_id, $13::bigint, $14::bigint, $15::bigint FROM tx
-    WHERE $13::bigint > 0
-), account AS (
-    UPDATE credits SET balance_micros = $4, updated_at = $3, debt_micros = debt_micros + $13,
-        last_transaction_id = (SELECT transaction_id FROM tx)
-    WHERE user_id = $1
-    RETURNING {Account.COLUMNS}
-), activity AS (
-    INSERT INTO user_activity (user_id, day, debit_count) VALUES ($1, $11, 1)
-    ON CONFLICT (user_id, day) DO UPDATE SET debit_count = user_activity.debit_count + 1
-    RETURNING (xmax = 0) AS first_today
-)
-SELECT (SELECT transaction_id FROM tx) AS transaction_id,
-       (SELECT coalesce(sum(amount), 0) FROM burnt)::bigint AS burnt_micros,
-       (SELECT first_today FROM activity) AS first_today,
-       account.*,
-       s.current_days AS streak_current_days, s.streak_start AS streak_streak_start,
-       s.last_active_day AS streak_last_active_day, s.longest_days AS streak_longest_days,
-       s.grace_day AS streak_grace_day
-FROM account LEFT JOIN streaks s ON s.user_id = account.user_id
+# Every debit of a batch, applied in order by one call (migration 0016): each priced, checked
+# and, unless refused, burnt down with its history row, consumptions, overdraft, balance and
+# activity. One row per debit the call got to (it stops early only after an account's first
+# debit of the day that has another debit of the same account behind it, see below).
+_DEBIT_MANY = """
+SELECT * FROM cw_debit_many($1::text[], $2::text[], $3::bigint[], $4::boolean[], $5::text[],
+                            $6::bigint[], $7::text[], $8::text[], $9::text[],
+                            $10::timestamptz[], $11::date[], $12::boolean[], $13::bigint)
 """
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,43 +72,101 @@ class DebitResult:
     reward: streaks.Reward | None
 
 
-async def debit_locked(
-    conn: Connection, cmd: DebitCommand, account: Account, now: dt.datetime
-) -> tuple[DebitResult, Account]:
-    """The debit of an account the caller has locked and touched at ``now``
-    (``accounts.lock`` / ``lock_many``); returns the result and the account after it."""
-    amount = await cost_of(conn, cmd.amount_micros, cmd.agent_id, cmd.quantity)
-    agent = cmd.spent_for
-    check_not_in_debt(account)
-    applicable = await lots.applicable_micros(conn, account, agent, now)
-    overdraft = overdraft_of(account, applicable, amount)
-    if cmd.member_id is not None:
-        await members.check_room(conn, cmd.user_id, cmd.member_id, amount, now)
-    row = await conn.fetchrow(
-        _DEBIT,
-        cmd.user_id,
-        amount,
-        now,
-        account.balance_micros - amount,
-        cmd.request_id,
-        agent,
-        cmd.quantity if cmd.agent_id is not None else None,
-        cmd.session_id or None,
-        None,
-        json.dumps(dict(cmd.metadata), sort_keys=True) if cmd.metadata else None,
-        streaks.utc_day(now),
-        cmd.member_id,
-        overdraft,
-        account.overdraft_limit_micros,
-        account.debt_micros + overdraft,
-    )
-    assert row is not None
-    if row["burnt_micros"] != amount - overdraft:
-        raise AssertionError(f"debit of {amount} burnt {row['burnt_micros']} from the lots")
-    reward, account = await streaks.record_debit(
-        conn, Account.from_row(row), now, row["first_today"], streaks.state_from(row, "streak_")
-    )
-    return DebitResult(row["transaction_id"], amount, Balances.of(account), reward), account
+async def debit_many(
+    conn: Connection, cmds: Sequence[DebitCommand], locked: Mapping[str, Locked]
+) -> list[DebitResult | errors.LedgerError]:
+    """Apply debits in the order given, each to an account the caller has locked and touched
+    (``accounts.lock_many``), each at its account's time; return each one's result or its
+    stored refusal. A refusal is decided before that debit writes anything and leaves the
+    others alone. A malformed debit (a price x quantity past the bound) raises: only a
+    rollback undoes the claims the caller wrote.
+
+    One database call applies the debits, up to the first account whose first debit of the day
+    has another debit of the same account after it in ``cmds``: its streak bookkeeping, here, may grant a
+    milestone reward that the next debit can spend, so that one waits for the next call. In
+    steady state that is one call per batch; an account's first debit of a day costs one more
+    statement for the whole batch's streaks.
+    """
+    out: list[DebitResult | errors.LedgerError] = []
+    while len(out) < len(cmds):
+        rest = cmds[len(out) :]
+        nows = [locked[c.user_id].now for c in rest]
+        last = {c.user_id: i for i, c in enumerate(rest)}
+        rows = await conn.fetch(
+            _DEBIT_MANY,
+            [c.user_id for c in rest],
+            [c.request_id for c in rest],
+            [c.amount_micros if c.agent_id is None else None for c in rest],
+            [c.agent_id is not None for c in rest],
+            [c.spent_for for c in rest],
+            [c.quantity if c.agent_id is not None else None for c in rest],
+            [c.session_id or None for c in rest],
+            [json.dumps(dict(c.metadata), sort_keys=True) if c.metadata else None for c in rest],
+            [c.member_id for c in rest],
+            nows,
+            [streaks.utc_day(now) for now in nows],
+            [last[c.user_id] > i for i, c in enumerate(rest)],
+            limits.AMOUNT_MICROS_MAX,
+        )
+        if not rows:
+            raise AssertionError("cw_debit_many applied nothing")
+        firsts: list[tuple[int, streaks.FirstDebit]] = []
+        for row in rows:
+            cmd, now = rest[row["ord"] - 1], nows[row["ord"] - 1]
+            account = Account.from_row(row)
+            if row["reason"] is not None:
+                refusal = _refusal(row, cmd, account, now)
+                if not refusal.stored:
+                    raise refusal
+                out.append(refusal)
+                continue
+            if row["first_today"]:
+                state = streaks.state_from(row, "streak_")
+                firsts.append((len(out), streaks.FirstDebit(account, now, state)))
+            out.append(
+                DebitResult(
+                    row["transaction_id"], row["charged_micros"], Balances.of(account), None
+                )
+            )
+        # An account's first debit of the day is its last one in this call (see above), so its
+        # reward, if any, is reported by that debit and seen by the account's next one.
+        rewards = await streaks.record_first_debits(conn, [first for _, first in firsts])
+        for index, first in firsts:
+            rewarded = rewards.get(first.account.user_id)
+            if rewarded is not None:
+                result = out[index]
+                assert isinstance(result, DebitResult)
+                out[index] = dataclasses.replace(
+                    result, reward=rewarded[0], balances=Balances.of(rewarded[1])
+                )
+    return out
+
+
+def _refusal(
+    row: asyncpg.Record, cmd: DebitCommand, account: Account, now: dt.datetime
+) -> errors.LedgerError:
+    """The error of a refusal cw_debit_many returned: the same words as every other spend's."""
+    reason, charged = row["reason"], row["charged_micros"]
+    if reason in ("AGENT_NOT_FOUND", "AGENT_DISABLED"):
+        return pricing.refusal(reason, cmd.spent_for or "")
+    if reason == "INVALID_ARGUMENT":
+        return pricing.too_costly()
+    if reason == "ACCOUNT_IN_DEBT":
+        return in_debt(account)
+    if reason == "INSUFFICIENT_CREDITS":
+        return insufficient(account, row["figure_micros"], charged)
+    if reason == "MEMBER_NOT_FOUND":
+        return members.not_found(cmd.member_id or "")
+    if reason == "MEMBER_CAP_EXCEEDED":
+        return members.cap_exceeded(
+            cmd.member_id or "",
+            row["figure_micros"],
+            charged,
+            row["cap_micros"],
+            row["cap_period"],
+            now,
+        )
+    raise AssertionError(f"cw_debit_many returned an unknown refusal {reason}")
 
 
 async def cost_of(
@@ -155,11 +182,15 @@ def check_not_in_debt(account: Account) -> None:
     """Refuse before any write an account whose debt is beyond its overdraft limit (with no
     limit, any debt: what a refund left unpaid blocks debits until credits pay it off)."""
     if account.debt_micros > account.overdraft_limit_micros:
-        raise errors.precondition(
-            "ACCOUNT_IN_DEBT",
-            "the account owes credits after a refund; a grant must pay it off first",
-            debt_micros=str(account.debt_micros),
-        )
+        raise in_debt(account)
+
+
+def in_debt(account: Account) -> errors.LedgerError:
+    return errors.precondition(
+        "ACCOUNT_IN_DEBT",
+        "the account owes credits after a refund; a grant must pay it off first",
+        debt_micros=str(account.debt_micros),
+    )
 
 
 def overdraft_of(account: Account, applicable_micros: int, amount_micros: int) -> int:

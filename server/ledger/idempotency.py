@@ -60,10 +60,12 @@ FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS v(user_id, request_id, resul
 WHERE r.user_id = v.user_id AND r.request_id = v.request_id
 """
 
-_STORE_REFUSAL = """
-UPDATE idempotency_records
-SET error_reason = $3, error_message = $4, error_metadata = $5::jsonb
-WHERE user_id = $1 AND request_id = $2
+_STORE_REFUSALS = """
+UPDATE idempotency_records r
+SET error_reason = v.reason, error_message = v.message, error_metadata = v.metadata
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+     AS v(user_id, request_id, reason, message, metadata)
+WHERE r.user_id = v.user_id AND r.request_id = v.request_id
 """
 
 # Records older than the retention are removed in bounded batches (the monthly rollover
@@ -189,14 +191,22 @@ async def store(conn: Connection, done: Sequence[tuple[Guard, Any]]) -> None:
 
 
 async def store_refusal(conn: Connection, guard: Guard, exc: errors.LedgerError) -> None:
-    await conn.execute(
-        _STORE_REFUSAL,
-        guard.scope,
-        guard.request_id,
-        exc.reason,
-        exc.message,
-        json.dumps(exc.metadata, sort_keys=True),
-    )
+    await store_refusals(conn, [(guard, exc)])
+
+
+async def store_refusals(
+    conn: Connection, refused: Sequence[tuple[Guard, errors.LedgerError]]
+) -> None:
+    """Write each key's stored refusal (one statement for a whole batch)."""
+    if refused:
+        await conn.execute(
+            _STORE_REFUSALS,
+            [g.scope for g, _ in refused],
+            [g.request_id for g, _ in refused],
+            [e.reason for _, e in refused],
+            [e.message for _, e in refused],
+            [json.dumps(e.metadata, sort_keys=True) for _, e in refused],
+        )
 
 
 async def purge_expired(pool: Pool, now: dt.datetime) -> int:

@@ -25,8 +25,9 @@ from creditwallet.server.ledger.types import Account
 
 # Burn-down order: the lowest priority first, then the soonest expiry (never-expiring last),
 # then the oldest grant. Every lot without an explicit priority has the default, so by
-# default the order is expiry, then age. The one definition of the order: the debit, holds,
-# captures, reversals (in reverse) and the balance's list of lots all use it.
+# default the order is expiry, then age. The burn-down of debits and lots.consume (cw_take,
+# migration 0016) spells it in SQL; holds, captures, reversals (in reverse) and the balance's
+# list of lots use it from here (tests/ledger/test_debit_sets.py checks the two agree).
 BURN_DOWN_ORDER = "priority, expires_at ASC NULLS LAST, granted_at, lot_id"
 REVERSE_ORDER = "priority DESC, expires_at DESC NULLS FIRST, granted_at DESC, lot_id DESC"
 
@@ -36,55 +37,23 @@ def ordered(alias: str, order: str = BURN_DOWN_ORDER) -> str:
     return ", ".join(f"{alias}.{term.strip()}" for term in order.split(","))
 
 
-def applies(agent: str, alias: str = "") -> str:
-    """SQL: the lot applies to the spend for ``agent`` (a placeholder such as ``$4``).
-
-    A lot with no agent_ids applies to anything; a restricted lot only to the agents it
-    names. A spend for no agent (NULL: a debit that names none, the payment of debt) burns
-    unrestricted lots only.
-    """
-    column = f"{alias}.agent_ids" if alias else "agent_ids"
-    return f"(cardinality({column}) = 0 OR {agent}::text = ANY({column}))"
-
-
-def burn_down_ctes(agent: str) -> str:
-    """The burn-down of the live lots that apply to ``agent``, as CTEs ``live`` and ``take``.
-
-    $1 user_id, $2 amount, $3 now; ``agent`` the placeholder of the agent the spend is for.
-    ``take`` is (lot_id, amount) of each lot to draw on, at most $2 in all (less when the
-    applicable lots hold less: the caller decides beforehand what the rest is). The account
-    lock serializes writers, so the live lots need no row locks here. Shared by ``consume``
-    and the debit's fused statement (ledger/debit.py).
-    """
-    return f"""
-live AS (
-    SELECT lot_id, remaining_micros,
-           (sum(remaining_micros) OVER (ORDER BY {BURN_DOWN_ORDER}))::bigint AS upto
-    FROM credit_lots
-    WHERE user_id = $1 AND remaining_micros > 0 AND (expires_at IS NULL OR expires_at > $3)
-      AND {applies(agent)}
-), take AS (
-    SELECT lot_id, LEAST(remaining_micros, $2::bigint - (upto - remaining_micros)) AS amount
-    FROM live WHERE upto - remaining_micros < $2
-)"""
-
-
-_CONSUME = (
-    "WITH"
-    + burn_down_ctes("$4")
-    + """
+# The burn-down itself is the database function cw_take (migration 0016): (lot_id, amount) of
+# each live lot that applies to the spend's agent, in BURN_DOWN_ORDER, at most the amount in
+# all. A lot with no agent_ids applies to anything; a restricted lot only to the agents it
+# names; a spend for no agent (NULL: a debit that names none, the payment of debt) burns
+# unrestricted lots only. The account lock serializes writers, so the live lots need no row
+# locks. lots.consume here and every debit (cw_debit_many) use it.
+_CONSUME = """
+WITH take AS (SELECT t.lot_id, t.amount FROM cw_take($1, $2, $3, $4) t)
 UPDATE credit_lots l SET remaining_micros = l.remaining_micros - take.amount
 FROM take WHERE l.user_id = $1 AND l.lot_id = take.lot_id
 RETURNING l.lot_id, take.amount
 """
-)
 
-# What the live lots that apply to an agent ($3; NULL: unrestricted lots only) hold.
-_APPLICABLE = f"""
-SELECT coalesce(sum(remaining_micros), 0)::bigint FROM credit_lots
-WHERE user_id = $1 AND remaining_micros > 0 AND (expires_at IS NULL OR expires_at > $2)
-  AND {applies("$3")}
-"""
+# Everything the live lots that apply to an agent ($3; NULL: unrestricted lots only) hold:
+# the burn-down of an amount no account can reach.
+_TAKE_ALL = 2**63 - 1
+_APPLICABLE = "SELECT coalesce(sum(t.amount), 0)::bigint FROM cw_take($1, $4, $2, $3) t"
 
 # Overdrafts not paid yet, oldest first: the first debt that later credits pay.
 _UNPAID_OVERDRAFTS = """
@@ -235,7 +204,7 @@ async def applicable_micros(
     needs no look at its lots: every lot applies, and they hold balance - held + debt."""
     if not account.restricted_lots:
         return account.live_micros
-    value = await conn.fetchval(_APPLICABLE, account.user_id, now, agent_id)
+    value = await conn.fetchval(_APPLICABLE, account.user_id, now, agent_id, _TAKE_ALL)
     assert isinstance(value, int)
     return value
 
@@ -272,7 +241,7 @@ async def settle_debt(conn: Connection, account: Account, now: dt.datetime) -> A
     """
     if account.debt_micros == 0:
         return account
-    live = await conn.fetchval(_APPLICABLE, account.user_id, now, None)
+    live = await conn.fetchval(_APPLICABLE, account.user_id, now, None, _TAKE_ALL)
     paid = min(account.debt_micros, live or 0)
     if paid == 0:
         return account

@@ -160,20 +160,38 @@ async def check_room(
     account lock and took ``now`` after it)."""
     found = await read(conn, user_id, [member_id], now)
     if not found or not found[0].active:
-        raise errors.not_found(
-            "MEMBER_NOT_FOUND", "no active member with that member_id", member_id=member_id
-        )
+        raise not_found(member_id)
     member = found[0]
     used = member.spent_micros + member.held_micros
     if used + amount_micros > member.cap_micros:
-        left = max(member.cap_micros - used, 0)
-        raise errors.precondition(
-            "MEMBER_CAP_EXCEEDED",
-            f"member {member_id} has {left} of its {member.cap_period} cap of "
-            f"{member.cap_micros} micros left; {amount_micros} required",
-            member_id=member_id,
-            spent_micros=str(used),
-            required_micros=str(amount_micros),
-            cap_micros=str(member.cap_micros),
-            period_end=member.period_end.isoformat().replace("+00:00", "Z"),
+        raise cap_exceeded(
+            member_id, used, amount_micros, member.cap_micros, member.cap_period, now
         )
+
+
+def not_found(member_id: str) -> errors.LedgerError:
+    return errors.not_found(
+        "MEMBER_NOT_FOUND", "no active member with that member_id", member_id=member_id
+    )
+
+
+def cap_exceeded(
+    member_id: str,
+    used_micros: int,
+    amount_micros: int,
+    cap_micros: int,
+    cap_period: str,
+    now: dt.datetime,
+) -> errors.LedgerError:
+    """MEMBER_CAP_EXCEEDED (a debit decides it in the database: ledger/debit.py)."""
+    left = max(cap_micros - used_micros, 0)
+    return errors.precondition(
+        "MEMBER_CAP_EXCEEDED",
+        f"member {member_id} has {left} of its {cap_period} cap of "
+        f"{cap_micros} micros left; {amount_micros} required",
+        member_id=member_id,
+        spent_micros=str(used_micros),
+        required_micros=str(amount_micros),
+        cap_micros=str(cap_micros),
+        period_end=period_end(cap_period, now).isoformat().replace("+00:00", "Z"),
+    )

@@ -29,18 +29,29 @@ WHERE agent_id > $1 ORDER BY agent_id LIMIT $2
 async def cost(conn: Connection, agent_id: str, quantity: int) -> int:
     row = await conn.fetchrow(_GET, agent_id)
     if row is None:
-        raise errors.not_found("AGENT_NOT_FOUND", "no price for agent_id", agent_id=agent_id)
+        raise refusal("AGENT_NOT_FOUND", agent_id)
     if not row["active"]:
-        raise errors.precondition("AGENT_DISABLED", "agent is not active", agent_id=agent_id)
+        raise refusal("AGENT_DISABLED", agent_id)
     return checked_cost(row["price_micros"], quantity)
+
+
+def refusal(reason: str, agent_id: str) -> errors.LedgerError:
+    """AGENT_NOT_FOUND or AGENT_DISABLED (debits decide them in the database: ledger/debit.py)."""
+    if reason == "AGENT_NOT_FOUND":
+        return errors.not_found("AGENT_NOT_FOUND", "no price for agent_id", agent_id=agent_id)
+    return errors.precondition("AGENT_DISABLED", "agent is not active", agent_id=agent_id)
 
 
 def checked_cost(price_micros: int, quantity: int) -> int:
     """price x quantity, refused when it overflows the per-request bound."""
     total = price_micros * quantity
     if total > limits.AMOUNT_MICROS_MAX:
-        raise errors.invalid("quantity", "price x quantity exceeds the per-request maximum")
+        raise too_costly()
     return total
+
+
+def too_costly() -> errors.LedgerError:
+    return errors.invalid("quantity", "price x quantity exceeds the per-request maximum")
 
 
 async def set_price(

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Final
 
 import asyncpg
 from creditwallet.server.db import Connection
@@ -54,20 +55,31 @@ SELECT current_days, streak_start, last_active_day, longest_days, grace_day
 FROM streaks WHERE user_id = $1
 """
 
-# Save the state and return the reward of its milestone, unless this streak already got it
-# (NULL when current_days is no milestone). One round trip on the day's first debit.
-_SAVE_AND_DUE_REWARD = """
-WITH saved AS (
+# Save the states of several accounts and return the reward of each one's milestone, unless
+# its streak already got it (none when current_days is no milestone). One round trip for all
+# of a batch's first debits of the day; rows go in user_id order, the order of every lock.
+_SAVE_AND_DUE_REWARDS = """
+WITH v AS (
+    SELECT * FROM unnest($1::text[], $2::int[], $3::date[], $4::date[], $5::int[], $6::date[],
+                         $7::timestamptz[])
+        AS v(user_id, current_days, streak_start, last_active_day, longest_days, grace_day,
+             updated_at)
+), saved AS (
     INSERT INTO streaks (user_id, current_days, streak_start, last_active_day, longest_days,
                          grace_day, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
-    ON CONFLICT (user_id) DO UPDATE SET current_days = $2, streak_start = $3,
-        last_active_day = $4, longest_days = $5, grace_day = $6, updated_at = $7
+    SELECT * FROM v ORDER BY user_id
+    ON CONFLICT (user_id) DO UPDATE SET current_days = EXCLUDED.current_days,
+        streak_start = EXCLUDED.streak_start, last_active_day = EXCLUDED.last_active_day,
+        longest_days = EXCLUDED.longest_days, grace_day = EXCLUDED.grace_day,
+        updated_at = EXCLUDED.updated_at
 )
-SELECT r.reward_micros FROM streak_milestone_rewards r
-WHERE r.milestone_days = $2 AND NOT EXISTS (
+SELECT v.user_id, r.reward_micros FROM v
+JOIN streak_milestone_rewards r ON r.milestone_days = v.current_days
+WHERE NOT EXISTS (
     SELECT 1 FROM streak_milestones m
-    WHERE m.user_id = $1 AND m.streak_start = $3 AND m.milestone_days = $2)
+    WHERE m.user_id = v.user_id AND m.streak_start = v.streak_start
+      AND m.milestone_days = v.current_days)
+ORDER BY v.user_id
 """
 
 # A plain INSERT: a duplicate is a bug, and its unique violation aborts the debit.
@@ -184,53 +196,76 @@ async def read(conn: Connection, user_id: str, now: dt.datetime) -> View:
     return view(await load(conn, user_id), utc_day(now), milestones)
 
 
-_NOT_LOADED: Any = object()
-
-
 async def record_debit(
-    conn: Connection,
-    account: Account,
-    now: dt.datetime,
-    first_today: bool | None = None,
-    loaded: State | None = _NOT_LOADED,
+    conn: Connection, account: Account, now: dt.datetime
 ) -> tuple[Reward | None, Account]:
-    """Count a successful debit for the UTC day of ``now``; return a milestone reward if reached,
-    and the account after it.
+    """Count a successful debit made other than by ``debit.debit_many`` (a Capture) for the UTC
+    day of ``now``; return a milestone reward if reached, and the account after it.
 
     Runs in the debit's transaction under its account lock, so the reward and the debit
-    commit or roll back together. It must never raise a ``LedgerError``: the debit path
-    runs without a savepoint (``refuses_before_writing``), so a stored refusal raised
-    here would commit the debit beside it. Any other failure aborts the whole transaction.
+    commit or roll back together. It must never raise a ``LedgerError``: a debit runs
+    without a savepoint (``refuses_before_writing``), so a stored refusal raised here would
+    commit the debit beside it. Any other failure aborts the whole transaction.
     """
-    day = utc_day(now)
-    if first_today is None:  # the debit path counts the activity in its own statement
-        first_today = await conn.fetchval(_ACTIVITY, account.user_id, day)
-    if not first_today:
+    if not await conn.fetchval(_ACTIVITY, account.user_id, utc_day(now)):
         return None, account
-    if loaded is _NOT_LOADED:  # the debit path reads the state in its own statement
-        loaded = await load(conn, account.user_id)
-    state = advance(loaded, day)
-    if state is None:
+    first = FirstDebit(account, now, await load(conn, account.user_id))
+    rewarded = (await record_first_debits(conn, [first])).get(account.user_id)
+    if rewarded is None:
         return None, account
-    amount = await conn.fetchval(
-        _SAVE_AND_DUE_REWARD,
-        account.user_id,
-        state.current_days,
-        state.streak_start,
-        state.last_active_day,
-        state.longest_days,
-        state.grace_day,
-        now,
+    return rewarded
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstDebit:
+    """An account's first successful debit of a UTC day: the account after it, its time, and
+    the streak state before it."""
+
+    account: Account
+    now: dt.datetime
+    state: State | None
+
+
+async def record_first_debits(
+    conn: Connection, firsts: Sequence[FirstDebit]
+) -> dict[str, tuple[Reward, Account]]:
+    """Count the first debits of the day of several accounts (one each) in one statement;
+    return the milestone reward each earned, with the account after it, by user_id.
+
+    Same contract as ``record_debit``: under the accounts' locks, in the debits' transaction,
+    never a ``LedgerError``.
+    """
+    advanced = {}
+    for first in firsts:
+        state = advance(first.state, utc_day(first.now))
+        if state is not None:
+            advanced[first.account.user_id] = (first, state)
+    if not advanced:
+        return {}
+    saved = list(advanced.values())
+    rows = await conn.fetch(
+        _SAVE_AND_DUE_REWARDS,
+        [f.account.user_id for f, _ in saved],
+        [s.current_days for _, s in saved],
+        [s.streak_start for _, s in saved],
+        [s.last_active_day for _, s in saved],
+        [s.longest_days for _, s in saved],
+        [s.grace_day for _, s in saved],
+        [f.now for f, _ in saved],
     )
-    if amount is None:
-        return None, account
-    return await _reward(conn, account, state, amount, now)
+    rewards = {}
+    for row in rows:
+        first, state = advanced[row["user_id"]]
+        rewards[row["user_id"]] = await _reward(
+            conn, first.account, state, row["reward_micros"], first.now
+        )
+    return rewards
 
 
 async def _reward(
     conn: Connection, account: Account, state: State, amount: int, now: dt.datetime
 ) -> tuple[Reward, Account]:
-    """Grant the milestone ``state.current_days``, due to this streak (``_SAVE_AND_DUE_REWARD``)."""
+    """Grant the milestone ``state.current_days``, due to this streak."""
     milestone = state.current_days
     granted = await lots.grant(
         conn,

@@ -24,7 +24,8 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from creditwallet.client.wallet import AsyncCreditWalletClient
-from creditwallet.server import db
+from creditwallet.server import db, errors
+from creditwallet.server.ledger import accounts, debit
 from creditwallet.v1 import common_pb2
 
 from tests import events_kit, harness
@@ -291,3 +292,73 @@ async def test_the_statement_check_catches_a_scan_without_user_id(
         ],
     )
     assert len(problems) == 2, problems
+
+
+async def test_the_batch_debit_function_runs_only_statements_bounded_by_user_id(
+    observed: tuple[harness.Ledger, Captured], base_dsn: str
+) -> None:
+    """cw_debit_many runs its statements inside the database, where the statement check above
+    cannot see them: auto_explain reports the plan of each nested statement as a notice, for
+    a batch that takes every branch (a priced agent, restricted lots, a member, an overdraft,
+    a refusal, a day's first debit and a later one), then the batch is rolled back."""
+    ledger, _ = observed
+    admin = ledger.client("admin")
+    plain, rich = harness.new_user(), harness.new_user()
+    await admin.set_agent_price("dist-agent", 100_000)
+    for user in (plain, rich):
+        await admin.ensure_account(user)
+    await admin.grant(rich, 1_000_000, common_pb2.LOT_SOURCE_PROMO, agent_ids=["dist-agent"])
+    await admin.set_member(rich, "m", cap_micros=10_000_000)
+    await admin.set_overdraft_limit(rich, 1_000_000)
+    cmds = [
+        debit.DebitCommand(plain, "p-1", 1_000, None, None, "", {}),
+        debit.DebitCommand(plain, "p-2", 10**9, None, None, "", {}),  # refused
+        debit.DebitCommand(rich, "r-1", None, "dist-agent", 3, "s", {"k": "v"}, member_id="m"),
+        debit.DebitCommand(rich, "r-2", 6_500_000, None, None, "", {}, for_agent_id="dist-agent"),
+    ]
+    runtime = await asyncpg.connect(ledger.dsn)
+    try:
+        database = await runtime.fetchval("SELECT current_database()")
+    finally:
+        await runtime.close()
+    conn = await asyncpg.connect(db.dsn_with(base_dsn, database=database))  # LOAD needs it
+    notices: list[str] = []
+    conn.add_log_listener(lambda _, message: notices.append(message.message))
+    try:
+        for setting in (
+            "LOAD 'auto_explain'",
+            "SET auto_explain.log_min_duration = 0",
+            "SET auto_explain.log_nested_statements = on",
+            "SET auto_explain.log_level = notice",
+            "SET auto_explain.log_format = json",
+            "SET auto_explain.log_verbose = on",
+        ):
+            await conn.execute(setting)
+        batch = conn.transaction()
+        await batch.start()
+        try:
+            locked = await accounts.lock_many(conn, [plain, rich], ledger.clock)
+            notices.clear()
+            outcomes = await debit.debit_many(conn, cmds, locked)
+        finally:
+            await batch.rollback()
+    finally:
+        await conn.close()
+    kinds = [o.reason if isinstance(o, errors.LedgerError) else "applied" for o in outcomes]
+    assert kinds == ["applied", "INSUFFICIENT_CREDITS", "applied", "applied"], outcomes
+    plans = [json.loads(n[n.index("{") :]) for n in notices if "plan:" in n]
+    queries = " ".join(p["Query Text"] for p in plans)
+    for table in ("credit_lots", "agent_pricing", "account_members", "streaks"):
+        assert table in queries, f"no statement on {table} was seen: {queries[:300]}"
+    tables, _, _ = await catalog(ledger.dsn)
+    per_user = distributed(tables)
+    problems = [
+        f"{scan}: {' '.join(p['Query Text'].split())[:160]}"
+        for p in plans
+        for scan in scans_without_user_id(p["Plan"], per_user)
+    ] + [
+        f"INSERT into {table} without user_id"
+        for p in plans
+        for table in inserts_without_user_id(p["Query Text"], per_user)
+    ]
+    assert not problems, "\n".join(problems)
