@@ -110,7 +110,9 @@ BILLING_INTERVAL_COUNT_MAX: Final = 1095
 # Group commit of debits: at most this many debits share one transaction, and at most this
 # many such transactions run at once (each holds one pooled connection). Measured on the
 # bench (spread, 64 callers): 2 x 64 gave 1676 debits/s, 2 x 32 1575, 1 x 32 1533,
-# 4 x 32 1211, 8 x 32 983 — more concurrent batches only add contention. There is no timer:
+# 4 x 32 1211, 8 x 32 983 — more concurrent batches only add contention; again with each
+# batch in one database call (the batcher alone, docs/performance.md): 1 in flight 1035/s,
+# 2 1181, 4 987, 8 762. There is no timer:
 # debits that arrive while the batches in flight are busy form the next batch, so a lone
 # debit never waits and a busy server commits many debits per WAL flush.
 DEBIT_BATCH_MAX: Final = 64
