@@ -80,18 +80,6 @@ async def _verify(admin: AsyncCreditWalletClient, *users: str) -> list[str]:
     ]
 
 
-async def _waiting_on_locks(conn: asyncpg.Connection[asyncpg.Record], count: int) -> None:
-    async with asyncio.timeout(WAIT_SECONDS):
-        while True:
-            waiting = await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if waiting >= count:
-                return
-            await asyncio.sleep(POLL_SECONDS)
-
-
 async def _until(condition: Any) -> None:
     async with asyncio.timeout(WAIT_SECONDS):
         while not condition():
@@ -150,7 +138,7 @@ class OneBatch:
             asyncio.ensure_future(agent.debit(plug, amount_micros=1))
             for _ in range(self.batcher._in_flight_max)
         ]
-        await _waiting_on_locks(self.watch, len(self.stuck))
+        await harness.waiting_on_locks(self.watch, len(self.stuck))
         return self
 
     async def queued(self, count: int) -> None:

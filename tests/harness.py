@@ -139,3 +139,26 @@ async def cli(ledger: Ledger, *args: str) -> int:
 
     argv = ["--target", ledger.target, "--token", TOKENS["admin"], *args]
     return await asyncio.to_thread(main, argv)
+
+
+# How long a forced interleaving may take to set up before the test gives up.
+LOCK_WAIT_SECONDS = 20.0
+
+
+async def waiting_on_locks(conn: asyncpg.Connection[asyncpg.Record], count: int) -> None:
+    """Until ``count`` backends of this database wait on a lock (the race is set up).
+
+    ``conn`` is often the blocker itself, inside its transaction, where pg_stat_activity is
+    read once and then served from a snapshot for the rest of the transaction: a first look
+    taken before the waiters arrived would be all it ever saw. The snapshot is cleared
+    before every look.
+    """
+    async with asyncio.timeout(LOCK_WAIT_SECONDS):
+        while True:
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM (SELECT pg_stat_clear_snapshot()) s, pg_stat_activity a"
+                " WHERE a.datname = current_database() AND a.wait_event_type = 'Lock'"
+            )
+            if waiting >= count:
+                return
+            await asyncio.sleep(0.005)

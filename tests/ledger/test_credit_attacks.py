@@ -21,12 +21,12 @@ from creditwallet.server.ledger import usage as usage_ledger
 from creditwallet.v1 import common_pb2 as pb
 from creditwallet.v1 import wallet_service_pb2 as wpb
 
+from tests import harness
 from tests.harness import Ledger, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")
 
 CREDIT = 1_000_000
-WAIT_SECONDS = 20.0
 
 
 def midnight(moment: dt.datetime) -> dt.datetime:
@@ -39,18 +39,6 @@ async def team(admin: AsyncCreditWalletClient, credits: int = 1000) -> str:
         user, source=pb.LOT_SOURCE_PROMO, amount_micros=credits * CREDIT, create_account=True
     )
     return user
-
-
-async def waiting_on_locks(conn: asyncpg.Connection[asyncpg.Record], count: int) -> None:
-    async with asyncio.timeout(WAIT_SECONDS):
-        while True:
-            waiting = await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if waiting >= count:
-                return
-            await asyncio.sleep(0.005)
 
 
 def forged_token(
@@ -265,7 +253,7 @@ async def test_forced_interleaving_capture_void_and_debits_of_one_member(
             for _ in range(6)
         ),
     ]
-    await waiting_on_locks(blocker, 1)
+    await harness.waiting_on_locks(blocker, 1)
     await blocker.execute("COMMIT")
     await blocker.close()
     found = await asyncio.gather(*calls, return_exceptions=True)
@@ -366,7 +354,7 @@ async def test_debits_queued_on_the_lock_across_midnight_count_on_the_new_day(
             )
         ),
     ]
-    await waiting_on_locks(blocker, 1)
+    await harness.waiting_on_locks(blocker, 1)
     ledger.clock.advance(seconds=60)  # the next UTC day, while all of them wait
     await blocker.execute("COMMIT")
     await blocker.close()

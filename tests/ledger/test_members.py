@@ -22,12 +22,12 @@ from creditwallet.v1 import admin_service_pb2 as apb
 from creditwallet.v1 import common_pb2 as pb
 from creditwallet.v1 import wallet_service_pb2 as wpb
 
+from tests import harness
 from tests.harness import Ledger, new_user
 
 pytestmark = pytest.mark.usefixtures("verified")
 
 CREDIT = 1_000_000
-WAIT_SECONDS = 20.0
 
 
 async def team(admin: AsyncCreditWalletClient, credits: int = 1000) -> str:
@@ -44,18 +44,6 @@ async def outcome(call: Any) -> str:
     except cw.CreditWalletError as exc:
         return exc.reason
     return "applied"
-
-
-async def waiting_on_locks(conn: asyncpg.Connection[asyncpg.Record], count: int) -> None:
-    async with asyncio.timeout(WAIT_SECONDS):
-        while True:
-            waiting = await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if waiting >= count:
-                return
-            await asyncio.sleep(0.005)
 
 
 async def test_set_and_list_members(ledger: Ledger, admin: AsyncCreditWalletClient) -> None:
@@ -214,7 +202,7 @@ async def test_a_forced_interleaving_all_queued_on_the_account_lock(
         for _ in range(4)
     ]
     # The 4 holds in their own transactions, and at least one debit batch, all waiting.
-    await waiting_on_locks(blocker, 5)
+    await harness.waiting_on_locks(blocker, 5)
     await blocker.execute("COMMIT")
     await blocker.close()
     found = await asyncio.gather(*holds, *debits)

@@ -42,19 +42,6 @@ def _user(prefix: str) -> str:
     return f"{prefix}-{harness.new_user()}"
 
 
-async def _waiting_on_locks(conn: asyncpg.Connection[asyncpg.Record], count: int) -> None:
-    """Until ``count`` backends of this database wait on a lock (the race is set up)."""
-    async with asyncio.timeout(WAIT_SECONDS):
-        while True:
-            waiting = await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if waiting >= count:
-                return
-            await asyncio.sleep(POLL_SECONDS)
-
-
 async def _until(condition: Any) -> None:
     async with asyncio.timeout(WAIT_SECONDS):
         while not condition():
@@ -126,7 +113,7 @@ async def test_a_batch_waiting_on_another_account_never_spends_expired_credits(
         # Fill both batches in flight with debits stuck on `plug`, so the next two debits
         # queue up and form one batch: Debit(busy) sorts first, Debit(target) second.
         stuck = [asyncio.ensure_future(agent.debit(plug, amount_micros=1)) for _ in range(2)]
-        await _waiting_on_locks(watch, 2)
+        await harness.waiting_on_locks(watch, 2)
         pair = [
             asyncio.ensure_future(agent.debit(busy, amount_micros=1)),
             asyncio.ensure_future(agent.debit(target.user_id, amount_micros=3 * CREDIT)),
@@ -134,7 +121,7 @@ async def test_a_batch_waiting_on_another_account_never_spends_expired_credits(
         await _until(lambda: batcher.queued == 2)
         await _release(plug_lock)
         await asyncio.gather(*stuck)
-        await _waiting_on_locks(watch, 1)  # the pair's batch waits for `busy`
+        await harness.waiting_on_locks(watch, 1)  # the pair's batch waits for `busy`
         await _reverse_after_expiry(ledger, admin, target)
         await _release(busy_lock)
         await asyncio.gather(*pair)
@@ -176,7 +163,7 @@ async def test_a_debit_waiting_on_its_request_id_never_spends_expired_credits(
         late = asyncio.ensure_future(
             admin.debit(target.user_id, amount_micros=3 * CREDIT, request_id="late-debit")
         )
-        await _waiting_on_locks(watch, 1)
+        await harness.waiting_on_locks(watch, 1)
         await _reverse_after_expiry(one_by_one, admin, target)
         await holder.execute("ROLLBACK")
         await late
