@@ -82,10 +82,10 @@ async def debit_many(
     rollback undoes the claims the caller wrote.
 
     One database call applies the debits, up to the first account whose first debit of the day
-    has another debit of the same account after it in ``cmds``: its streak bookkeeping, here, may grant a
-    milestone reward that the next debit can spend, so that one waits for the next call. In
-    steady state that is one call per batch; an account's first debit of a day costs one more
-    statement for the whole batch's streaks.
+    has another debit of the same account after it in ``cmds``: its streak bookkeeping, here,
+    may grant a milestone reward that the next debit can spend, so that one waits for the next
+    call. In steady state that is one call per batch; the accounts' first debits of a day cost
+    one more statement for the whole batch's streaks.
     """
     out: list[DebitResult | errors.LedgerError] = []
     while len(out) < len(cmds):

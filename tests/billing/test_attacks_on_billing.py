@@ -31,7 +31,6 @@ from tests.attack_kit import (
     _paid,
     _user,
     _verify,
-    _waiting_on_locks,
     every_row_has_its_event,
 )
 from tests.harness import Ledger
@@ -136,7 +135,9 @@ async def test_two_purchases_of_one_checkout_for_two_users_at_once(
             users,
         )
         calls = [asyncio.ensure_future(admin.billing.RecordPurchase(r)) for r in requests]
-        await _waiting_on_locks(watch, 2)  # the first parked after its insert, the second behind
+        await harness.waiting_on_locks(
+            watch, 2
+        )  # the first parked after its insert, the second behind
         await park.execute("ROLLBACK")
         answers = await asyncio.gather(*calls, return_exceptions=True)
     finally:

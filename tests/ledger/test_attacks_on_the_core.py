@@ -26,7 +26,7 @@ from creditwallet.v1 import wallet_service_pb2 as wpb
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tests import attack_kit
+from tests import attack_kit, harness
 from tests.attack_kit import (
     CREDIT,
     UTC,
@@ -43,7 +43,6 @@ from tests.attack_kit import (
     _ts,
     _user,
     _verify,
-    _waiting_on_locks,
     every_row_has_its_event,
 )
 from tests.harness import Ledger
@@ -165,7 +164,7 @@ async def test_a_caller_that_goes_away_mid_batch_still_gets_one_debit(
             await agent.debit(user, amount_micros=CREDIT, request_id="gone-1")
         task = asyncio.ensure_future(patient.debit(user, amount_micros=CREDIT, request_id="gone-2"))
         # Two waiters: gone-1's batch still waits on the server, and now gone-2's.
-        await _waiting_on_locks(watch, 2)
+        await harness.waiting_on_locks(watch, 2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

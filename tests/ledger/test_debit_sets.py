@@ -9,7 +9,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import random
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from creditwallet.client.wallet import AsyncCreditWalletClient
@@ -104,7 +104,7 @@ async def test_a_batch_sends_the_same_statements_for_one_debit_or_forty(
             conn.add_query_logger(log)
             try:
                 async with conn.transaction():
-                    answers = await batcher._apply(conn, items)
+                    answers = await batcher._apply(cast(db.Connection, conn), items)
             finally:
                 conn.remove_query_logger(log)
         assert all(isinstance(a, Outcome) for a in answers), answers
@@ -175,7 +175,7 @@ async def twins(admin: AsyncCreditWalletClient) -> tuple[list[str], list[str]]:
 
 
 def random_debits(rng: random.Random, users: list[str], seq: int) -> list[DebitCommand]:
-    cmds = []
+    cmds: list[DebitCommand] = []
     for n in range(rng.randint(1, 14)):
         user = users[rng.randrange(2)]
         fields: dict[str, Any] = {}
