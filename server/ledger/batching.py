@@ -19,7 +19,8 @@ Each debit is still on its own:
   alone;
 - anything else that goes wrong (a malformed request found late, a bug, a conflict the
   database refuses) aborts the whole batch before anything commits, and each debit of it is
-  then run as a batch of its own, so one bad debit never fails its batch-mates;
+  then run as a batch of its own (each account's in the batch's order), so one bad debit
+  never fails its batch-mates;
 - claims and account locks are taken in (account, request_id) order, so batches do not
   deadlock each other; a request_id sent twice in one batch is applied once and the second
   copy gets the first one's outcome, as a replay.
@@ -121,14 +122,19 @@ class DebitBatcher:
                 return
             log.warning("debit batch aborted; running its debits alone", extra={"size": len(batch)})
             metrics.DEBIT_BATCHES_ABORTED.inc()
-            # As many at once as batches may be in flight: the pool is sized for that.
+            # As many at once as batches may be in flight (the pool is sized for that), but
+            # each account's debits one after another, in the batch's order.
             slots = asyncio.Semaphore(self._in_flight_max)
+            by_account: dict[str, list[_Item]] = {}
+            for item in batch:
+                by_account.setdefault(item.cmd.user_id, []).append(item)
 
-            async def alone(item: _Item) -> None:
-                async with slots:
-                    await self._run([item])
+            async def alone(items: list[_Item]) -> None:
+                for item in items:
+                    async with slots:
+                        await self._run([item])
 
-            await asyncio.gather(*(alone(item) for item in batch))
+            await asyncio.gather(*(alone(items) for items in by_account.values()))
             return
         metrics.DEBIT_BATCH_SIZE.observe(len(batch))
         for item, answer in zip(batch, answers, strict=True):

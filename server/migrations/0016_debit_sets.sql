@@ -95,6 +95,7 @@ BEGIN
         v_user := p_users[i];
         v_now := p_nows[i];
         v_out := NULL;
+        v_cost := NULL;
         v_out.ord := i;
         SELECT * INTO STRICT v_acct FROM credits c WHERE c.user_id = v_user;
 

@@ -265,3 +265,38 @@ async def test_a_debit_of_the_batch_is_all_or_nothing_when_its_lots_cannot_pay(
     result = answers[2].result
     assert isinstance(result, DebitResult)
     assert result.balances.balance_micros == 0
+
+
+async def test_a_batch_rerun_one_by_one_keeps_each_accounts_order(
+    ledger: Ledger, admin: AsyncCreditWalletClient
+) -> None:
+    """A malformed debit aborts its batch and the others are rerun alone: one account's
+    debits still go in the batch's order (the first takes all 5 credits, the second is
+    refused), never two at once racing for the account's lock."""
+    await admin.set_agent_price("order-huge", 10**7)
+    for attempt in range(5):
+        user, other = new_user(), new_user()
+        for u in (user, other):
+            await admin.ensure_account(u)
+        batcher = DebitBatcher(ledger.pool, ledger.clock)
+        loop = asyncio.get_running_loop()
+        cmds = [
+            command(user, f"o{attempt}-1", amount_micros=TRIAL),
+            command(user, f"o{attempt}-2", amount_micros=1_000_000),
+            command(other, f"o{attempt}-3", agent_id="order-huge", quantity=999_999_999),
+        ]
+        items = [
+            batching._Item(
+                Guard(c.user_id, c.request_id, "Debit", hashlib.sha256(repr(c).encode()).digest()),
+                c,
+                loop.create_future(),
+            )
+            for c in cmds
+        ]
+        await batcher._run(list(items))
+        first, second, bad = [item.future.result() for item in items]
+        assert isinstance(first, Outcome), first
+        assert isinstance(second, errors.LedgerError)
+        assert second.reason == "INSUFFICIENT_CREDITS"
+        assert isinstance(bad, errors.LedgerError)
+        assert bad.reason == "INVALID_ARGUMENT"
