@@ -102,14 +102,8 @@ class DebitBatcher:
 
     def _start_batches(self) -> None:
         while self._queue and len(self._tasks) < self._in_flight_max:
-            take = share(
-                len(self._queue),
-                len({i.cmd.user_id for i in self._queue[: self._batch_max]}),
-                self._batch_max,
-                self._in_flight_max,
-            )
-            batch = self._queue[:take]
-            del self._queue[:take]
+            batch = self._queue[: self._batch_max]
+            del self._queue[: self._batch_max]
             task = asyncio.ensure_future(self._run(batch))
             self._tasks.add(task)
             task.add_done_callback(self._finished)
@@ -197,24 +191,6 @@ def _stored(exc: errors.LedgerError) -> errors.LedgerError:
     if not exc.stored:
         raise exc
     return exc
-
-
-def share(queued: int, accounts: int, batch_max: int, in_flight_max: int) -> int:
-    """How many of the queued debits the next batch takes (``accounts``: how many accounts the
-    first ``batch_max`` of them touch).
-
-    Its share of the queue among the batches that may be in flight, when the debits are
-    spread over accounts: the callers of a finished batch come back together, and a batch
-    that took them all would run alone on one connection, its debits one after another in
-    one database backend, while the other slot turned over the few that came later (batches
-    of 60 and of 3, measured). Two halves run side by side instead (spread debits, 64 callers:
-    about 30% more). The debits of one account gain nothing from that, since the second batch
-    would wait on the first one's lock until it commits: they go in one batch, as does a short
-    queue (``limits.DEBIT_BATCH_SPLIT_MIN``). Never 0, so a lone debit never waits.
-    """
-    if accounts > 1 and queued >= limits.DEBIT_BATCH_SPLIT_MIN:
-        return min(batch_max, -(-queued // in_flight_max))
-    return min(batch_max, queued)
 
 
 def _as_replay(original: _Item, copy: _Item, answer: Answer) -> Answer:

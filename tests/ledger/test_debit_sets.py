@@ -300,14 +300,3 @@ async def test_a_batch_rerun_one_by_one_keeps_each_accounts_order(
         assert second.reason == "INSUFFICIENT_CREDITS"
         assert isinstance(bad, errors.LedgerError)
         assert bad.reason == "INVALID_ARGUMENT"
-
-
-def test_a_batch_takes_its_share_of_spread_debits_and_all_of_one_accounts() -> None:
-    assert batching.share(1, 1, 64, 2) == 1  # a lone debit never waits
-    assert batching.share(60, 60, 64, 2) == 30  # two halves side by side
-    assert batching.share(61, 40, 64, 2) == 31
-    assert batching.share(3, 3, 64, 2) == 3  # a short queue: one commit
-    assert batching.share(16, 16, 64, 2) == 8
-    assert batching.share(60, 1, 64, 2) == 60  # one account: one batch, one lock
-    assert batching.share(5000, 900, 64, 2) == 64  # never past the batch's bound
-    assert batching.share(5000, 1, 64, 2) == 64

@@ -117,10 +117,6 @@ BILLING_INTERVAL_COUNT_MAX: Final = 1095
 # debit never waits and a busy server commits many debits per WAL flush.
 DEBIT_BATCH_MAX: Final = 64
 DEBIT_BATCHES_IN_FLIGHT_MAX: Final = 2
-# A queue of debits over several accounts at least this long is shared between the batches
-# that may be in flight rather than taken by the first (ledger/batching.py: share); a shorter
-# one is cheaper committed at once than split into twice the commits.
-DEBIT_BATCH_SPLIT_MIN: Final = 16
 
 
 # Performance: batches of debits in one call, worker processes, their connections.
@@ -394,7 +390,6 @@ def _check() -> None:
             GRPC_WORKERS_MAX * DB_POOL_SIZE_WORKER_MIN <= DB_CONNECTIONS_PER_SERVER_MAX
         ),
         "DEBIT_BATCH_MAX <= BATCH_DEBIT_ITEMS_MAX": DEBIT_BATCH_MAX <= BATCH_DEBIT_ITEMS_MAX,
-        "DEBIT_BATCH_SPLIT_MIN <= DEBIT_BATCH_MAX": DEBIT_BATCH_SPLIT_MIN <= DEBIT_BATCH_MAX,
         "gateway RPC + Stripe API deadlines < Stripe's webhook timeout": (
             GATEWAY_RPC_TIMEOUT_SECONDS + GATEWAY_STRIPE_TIMEOUT_SECONDS
             < STRIPE_WEBHOOK_TIMEOUT_SECONDS
