@@ -87,7 +87,7 @@ DECLARE
     v_cost   bigint;
     v_live   bigint;
     v_od     bigint;
-    v_burnt  bigint;
+    v_after  record;
     v_price  record;
     v_member record;
 BEGIN
@@ -196,28 +196,43 @@ BEGIN
                     updated_at = v_now, debt_micros = credits.debt_micros + v_od,
                     last_transaction_id = (SELECT transaction_id FROM tx)
                 WHERE credits.user_id = v_user
-                RETURNING credits.user_id
+                RETURNING credits.*
             ), activity AS (
                 INSERT INTO user_activity (user_id, day, debit_count) VALUES (v_user, p_days[i], 1)
                 ON CONFLICT (user_id, day)
                 DO UPDATE SET debit_count = user_activity.debit_count + 1
                 RETURNING (xmax = 0) AS first_today
             )
-            SELECT (SELECT transaction_id FROM tx),
-                   (SELECT coalesce(sum(amount), 0) FROM burnt)::bigint,
-                   (SELECT first_today FROM activity)
-            INTO v_out.transaction_id, v_burnt, v_out.first_today;
-            IF v_burnt <> v_cost - v_od THEN
-                RAISE EXCEPTION 'debit of % burnt % from the lots of %', v_cost, v_burnt, v_user;
+            -- What the debit did, the account after it, and the streak before it.
+            SELECT (SELECT transaction_id FROM tx) AS d_transaction_id,
+                   (SELECT coalesce(sum(amount), 0) FROM burnt)::bigint AS d_burnt,
+                   (SELECT first_today FROM activity) AS d_first_today,
+                   account.*,
+                   s.current_days AS s_current_days, s.streak_start AS s_streak_start,
+                   s.last_active_day AS s_last_active_day, s.longest_days AS s_longest_days,
+                   s.grace_day AS s_grace_day
+            INTO STRICT v_after
+            FROM account LEFT JOIN streaks s ON s.user_id = account.user_id;
+            IF v_after.d_burnt <> v_cost - v_od THEN
+                RAISE EXCEPTION 'debit of % burnt % from the lots of %', v_cost, v_after.d_burnt,
+                    v_user;
             END IF;
+            v_out.transaction_id := v_after.d_transaction_id;
+            v_out.first_today := v_after.d_first_today;
             v_out.overdraft_micros := v_od;
-            SELECT * INTO STRICT v_acct FROM credits c WHERE c.user_id = v_user;
-            SELECT s.current_days, s.streak_start, s.last_active_day, s.longest_days,
-                   s.grace_day
-            INTO v_out.streak_current_days, v_out.streak_streak_start,
-                 v_out.streak_last_active_day, v_out.streak_longest_days,
-                 v_out.streak_grace_day
-            FROM streaks s WHERE s.user_id = v_user;
+            v_out.streak_current_days := v_after.s_current_days;
+            v_out.streak_streak_start := v_after.s_streak_start;
+            v_out.streak_last_active_day := v_after.s_last_active_day;
+            v_out.streak_longest_days := v_after.s_longest_days;
+            v_out.streak_grace_day := v_after.s_grace_day;
+            v_acct.balance_micros := v_after.balance_micros;
+            v_acct.held_micros := v_after.held_micros;
+            v_acct.debt_micros := v_after.debt_micros;
+            v_acct.next_expiry_at := v_after.next_expiry_at;
+            v_acct.updated_at := v_after.updated_at;
+            v_acct.last_transaction_id := v_after.last_transaction_id;
+            v_acct.overdraft_limit_micros := v_after.overdraft_limit_micros;
+            v_acct.restricted_lots := v_after.restricted_lots;
         END IF;
 
         v_out.user_id := v_acct.user_id;
