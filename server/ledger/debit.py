@@ -193,15 +193,6 @@ def in_debt(account: Account) -> errors.LedgerError:
     )
 
 
-def overdraft_of(account: Account, applicable_micros: int, amount_micros: int) -> int:
-    """The part of a debit no applicable lot pays, which the overdraft limit must cover as
-    debt (0 when the lots cover it); refuse before any write when it cannot."""
-    overdraft = max(0, amount_micros - applicable_micros)
-    if overdraft and account.debt_micros + overdraft > account.overdraft_limit_micros:
-        raise insufficient(account, applicable_micros, amount_micros)
-    return overdraft
-
-
 def check_reservable(account: Account, applicable_micros: int, amount_micros: int) -> None:
     """A hold reserves credits that exist: it never overdraws, whatever the limit."""
     if applicable_micros < amount_micros:

@@ -133,7 +133,7 @@ async def execute(
         except errors.LedgerError as exc:
             if not exc.stored:
                 raise
-            await store_refusal(conn, guard, exc)
+            await store_refusals(conn, [(guard, exc)])
             return exc
         await store(conn, [(guard, result)])
         return Outcome(result, replayed=False)
@@ -188,10 +188,6 @@ async def store(conn: Connection, done: Sequence[tuple[Guard, Any]]) -> None:
             [g.request_id for g, _ in done],
             [_ENCODER.encode(result).decode() for _, result in done],
         )
-
-
-async def store_refusal(conn: Connection, guard: Guard, exc: errors.LedgerError) -> None:
-    await store_refusals(conn, [(guard, exc)])
 
 
 async def store_refusals(

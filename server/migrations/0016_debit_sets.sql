@@ -97,7 +97,11 @@ BEGIN
         v_out := NULL;
         v_cost := NULL;
         v_out.ord := i;
-        SELECT * INTO STRICT v_acct FROM credits c WHERE c.user_id = v_user;
+        -- The account as the previous debit of the call left it, when it was the same one
+        -- (v_acct is then what that debit's statement returned); else its row.
+        IF v_acct.user_id IS DISTINCT FROM v_user THEN
+            SELECT * INTO STRICT v_acct FROM credits c WHERE c.user_id = v_user;
+        END IF;
 
         -- What it costs.
         IF p_priced[i] THEN
@@ -118,14 +122,14 @@ BEGIN
         END IF;
         v_out.charged_micros := v_cost;
 
-        -- Debt beyond the limit refuses any debit (debit.check_not_in_debt).
+        -- Debt beyond the limit refuses any debit (as debit.check_not_in_debt refuses a hold).
         IF v_out.reason IS NULL AND v_acct.debt_micros > v_acct.overdraft_limit_micros THEN
             v_out.reason := 'ACCOUNT_IN_DEBT';
         END IF;
 
         -- What the lots that apply hold, up to the cost; the rest is overdraft (debt), which
-        -- the limit must cover (debit.overdraft_of). An account never granted a restricted
-        -- lot needs no look at its lots: they hold balance - held + debt.
+        -- the limit must cover (a hold may not overdraw at all). An account never granted a
+        -- restricted lot needs no look at its lots: they hold balance - held + debt.
         IF v_out.reason IS NULL THEN
             IF v_acct.restricted_lots THEN
                 SELECT coalesce(sum(t.amount), 0)::bigint INTO v_live
@@ -140,7 +144,7 @@ BEGIN
             END IF;
         END IF;
 
-        -- The member's cap for its day or month (members.check_room).
+        -- The member's cap for its day or month (members.check_room, for holds).
         IF v_out.reason IS NULL AND p_members[i] IS NOT NULL THEN
             SELECT m.active, m.cap_micros, m.cap_period,
                    (coalesce(sum(s.spent_micros), 0) + coalesce(sum(s.held_micros), 0))::bigint
