@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import uuid
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 from creditwallet.client.wallet import AsyncCreditWalletClient
-from creditwallet.v1 import billing_service_pb2 as bpb
 from creditwallet.v1 import common_pb2 as pb
 from creditwallet.v1 import events_pb2 as epb
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests import events_kit, harness
 from tests.harness import Ledger
@@ -33,12 +30,6 @@ async def start(base_dsn: str, data_dir: Path) -> Ledger:
 
 def _user(prefix: str = "u") -> str:
     return f"{prefix}-{harness.new_user()}"
-
-
-def _ts(value: dt.datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 async def _connect(ledger: Ledger) -> asyncpg.Connection[asyncpg.Record]:
@@ -157,45 +148,6 @@ def _month(value: dt.datetime, months: int) -> dt.datetime:
     from creditwallet.server.ledger import periods
 
     return periods.add_months(value, months, value.day)
-
-
-async def _paid(
-    admin: AsyncCreditWalletClient,
-    sub: str,
-    user: str,
-    start: dt.datetime,
-    end: dt.datetime,
-    credits: int,
-    anchor: dt.datetime,
-    payment_id: str = "",
-) -> bpb.SyncSubscriptionResponse:
-    """invoice.paid of [start, end) on a monthly schedule anchored at ``anchor``."""
-    return await admin.billing.SyncSubscription(
-        bpb.SyncSubscriptionRequest(
-            request_id=f"evt_{uuid.uuid4().hex}",
-            subscription_id=sub,
-            customer_id=f"cus_{sub}",
-            user_id=user,
-            status=pb.SUBSCRIPTION_STATUS_ACTIVE,
-            price_id="price_monthly",
-            period_credits_micros=credits * CREDIT,
-            current_period_start=_ts(start),
-            current_period_end=_ts(end),
-            event_created_at=_ts(start),
-            schedule=bpb.BillingSchedule(
-                billing_cycle_anchor=_ts(anchor),
-                interval=bpb.BILLING_INTERVAL_MONTH,
-                interval_count=1,
-            ),
-            paid_period=bpb.PaidPeriod(
-                period_start=_ts(start),
-                period_end=_ts(end),
-                payment_id=payment_id or f"pi_{uuid.uuid4().hex}",
-                amount_paid_minor=999,
-                currency="usd",
-            ),
-        )
-    )
 
 
 async def every_row_has_its_event(ledger: Ledger) -> None:

@@ -28,11 +28,11 @@ from tests.attack_kit import (
     _funded,
     _history,
     _month,
-    _paid,
     _user,
     _verify,
     every_row_has_its_event,
 )
+from tests.billing.paid import paid
 from tests.harness import Ledger
 
 
@@ -60,11 +60,11 @@ async def test_a_hold_spanning_a_downgrade_renewal_escapes_the_carry_over_cap(
     p1_end, p2_end = _month(anchor, 1), _month(anchor, 2)
     user, sub = _user("downgrade"), f"sub_{uuid.uuid4().hex[:12]}"
     clock.set(anchor + dt.timedelta(minutes=1))
-    await _paid(admin, sub, user, anchor, p1_end, 1000, anchor)
+    await paid(admin, sub, user, anchor, p1_end, 1000, anchor)
     clock.set(p1_end - dt.timedelta(hours=1))
     hold = await admin.authorize(user, amount_micros=900 * CREDIT, ttl_seconds=24 * 3600)
     clock.set(p1_end + dt.timedelta(minutes=1))
-    await _paid(admin, sub, user, p1_end, p2_end, 100, anchor)  # the downgraded renewal
+    await paid(admin, sub, user, p1_end, p2_end, 100, anchor)  # the downgraded renewal
     await admin.void(user, hold.hold_id)
     balance = await admin.get_balance(user)
     assert balance.available_micros == 200 * CREDIT, (
@@ -86,12 +86,12 @@ async def test_an_earlier_end_learnt_at_the_instant_of_a_debit_is_no_violation(
     p1_end = _month(anchor, 1)
     user, sub = _user("cut"), f"sub_{uuid.uuid4().hex[:12]}"
     clock.set(anchor + dt.timedelta(minutes=1))
-    await _paid(admin, sub, user, anchor, p1_end, 100, anchor)
+    await paid(admin, sub, user, anchor, p1_end, 100, anchor)
     clock.set(p1_end + dt.timedelta(days=10))
     await admin.debit(user, amount_micros=10 * CREDIT)
     # Same instant: the successor period [p1_end, p1_end + 5 days) on a reset anchor.
     reset = p1_end + dt.timedelta(days=5)
-    await _paid(admin, sub, user, p1_end, reset, 100, reset)
+    await paid(admin, sub, user, p1_end, reset, 100, reset)
     history = await _history(ledger, user)
     assert [r["type"] for r in history][-1] == "expire"  # 90 left of the cut lot: expired
     assert await _verify(admin, user) == []
@@ -340,7 +340,7 @@ async def test_refunding_a_period_whose_credits_expired_claws_back_only_what_was
     user, sub = _user("refund-old"), f"sub_{uuid.uuid4().hex[:12]}"
     payment = f"pi_{uuid.uuid4().hex}"
     clock.set(anchor + dt.timedelta(minutes=1))
-    await _paid(admin, sub, user, anchor, p1_end, 100, anchor, payment_id=payment)
+    await paid(admin, sub, user, anchor, p1_end, 100, anchor, payment_id=payment)
     await admin.grant(user, 50 * CREDIT, pb.LOT_SOURCE_TOP_UP)
     await admin.debit(user, amount_micros=30 * CREDIT)  # from the subscription lot (expires first)
     clock.set(p2_end + dt.timedelta(days=1))  # the rest (70) expired at the end of P2
@@ -369,12 +369,12 @@ async def test_a_subscription_lot_cut_short_while_a_hold_reserves_it(
     p1_end = _month(anchor, 1)
     user, sub = _user("cut-hold"), f"sub_{uuid.uuid4().hex[:12]}"
     clock.set(anchor + dt.timedelta(minutes=1))
-    await _paid(admin, sub, user, anchor, p1_end, 100, anchor)
+    await paid(admin, sub, user, anchor, p1_end, 100, anchor)
     clock.set(p1_end + dt.timedelta(days=10))
     hold = await admin.authorize(user, amount_micros=60 * CREDIT, ttl_seconds=3600)
     clock.advance(minutes=1)
     reset = p1_end + dt.timedelta(days=5)
-    await _paid(admin, sub, user, p1_end, reset, 100, reset)  # P1's lot now ends now
+    await paid(admin, sub, user, p1_end, reset, 100, reset)  # P1's lot now ends now
     clock.advance(minutes=1)
     captured = await admin.capture(user, hold.hold_id, amount_micros=20 * CREDIT)
     assert captured.available_micros == 100 * CREDIT  # only the new period's lot

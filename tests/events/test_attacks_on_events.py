@@ -26,12 +26,12 @@ from tests.attack_kit import (
     _funded,
     _history,
     _month,
-    _paid,
     _set_alert,
     _user,
     _verify,
     every_row_has_its_event,
 )
+from tests.billing.paid import paid
 from tests.harness import Ledger
 
 
@@ -131,10 +131,10 @@ async def test_an_expiry_change_is_not_a_clawback_event(
     p1_end = _month(anchor, 1)
     user, sub = _user("moved"), f"sub_{uuid.uuid4().hex[:12]}"
     clock.set(anchor + dt.timedelta(minutes=1))
-    await _paid(admin, sub, user, anchor, p1_end, 100, anchor)
+    await paid(admin, sub, user, anchor, p1_end, 100, anchor)
     # The renewal ends earlier than the schedule said: P1's lot expiry moves (in the future).
     clock.set(p1_end + dt.timedelta(minutes=1))
-    await _paid(admin, sub, user, p1_end, p1_end + dt.timedelta(days=20), 100, p1_end)
+    await paid(admin, sub, user, p1_end, p1_end + dt.timedelta(days=20), 100, p1_end)
     changes = [r for r in await _history(ledger, user) if r["type"] == "expiry_change"]
     assert len(changes) == 1
     events = {e["body"].get("transaction_id"): e for e in await _events(ledger, user)}

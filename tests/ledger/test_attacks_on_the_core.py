@@ -40,11 +40,11 @@ from tests.attack_kit import (
     _hold_account,
     _release,
     _set_alert,
-    _ts,
     _user,
     _verify,
     every_row_has_its_event,
 )
+from tests.billing.paid import ts
 from tests.harness import Ledger
 
 
@@ -222,7 +222,7 @@ async def test_every_replay_answers_exactly_what_was_first_answered(
             request_id="g-1",
             amount_micros=50 * CREDIT,
             source=pb.LOT_SOURCE_PROMO,
-            expires_at=_ts(clock.now() + dt.timedelta(days=9)),
+            expires_at=ts(clock.now() + dt.timedelta(days=9)),
         ),
     )
     assert grant.lot.expires_at.nanos == 123457000
@@ -308,7 +308,7 @@ async def test_every_replay_answers_exactly_what_was_first_answered(
             subscription_id=f"sub-{user}",
             customer_id=f"cus-x-{user}",
             status=pb.SUBSCRIPTION_STATUS_INCOMPLETE,
-            event_created_at=_ts(clock.now()),
+            event_created_at=ts(clock.now()),
         ),
     )
     await _same_on_replay(
@@ -318,7 +318,7 @@ async def test_every_replay_answers_exactly_what_was_first_answered(
             subscription_id=f"sub-{user}",
             customer_id=f"cus-x-{user}",
             invoice_id=f"in-{user}",
-            event_created_at=_ts(clock.now()),
+            event_created_at=ts(clock.now()),
         ),
     )
     assert await _verify(admin, user, referee) == []
