@@ -68,20 +68,17 @@ SELECT coalesce((SELECT balance_after_micros FROM credit_transactions
 # previous value at $2.
 _LOTS_AT = f"""
 SELECT * FROM (
-SELECT l.lot_id, l.source, l.amount_micros, l.granted_at, e.expires_at, l.priority,
-       l.agent_ids, (h.remaining_micros + coalesce(back.amount, 0))::bigint AS remaining_micros
+SELECT l.lot_id, l.source, l.amount_micros, l.granted_at, l.priority, l.agent_ids,
+       CASE WHEN moved.found THEN moved.previous ELSE l.expires_at END AS expires_at,
+       (h.remaining_micros + coalesce(back.amount, 0))::bigint AS remaining_micros
 FROM credit_lots l
-CROSS JOIN LATERAL (
-    SELECT CASE WHEN moved.found THEN moved.previous ELSE l.expires_at END AS expires_at
-    FROM (SELECT true AS found) one
-    LEFT JOIN LATERAL (
-        SELECT true AS found, (x.metadata->>'previous_expires_at')::timestamptz AS previous
-        FROM credit_transactions x
-        WHERE x.user_id = l.user_id AND x.type = 'expiry_change' AND x.created_at > $2
-          AND (x.metadata->>'lot_id')::bigint = l.lot_id
-        ORDER BY x.transaction_id LIMIT 1
-    ) moved ON true
-) e
+LEFT JOIN LATERAL (
+    SELECT true AS found, (x.metadata->>'previous_expires_at')::timestamptz AS previous
+    FROM credit_transactions x
+    WHERE x.user_id = l.user_id AND x.type = 'expiry_change' AND x.created_at > $2
+      AND (x.metadata->>'lot_id')::bigint = l.lot_id
+    ORDER BY x.transaction_id LIMIT 1
+) moved ON true
 JOIN LATERAL (
     SELECT remaining_micros FROM lot_history h
     WHERE h.user_id = l.user_id AND h.lot_id = l.lot_id AND h.changed_at <= $2
@@ -93,8 +90,9 @@ LEFT JOIN LATERAL (
     WHERE hl.user_id = l.user_id AND hl.lot_id = l.lot_id AND ho.status = 'expired'
       AND ho.expires_at <= $2 AND ho.finalized_at > $2
 ) back ON true
-WHERE l.user_id = $1 AND l.granted_at <= $2 AND (e.expires_at IS NULL OR e.expires_at > $2)
+WHERE l.user_id = $1 AND l.granted_at <= $2
 ) lots_then
+WHERE expires_at IS NULL OR expires_at > $2
 ORDER BY {lots.BURN_DOWN_ORDER}
 """
 
