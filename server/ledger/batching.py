@@ -170,8 +170,8 @@ class DebitBatcher:
                 answers[index] = outcome
         refused = [
             (batch[i].guard, answer)
-            for i, answer in enumerate(answers)
-            if i in first.values() and isinstance(answer, errors.LedgerError)
+            for i in first.values()
+            if isinstance(answer := answers[i], errors.LedgerError)
         ]
         await idempotency.store_refusals(conn, refused)
         await idempotency.store(conn, done)
