@@ -23,7 +23,7 @@ from creditwallet.server.clock import Clock, SystemClock
 from creditwallet.server.config import ServerConfig
 from creditwallet.server.events.workers import EventWorkers
 from creditwallet.server.health import DatabaseHealth
-from creditwallet.server.interceptor import Gate
+from creditwallet.server.interceptor import Gate, quiet_callers_gone
 from creditwallet.server.ledger.batching import DebitBatcher
 from creditwallet.server.services import Runtime
 from creditwallet.server.services.admin import AdminService
@@ -140,6 +140,7 @@ async def start(
     )
     events = await EventWorkers.create(config.events, pool, dsn, clock, config.statement_cache_size)
     runtime = Runtime(pool, clock, debits, config.trial_credits_micros, events)
+    quiet_callers_gone()
     server = grpc.aio.server(
         interceptors=[Gate(config.tokens)],
         options=_options(worker),

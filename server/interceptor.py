@@ -44,6 +44,37 @@ from grpc_status import rpc_status
 
 log = logging.getLogger(__name__)
 
+# gRPC's asyncio server logs this, with a traceback, when it could not send an answer because
+# the call had already ended: the caller hung up or its deadline passed. It means to stay quiet
+# when the caller is gone (its own check of ``client_closed``), but that flag is set by another
+# task, so an answer sent in the same instant as the hang-up loses the race and is logged as an
+# error. Nothing is wrong on the server's side and the ledger already committed or rolled back.
+_GRPC_CORE_LOGGER = "grpc._cython.cygrpc"
+_SEND_FAILED_PREFIX = "ExecuteBatchError raised in core"
+
+
+class _CallerGoneFilter(logging.Filter):
+    """Turns gRPC's error for an answer to a caller that is gone into a one-line debug record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith(_SEND_FAILED_PREFIX):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        record.msg, record.args = "caller gone before its answer was sent: %s", (message,)
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_callers_gone() -> None:
+    """Install the filter above on gRPC's logger, once per process."""
+    core = logging.getLogger(_GRPC_CORE_LOGGER)
+    if not any(isinstance(f, _CallerGoneFilter) for f in core.filters):
+        core.addFilter(_CallerGoneFilter())
+
+
 _SCOPE_BY_SERVICE = {
     "creditwallet.v1.WalletService": "agent",
     "creditwallet.v1.BillingService": "billing",

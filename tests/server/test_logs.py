@@ -25,6 +25,7 @@ import pytest
 from creditwallet.core import logs
 from creditwallet.core.logs import JsonFormatter, LogSettings, TextFormatter
 from creditwallet.core.settings import Secret, describe
+from creditwallet.server import interceptor
 from creditwallet.server.config import ServerConfig
 from creditwallet.v1 import wallet_service_pb2 as wpb
 
@@ -201,6 +202,39 @@ async def test_rpc_callers_that_hang_up_leave_no_traceback(
     await asyncio.sleep(0.5)  # let the shielded work of cancelled calls finish and log
     assert _tracebacks(caplog) == []
     assert (await admin.verify_ledger()).ok
+
+
+def test_grpcs_error_for_a_caller_gone_is_a_debug_line_and_other_errors_stay(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The race above, made to happen: gRPC's own records, as its server writes them."""
+    interceptor.quiet_callers_gone()
+    interceptor.quiet_callers_gone()  # once per process, however often servers start
+    core = logging.getLogger("grpc._cython.cygrpc")
+    assert sum(type(f).__name__ == "_CallerGoneFilter" for f in core.filters) == 1
+    method = "/creditwallet.v1.WalletService/Debit"
+    caplog.set_level(logging.DEBUG)
+    for failure in ("ExecuteBatchError raised in core", "Unexpected [ValueError] raised"):
+        try:
+            raise RuntimeError("from core")
+        except RuntimeError:
+            core.exception(f"{failure} by servicer method [{method}]")
+    gone, other = caplog.records
+    assert (gone.levelno, gone.exc_info) == (logging.DEBUG, None)
+    assert gone.getMessage() == (
+        f"caller gone before its answer was sent: ExecuteBatchError raised in core by "
+        f"servicer method [{method}]"
+    )
+    assert other.levelno == logging.ERROR
+    assert other.exc_info is not None
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    core.setLevel(logging.INFO)
+    try:
+        core.error("ExecuteBatchError raised in core by servicer method [%s]", method)
+    finally:
+        core.setLevel(logging.NOTSET)
+    assert caplog.records == []
 
 
 def test_log_settings_default_and_refuse() -> None:
