@@ -22,7 +22,7 @@ import argparse
 import hashlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,12 +121,33 @@ def _credits(text: str, micros: bool) -> int:
 def send(
     client: CreditWalletClient, requests: Sequence[wallet_pb2.DebitRequest]
 ) -> wallet_pb2.BatchDebitResponse:
-    """Every debit, in calls of at most ``limits.BATCH_DEBIT_ITEMS_MAX``; results in order."""
+    """Every debit, in as few BatchDebit calls as the server takes; results in order."""
     merged = wallet_pb2.BatchDebitResponse()
-    for start in range(0, len(requests), limits.BATCH_DEBIT_ITEMS_MAX):
-        chunk = requests[start : start + limits.BATCH_DEBIT_ITEMS_MAX]
+    for chunk in chunks(requests):
         merged.results.extend(client.batch_debit(chunk).results)
     return merged
+
+
+# A debit's bytes inside BatchDebitRequest: its own, plus the field's tag and length prefix.
+_ITEM_FRAMING_BYTES_MAX = 1 + 3
+
+
+def chunks(
+    requests: Sequence[wallet_pb2.DebitRequest],
+) -> Iterator[Sequence[wallet_pb2.DebitRequest]]:
+    """Consecutive runs of debits, each one BatchDebit the server takes: at most
+    ``BATCH_DEBIT_ITEMS_MAX`` debits and ``BATCH_DEBIT_BYTES_MAX`` bytes (a debit larger than
+    that alone is sent alone and refused by the server, MESSAGE_TOO_LARGE)."""
+    start, size = 0, 0
+    for index, request in enumerate(requests):
+        item = request.ByteSize() + _ITEM_FRAMING_BYTES_MAX
+        full = index - start == limits.BATCH_DEBIT_ITEMS_MAX
+        if index > start and (full or size + item > limits.BATCH_DEBIT_BYTES_MAX):
+            yield requests[start:index]
+            start, size = index, 0
+        size += item
+    if start < len(requests):
+        yield requests[start:]
 
 
 def outcome(result: wallet_pb2.BatchDebitResult) -> str:

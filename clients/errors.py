@@ -32,7 +32,9 @@ absent, as when the transport itself failed):
     ├── DeadlineExceeded         DEADLINE_EXCEEDED; the outcome is unknown: retry, same request_id
     ├── Unavailable              UNAVAILABLE / DATABASE_UNAVAILABLE; the only code clients retry
     │   └── PaymentProviderUnavailable  PAYMENT_PROVIDER_UNAVAILABLE
-    ├── TooManyStreams           RESOURCE_EXHAUSTED / TOO_MANY_STREAMS
+    ├── ResourceExhausted        RESOURCE_EXHAUSTED (gRPC's own refusal of a message too large)
+    │   ├── MessageTooLarge          MESSAGE_TOO_LARGE; ints size_bytes, size_bytes_max
+    │   └── TooManyStreams           TOO_MANY_STREAMS
     └── Internal                 INTERNAL
 
 Why reasons over codes: a code says what kind of failure it is, the reason says which one, and
@@ -231,7 +233,26 @@ class PaymentProviderRefused(FailedPrecondition):
     """The payment provider refused the request."""
 
 
-class TooManyStreams(CreditWalletError):
+class ResourceExhausted(CreditWalletError):
+    """The server would not take this much: a message too large, too many streams."""
+
+
+class MessageTooLarge(ResourceExhausted):
+    """The request message is larger than its method takes; split a batch."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(code, reason, message, metadata)
+        self.size_bytes = int(self.metadata["size_bytes"])
+        self.size_bytes_max = int(self.metadata["size_bytes_max"])
+
+
+class TooManyStreams(ResourceExhausted):
     """The server has as many event streams open as it allows; retry later."""
 
 
@@ -291,6 +312,7 @@ BY_REASON: Final[Mapping[str, type[CreditWalletError]]] = {
     "PAYMENT_PROVIDER_REFUSED": PaymentProviderRefused,
     "PAYMENT_PROVIDER_UNAVAILABLE": PaymentProviderUnavailable,
     "TOO_MANY_STREAMS": TooManyStreams,
+    "MESSAGE_TOO_LARGE": MessageTooLarge,
     "MEMBER_NOT_FOUND": MemberNotFound,
     "MEMBER_CAP_EXCEEDED": MemberCapExceeded,
 }
@@ -322,7 +344,7 @@ _BY_CODE: Final[Mapping[grpc.StatusCode, type[CreditWalletError]]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.INTERNAL: Internal,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: TooManyStreams,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
 

@@ -68,7 +68,7 @@ def _ms(seconds: float) -> int:
 
 # What one caller can make the server hold (values and reasons: core/limits.py).
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_receive_message_length", limits.GRPC_RECEIVE_BYTES_MAX),
+    ("grpc.max_receive_message_length", limits.BATCH_DEBIT_BYTES_MAX),
     ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
     ("grpc.max_metadata_size", limits.GRPC_METADATA_BYTES_MAX),
     ("grpc.absolute_max_metadata_size", limits.GRPC_METADATA_BYTES_ABSOLUTE_MAX),

@@ -81,6 +81,14 @@ def unavailable(
     return LedgerError("DATABASE_UNAVAILABLE", message)
 
 
+def message_too_large(size: int, size_max: int) -> LedgerError:
+    return LedgerError(
+        "MESSAGE_TOO_LARGE",
+        f"the request message is {size} bytes; this method takes at most {size_max}",
+        {"size_bytes": str(size), "size_bytes_max": str(size_max)},
+    )
+
+
 def internal() -> LedgerError:
     return LedgerError("INTERNAL", "internal error")
 

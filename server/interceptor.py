@@ -11,7 +11,9 @@ soon as the headers arrive (a unary handler would first wait for, and buffer, th
 request). A refused call is answered at once (UNAUTHENTICATED, PERMISSION_DENIED) without
 reading its body; an authorised one reads exactly one message, within
 ``GRPC_REQUEST_READ_TIMEOUT_SECONDS`` (or its deadline, if sooner), as raw bytes, and only
-then deserialises it: bytes that are not a valid request are INVALID_ARGUMENT. This holds
+then deserialises it: bytes that are not a valid request are INVALID_ARGUMENT; a message over
+``GRPC_RECEIVE_BYTES_MAX`` (BatchDebit: ``BATCH_DEBIT_BYTES_MAX``) is RESOURCE_EXHAUSTED
+(MESSAGE_TOO_LARGE), unparsed. This holds
 for unary and server-streaming methods alike, and for any method added later.
 
 Bounded time. A call without a deadline gets ``GRPC_DEADLINE_SECONDS_DEFAULT`` (a stream
@@ -87,6 +89,10 @@ OPEN_SERVICES = frozenset(
         "grpc.reflection.v1.ServerReflection",
     }
 )
+# The request bytes a method takes; every other guarded method takes GRPC_RECEIVE_BYTES_MAX.
+# gRPC itself refuses anything over the largest of them before buffering it.
+_RECEIVE_BYTES_MAX = {"/creditwallet.v1.WalletService/BatchDebit": limits.BATCH_DEBIT_BYTES_MAX}
+_OPEN_BYTES_MAX = limits.GRPC_RECEIVE_BYTES_MAX
 _BEARER = b"bearer "
 ANONYMOUS = "-"
 # gRPC reports a call without a deadline as one centuries away.
@@ -155,7 +161,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if refusal is not None:
             return _refusing(name, caller.label if caller else ANONYMOUS, handler, refusal)
         assert caller is not None
-        return self._guarded(name, caller.label, handler)
+        return self._guarded(name, caller.label, handler, _RECEIVE_BYTES_MAX.get(method))
 
     def _authorize(
         self, scope: str, metadata: Any
@@ -179,8 +185,9 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return matched, errors.permission_denied(scope)
         return matched, None
 
-    def _guarded(self, name: str, label: str, handler: Any) -> Any:
+    def _guarded(self, name: str, label: str, handler: Any, bytes_max: int | None) -> Any:
         deserialize: Deserializer = handler.request_deserializer
+        size_max = bytes_max or limits.GRPC_RECEIVE_BYTES_MAX
         if handler.unary_unary is not None:
             behavior: Any = handler.unary_unary
 
@@ -191,7 +198,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 failure: Failure | None = None
                 try:
                     async with asyncio.timeout(_budget(context, self._deadline)):
-                        request = await self._read(context, deserialize)
+                        request = await self._read(context, deserialize, size_max)
                         with logs.request_context(_request_id(request)):
                             response = await behavior(request, context)
                 except errors.LedgerError as exc:
@@ -221,7 +228,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 failure: Failure | None = None
                 try:
                     async with asyncio.timeout(_budget(context, self._stream_deadline)):
-                        request = await self._read(context, deserialize)
+                        request = await self._read(context, deserialize, size_max)
                         await _relay(stream_behavior(request, context), context)
                 except errors.LedgerError as exc:
                     failure = exc
@@ -242,7 +249,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         unimplemented = _Plain(grpc.StatusCode.UNIMPLEMENTED, "not served through the gate")
         return _refusing(name, label, handler, unimplemented)
 
-    async def _read(self, context: Context, deserialize: Deserializer) -> Any:
+    async def _read(self, context: Context, deserialize: Deserializer, size_max: int) -> Any:
         """The call's one request message, deserialised only now, after authorisation."""
         try:
             async with asyncio.timeout(self._read_timeout):
@@ -251,6 +258,8 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             raise errors.invalid("request", "the request message did not arrive in time") from None
         if raw is _EOF or not isinstance(raw, bytes):
             raise errors.invalid("request", "the call carried no request message")
+        if len(raw) > size_max:
+            raise errors.message_too_large(len(raw), size_max)
         if deserialize is None:
             return raw
         try:
@@ -273,10 +282,10 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 async with asyncio.timeout(_budget(context, gate._stream_deadline)):
                     if handler.unary_unary is not None:
-                        request = await gate._read(context, deserialize)
+                        request = await gate._read(context, deserialize, _OPEN_BYTES_MAX)
                         return await handler.unary_unary(request, context)
                     if handler.unary_stream is not None:
-                        request = await gate._read(context, deserialize)
+                        request = await gate._read(context, deserialize, _OPEN_BYTES_MAX)
                         await _relay(handler.unary_stream(request, context), context)
                         return None
                     assert handler.stream_stream is not None
@@ -344,6 +353,8 @@ async def _deserialized(context: Context, deserialize: Deserializer) -> AsyncIte
         raw = await context.read()
         if raw is _EOF:
             return
+        if isinstance(raw, bytes) and len(raw) > _OPEN_BYTES_MAX:
+            raise errors.message_too_large(len(raw), _OPEN_BYTES_MAX)
         try:
             yield deserialize(raw) if deserialize is not None else raw
         except (DecodeError, ValueError, TypeError, RuntimeError):

@@ -35,7 +35,7 @@ _CLASS_OF_CODE = {
     reasons.PERMISSION_DENIED: client_errors.PermissionDenied,
     reasons.UNAVAILABLE: client_errors.Unavailable,
     reasons.INTERNAL: client_errors.Internal,
-    reasons.RESOURCE_EXHAUSTED: client_errors.TooManyStreams,
+    reasons.RESOURCE_EXHAUSTED: client_errors.ResourceExhausted,
 }
 
 

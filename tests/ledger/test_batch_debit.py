@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 
 import pytest
-from creditwallet.client import builders
+from creditwallet.client import builders, debitfile
 from creditwallet.client import errors as cw
 from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.core import limits
@@ -168,6 +169,79 @@ async def test_the_size_of_a_batch_is_bounded(
     assert all(outcome(r) == "applied" for r in full.results)
     balance = await admin.get_balance(user)
     assert balance.available_micros == 5 * CREDIT - limits.BATCH_DEBIT_ITEMS_MAX
+
+
+def realistic(user: str) -> wpb.DebitRequest:
+    """A debit as agent runtimes send them: UUID ids, an agent, a session, some metadata."""
+    return wpb.DebitRequest(
+        user_id=user,
+        request_id=str(uuid.uuid4()),
+        amount_micros=1,
+        session_id=str(uuid.uuid4()),
+        metadata={"model": "gpt-4o-mini", "trace_id": uuid.uuid4().hex},
+    )
+
+
+async def test_a_full_batch_of_realistic_debits_is_taken_and_a_larger_one_refused_whole(
+    admin: AsyncCreditWalletClient, agent: AsyncCreditWalletClient
+) -> None:
+    user = new_user()
+    await admin.ensure_account(user)
+    full = [realistic(user) for _ in range(limits.BATCH_DEBIT_ITEMS_MAX)]
+    size = builders.batch_debit(full).ByteSize()
+    assert limits.GRPC_RECEIVE_BYTES_MAX < size <= limits.BATCH_DEBIT_BYTES_MAX
+    reply = await agent.batch_debit(full)
+    assert [outcome(r) for r in reply.results] == ["applied"] * limits.BATCH_DEBIT_ITEMS_MAX
+    # Past the bound in bytes (few debits, much metadata): refused whole, nothing applied.
+    heavy = [
+        item(user, f"heavy-{n}", 1, metadata={f"k{k}": "v" * 512 for k in range(16)})
+        for n in range(limits.BATCH_DEBIT_BYTES_MAX // (16 * 512) + 1)
+    ]
+    assert len(heavy) < limits.BATCH_DEBIT_ITEMS_MAX
+    assert builders.batch_debit(heavy).ByteSize() > limits.BATCH_DEBIT_BYTES_MAX
+    with pytest.raises(cw.ResourceExhausted):
+        await agent.batch_debit(heavy)
+    balance = await admin.get_balance(user)
+    assert balance.available_micros == 5 * CREDIT - limits.BATCH_DEBIT_ITEMS_MAX
+    # The client splits the same debits into calls the server takes.
+    chunks = list(debitfile.chunks(heavy))
+    assert [len(c) for c in chunks] != [len(heavy)]
+    assert [r for c in chunks for r in c] == heavy
+    for chunk in chunks:
+        assert builders.batch_debit(chunk).ByteSize() <= limits.BATCH_DEBIT_BYTES_MAX
+        sent = await agent.batch_debit(chunk)
+        assert {outcome(r) for r in sent.results} == {"applied"}
+
+
+async def test_a_debit_larger_than_other_methods_take_is_refused_unparsed(
+    admin: AsyncCreditWalletClient, agent: AsyncCreditWalletClient
+) -> None:
+    """BatchDebit's bound is gRPC's: the gate holds every other method to its own."""
+    user = new_user()
+    await admin.ensure_account(user)
+    metadata = {f"k{k}": "v" * 16_000 for k in range(8)}
+    big = builders.debit(user, amount_micros=1, request_id="big-debit", metadata=metadata)
+    assert limits.GRPC_RECEIVE_BYTES_MAX < big.ByteSize() <= limits.BATCH_DEBIT_BYTES_MAX
+    with pytest.raises(cw.MessageTooLarge) as refused:
+        await agent.debit(user, amount_micros=1, request_id="big-debit", metadata=metadata)
+    assert refused.value.size_bytes == big.ByteSize()
+    assert refused.value.size_bytes_max == limits.GRPC_RECEIVE_BYTES_MAX
+    assert await history(admin, user) == []
+    reply = await agent.debit(user, amount_micros=1, request_id="big-debit")  # id still free
+    assert reply.charged_micros == 1
+
+
+def test_chunks_keep_order_and_both_bounds() -> None:
+    user = new_user()
+    small = [item(user, f"s{n}", 1) for n in range(2 * limits.BATCH_DEBIT_ITEMS_MAX + 1)]
+    assert [len(c) for c in debitfile.chunks(small)] == [1000, 1000, 1]
+    mixed = [item(user, f"m{n}", 1, metadata={"k": "v" * (n * 7919 % 512)}) for n in range(3000)]
+    chunks = list(debitfile.chunks(mixed))
+    assert [r for c in chunks for r in c] == mixed
+    for chunk in chunks:
+        assert 1 <= len(chunk) <= limits.BATCH_DEBIT_ITEMS_MAX
+        assert builders.batch_debit(chunk).ByteSize() <= limits.BATCH_DEBIT_BYTES_MAX
+    assert list(debitfile.chunks([])) == []
 
 
 async def test_a_batch_needs_the_agent_scope(ledger: Ledger) -> None:

@@ -94,8 +94,13 @@ async def test_hostile_requests_get_spec_codes_and_change_nothing(
     before = await snapshot(ledger)
     code = await code_of(channel, rpc, request)
     after = await snapshot(ledger)
-    if request.ByteSize() > limits.GRPC_RECEIVE_BYTES_MAX:
-        # Larger than any valid request: refused by gRPC before it is read (as below).
+    bytes_max = (
+        limits.BATCH_DEBIT_BYTES_MAX
+        if rpc is rpc_table.BATCH_DEBIT
+        else limits.GRPC_RECEIVE_BYTES_MAX
+    )
+    if request.ByteSize() > bytes_max:
+        # Larger than the method takes: refused before it is parsed (as below).
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, request.ByteSize())
     else:
         assert code in SPEC_CODES, (code, request)

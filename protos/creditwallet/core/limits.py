@@ -284,6 +284,13 @@ LARGEST_REQUEST_BYTES: Final = (
 # (x4, and a power of two), so a field added later does not break the wire; anything larger is
 # refused by gRPC before it is buffered. Responses (pages of history) may be larger.
 GRPC_RECEIVE_BYTES_MAX: Final = 64 * 1024
+# BatchDebit's one message carries up to BATCH_DEBIT_ITEMS_MAX debits, so it may be larger: a
+# debit with UUID ids, an agent, a session and a few metadata entries is about 200 bytes, so
+# 1,000 of them take about 200 KB; this bound allows about 1 KiB a debit. It is gRPC's own bound
+# (the largest any method takes); the gate holds every other method to GRPC_RECEIVE_BYTES_MAX,
+# refusing a larger message with MESSAGE_TOO_LARGE before it is parsed. Clients split a batch
+# by bytes as well as by count (creditwallet.client.debitfile).
+BATCH_DEBIT_BYTES_MAX: Final = 1024 * 1024
 # Headers of one call (soft limit: larger ones are refused; hard: the connection is reset).
 # A bearer token and gRPC's own headers need well under 1 KiB.
 GRPC_METADATA_BYTES_MAX: Final = 8 * 1024
@@ -428,8 +435,11 @@ def _check() -> None:
         "0 < CLIENT_RETRY_BACKOFF_INITIAL_SECONDS <= CLIENT_RETRY_BACKOFF_MAX_SECONDS": (
             0 < CLIENT_RETRY_BACKOFF_INITIAL_SECONDS <= CLIENT_RETRY_BACKOFF_MAX_SECONDS
         ),
-        "4 * LARGEST_REQUEST_BYTES <= GRPC_RECEIVE_BYTES_MAX <= GRPC_MESSAGE_BYTES_MAX": (
-            4 * LARGEST_REQUEST_BYTES <= GRPC_RECEIVE_BYTES_MAX <= GRPC_MESSAGE_BYTES_MAX
+        "4 * LARGEST_REQUEST_BYTES <= GRPC_RECEIVE_BYTES_MAX <= BATCH_DEBIT_BYTES_MAX": (
+            4 * LARGEST_REQUEST_BYTES <= GRPC_RECEIVE_BYTES_MAX <= BATCH_DEBIT_BYTES_MAX
+        ),
+        "BATCH_DEBIT_BYTES_MAX <= GRPC_MESSAGE_BYTES_MAX": (
+            BATCH_DEBIT_BYTES_MAX <= GRPC_MESSAGE_BYTES_MAX
         ),
         "GRPC_METADATA_BYTES_MAX <= GRPC_METADATA_BYTES_ABSOLUTE_MAX": (
             GRPC_METADATA_BYTES_MAX <= GRPC_METADATA_BYTES_ABSOLUTE_MAX

@@ -171,6 +171,12 @@ CATALOGUE: Final = (
         "the payment provider did not answer; retry",
     ),
     Reason(
+        "MESSAGE_TOO_LARGE",
+        RESOURCE_EXHAUSTED,
+        "the request message is larger than its method takes; send less (split a batch)",
+        ("size_bytes", "size_bytes_max"),
+    ),
+    Reason(
         "TOO_MANY_STREAMS",
         RESOURCE_EXHAUSTED,
         "the server has as many event streams open as it allows; retry later",
