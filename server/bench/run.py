@@ -91,7 +91,7 @@ _LOAD = [
 # replica): as if its events had been delivered and purged long ago, instead of 10,000,000
 # per-row trigger calls that would take the bench far past its minutes. One row in
 # USAGE_SHARE goes to the usage account (USAGE_ACCOUNT), spread evenly over the last 60 days,
-# 8 agents and sessions of 1,000 debits: an account with millions of rows for GetUsage.
+# 8 agents and sessions of $6 debits: an account with millions of rows for GetUsage.
 # $5 prefixes the request_ids: the seed below and the load are two runs of this statement.
 _HISTORY = """
 INSERT INTO credit_transactions (user_id, type, amount_micros, balance_after_micros,
@@ -99,7 +99,7 @@ INSERT INTO credit_transactions (user_id, type, amount_micros, balance_after_mic
 SELECT CASE WHEN g % $3 = 0 THEN $4 ELSE 'bench-' || (g % $2) END, 'debit', 0, 0,
        $5 || g,
        CASE WHEN g % $3 = 0 THEN 'agent-' || (g / $3 % 8) END,
-       CASE WHEN g % $3 = 0 THEN 'session-' || (g / $3 / 1000) END,
+       CASE WHEN g % $3 = 0 THEN 'session-' || (g / $3 / $6) END,
        CASE WHEN g % $3 = 0
             THEN now() - interval '60 days' + (g::float8 / $1) * interval '60 days'
             ELSE now() - interval '40 days' END
@@ -110,8 +110,12 @@ USAGE_SHARE = 10
 # Loaded before the empty ledger is measured, so that the usage account already has the groups
 # GetUsage reports (every agent on every day of the 30): the empty and full measurements read
 # the same 240 groups, and the ratio shows what the history's size costs, not the groups'
-# number. 4,800 of these rows are the usage account's: 80 a day, all 8 agents each day.
+# number. 4,800 of these rows are the usage account's: 80 a day, all 8 agents each day, in
+# sessions of 10 debits, so the 30 days already hold 240 sessions and the page of 100 sessions
+# is full in both measurements; the load's sessions are of 1,000 debits.
 HISTORY_SEED_ROWS = 48_000
+HISTORY_SEED_SESSION_DEBITS = 10
+HISTORY_SESSION_DEBITS = 1_000
 
 # The usage rollups of the rows loaded without triggers, as the migration builds them for a
 # history that predates it (the triggers keep them for every later debit).
@@ -414,22 +418,31 @@ async def history_rows(
             result[name] = median_of(runs).__dict__
         return result
 
-    async def load(conn: asyncpg.Connection[asyncpg.Record], rows: int, prefix: str) -> None:
+    async def load(
+        conn: asyncpg.Connection[asyncpg.Record], rows: int, prefix: str, session_debits: int
+    ) -> None:
         async with conn.transaction():
             await conn.execute("SET LOCAL session_replication_role = replica")
             await conn.execute(
-                _HISTORY, rows, ACCOUNTS, USAGE_SHARE, USAGE_ACCOUNT, prefix, timeout=3600
+                _HISTORY,
+                rows,
+                ACCOUNTS,
+                USAGE_SHARE,
+                USAGE_ACCOUNT,
+                prefix,
+                session_debits,
+                timeout=3600,
             )
             for statement in _HISTORY_ROLLUPS:
                 await conn.execute(statement, prefix, timeout=3600)
 
     await sequenced(dsn)  # pgbench's events: the server's sequencer catches up first
     conn = await asyncpg.connect(dsn)
-    await load(conn, HISTORY_SEED_ROWS, "seed-")
+    await load(conn, HISTORY_SEED_ROWS, "seed-", HISTORY_SEED_SESSION_DEBITS)
     await conn.execute("VACUUM ANALYZE")
     empty = await measure("empty")
     started = time.perf_counter()
-    await load(conn, args.history_rows, "history-")
+    await load(conn, args.history_rows, "history-", HISTORY_SESSION_DEBITS)
     await conn.execute("VACUUM ANALYZE", timeout=3600)
     # The load dirtied gigabytes of pages: flush them now, so that the latencies after it
     # measure a ledger with a long history, not a disk busy writing the load back.
