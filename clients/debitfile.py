@@ -137,7 +137,7 @@ def chunks(
 ) -> Iterator[Sequence[wallet_pb2.DebitRequest]]:
     """Consecutive runs of debits, each one BatchDebit the server takes: at most
     ``BATCH_DEBIT_ITEMS_MAX`` debits and ``BATCH_DEBIT_BYTES_MAX`` bytes (a debit larger than
-    that alone is sent alone and refused by the server, MESSAGE_TOO_LARGE)."""
+    that is sent alone, and refused: over 64 KiB no debit is taken)."""
     start, size = 0, 0
     for index, request in enumerate(requests):
         item = request.ByteSize() + _ITEM_FRAMING_BYTES_MAX

@@ -11,9 +11,11 @@ soon as the headers arrive (a unary handler would first wait for, and buffer, th
 request). A refused call is answered at once (UNAUTHENTICATED, PERMISSION_DENIED) without
 reading its body; an authorised one reads exactly one message, within
 ``GRPC_REQUEST_READ_TIMEOUT_SECONDS`` (or its deadline, if sooner), as raw bytes, and only
-then deserialises it: bytes that are not a valid request are INVALID_ARGUMENT; a message over
-``GRPC_RECEIVE_BYTES_MAX`` (BatchDebit: ``BATCH_DEBIT_BYTES_MAX``) is RESOURCE_EXHAUSTED
-(MESSAGE_TOO_LARGE), unparsed. This holds
+then deserialises it: bytes that are not a valid request are INVALID_ARGUMENT. gRPC itself
+refuses a message over ``BATCH_DEBIT_BYTES_MAX`` (RESOURCE_EXHAUSTED, no reason) before
+buffering it; the gate refuses one over ``GRPC_RECEIVE_BYTES_MAX`` to every method but
+BatchDebit, unparsed (RESOURCE_EXHAUSTED, MESSAGE_TOO_LARGE). An answer larger than
+``GRPC_MESSAGE_BYTES_MAX`` (which gRPC could not send) is logged and becomes INTERNAL. This holds
 for unary and server-streaming methods alike, and for any method added later.
 
 Bounded time. A call without a deadline gets ``GRPC_DEADLINE_SECONDS_DEFAULT`` (a stream
@@ -51,6 +53,9 @@ log = logging.getLogger(__name__)
 # when the caller is gone (its own check of ``client_closed``), but that flag is set by another
 # task, so an answer sent in the same instant as the hang-up loses the race and is logged as an
 # error. Nothing is wrong on the server's side and the ledger already committed or rolled back.
+# The one other way a send fails, an answer over GRPC_MESSAGE_BYTES_MAX, is caught by the gate
+# before gRPC sees it (logged as an error, answered INTERNAL), and listings end their pages
+# before PAGE_BYTES_MAX, so none should ever reach that.
 _GRPC_CORE_LOGGER = "grpc._cython.cygrpc"
 _SEND_FAILED_PREFIX = "ExecuteBatchError raised in core"
 
@@ -201,6 +206,13 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                         request = await self._read(context, deserialize, size_max)
                         with logs.request_context(_request_id(request)):
                             response = await behavior(request, context)
+                    if response is not None and _too_large(response):
+                        # gRPC would fail to send it, and only log that it could not.
+                        log.error(
+                            "answer larger than GRPC_MESSAGE_BYTES_MAX",
+                            extra={"method": name, "request_id": _request_id(request)},
+                        )
+                        response, failure = None, errors.internal()
                 except errors.LedgerError as exc:
                     failure = exc
                 except TimeoutError:
@@ -295,7 +307,9 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     )
                     return None
             except errors.LedgerError as exc:
-                await context.abort(status.code_of(exc), exc.message)
+                await context.abort_with_status(  # type: ignore[attr-defined]
+                    rpc_status.to_status(status.to_status(exc))
+                )
             except TimeoutError:
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
             finally:
@@ -359,6 +373,10 @@ async def _deserialized(context: Context, deserialize: Deserializer) -> AsyncIte
             yield deserialize(raw) if deserialize is not None else raw
         except (DecodeError, ValueError, TypeError, RuntimeError):
             raise errors.invalid("request", "the request is not a valid message") from None
+
+
+def _too_large(response: Any) -> bool:
+    return bool(response.ByteSize() > limits.GRPC_MESSAGE_BYTES_MAX)
 
 
 def _request_id(request: Any) -> str:

@@ -4,6 +4,7 @@ Why one module: several listings page by keyset, and whatever a caller sends as 
 be refused with INVALID_ARGUMENT, never INTERNAL — bad base64, bad JSON, JSON nested past the
 parser's recursion limit, strings PostgreSQL cannot store (a NUL, a lone surrogate). ``decode``
 refuses all of that once; each listing then checks its own fields against its request.
+A page is bounded in bytes as well as in rows (``fitting``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,25 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 
+from creditwallet.core import limits
 from creditwallet.server import errors
+from google.protobuf.message import Message
+
+# A row's bytes inside its page message: its own, plus the field's tag and length prefix.
+_ROW_FRAMING_BYTES_MAX = 1 + 4
+
+
+def fitting(rows: Sequence[Message], bytes_max: int = limits.PAGE_BYTES_MAX) -> int:
+    """How many of the leading rows one page holds (at least one): a listing ends its page
+    early, with a token to the next row, rather than answer more than a client may receive."""
+    total = 0
+    for index, row in enumerate(rows):
+        total += row.ByteSize() + _ROW_FRAMING_BYTES_MAX
+        if total > bytes_max and index > 0:
+            return index
+    return len(rows)
 
 
 def encode(prefix: str, *fields: object) -> str:

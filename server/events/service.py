@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import grpc
 from creditwallet.core import limits
-from creditwallet.server import convert, errors, validate
+from creditwallet.server import convert, errors, page_tokens, validate
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.events import recharge, store
@@ -214,16 +214,15 @@ class AdminEvents:
         rows = await self.rt.read(
             lambda conn, clock: conn.fetch(sql, user_id, before, types, endpoint, status, size + 1)
         )
+        listed = [_listed(r, endpoint) for r in rows[:size]]
+        kept = page_tokens.fitting(listed)
         token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            last = rows[-1]
+        if len(rows) > kept:
+            last = rows[kept - 1]
             token = store.encode_page_token(
                 scope, last["seq"] if user_id is not None else last["position"]
             )
-        return epb.ListEventsResponse(
-            events=[_listed(r, endpoint) for r in rows], next_page_token=token
-        )
+        return epb.ListEventsResponse(events=listed[:kept], next_page_token=token)
 
     async def ReplayEvents(self, request: Any, context: Context) -> Any:
         request_id = validate.request_id(request.request_id)

@@ -46,6 +46,9 @@ async def batch_debit(request: wpb.BatchDebitRequest, debit: DebitOne) -> wpb.Ba
 async def _one(item: wpb.DebitRequest, debit: DebitOne) -> wpb.BatchDebitResult:
     with logs.request_context(item.request_id[: limits.REQUEST_ID_LENGTH_MAX]):
         try:
+            size = item.ByteSize()
+            if size > limits.GRPC_RECEIVE_BYTES_MAX:  # what Debit would refuse it for
+                raise errors.message_too_large(size, limits.GRPC_RECEIVE_BYTES_MAX)
             return wpb.BatchDebitResult(debit=await debit(item))
         except errors.LedgerError as exc:
             if exc.reason == "INSUFFICIENT_CREDITS":

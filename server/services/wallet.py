@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 from creditwallet.core import limits
-from creditwallet.server import convert, errors, metrics, validate
+from creditwallet.server import convert, errors, metrics, page_tokens, validate
 from creditwallet.server.clock import Clock
 from creditwallet.server.db import Connection
 from creditwallet.server.events.service import WalletEvents
@@ -182,9 +182,11 @@ class WalletService(WalletEvents, wgrpc.WalletServiceServicer):
         async def read(conn: Connection, clock: Clock) -> wpb.ListTransactionsResponse:
             await accounts.read(conn, user_id)
             rows, token = await history.page(conn, user_id, type_, size, request.page_token)
-            return wpb.ListTransactionsResponse(
-                transactions=[convert.transaction(r) for r in rows], next_page_token=token
-            )
+            listed = [convert.transaction(r) for r in rows]
+            kept = page_tokens.fitting(listed)
+            if kept < len(listed):
+                token = history.encode_token(user_id, type_, rows[kept - 1].transaction_id)
+            return wpb.ListTransactionsResponse(transactions=listed[:kept], next_page_token=token)
 
         return await self.rt.read(read)
 

@@ -231,6 +231,59 @@ async def test_a_debit_larger_than_other_methods_take_is_refused_unparsed(
     assert reply.charged_micros == 1
 
 
+async def test_a_debit_of_a_batch_larger_than_debit_takes_is_refused_on_its_own(
+    ledger: Ledger, admin: AsyncCreditWalletClient
+) -> None:
+    """Padded past 64 KiB with a field the server does not know: Debit refuses it unparsed,
+    so BatchDebit refuses it too, and applies its batch-mate."""
+    user = new_user()
+    await admin.ensure_account(user)
+    padded = wpb.DebitRequest(user_id=user, request_id="padded", amount_micros=1)
+    pad = b"p" * (limits.GRPC_RECEIVE_BYTES_MAX * 4)
+    raw = padded.SerializeToString() + _varint((1999 << 3) | 2) + _varint(len(pad)) + pad
+    padded = wpb.DebitRequest.FromString(raw)
+    assert padded.ByteSize() > limits.GRPC_RECEIVE_BYTES_MAX
+    agent = ledger.client("agent")
+    reply = await agent.batch_debit([padded, item(user, "plain", 1)])
+    first, second = reply.results
+    assert outcome(first) == "MESSAGE_TOO_LARGE"
+    assert first.error.metadata["size_bytes_max"] == str(limits.GRPC_RECEIVE_BYTES_MAX)
+    assert outcome(second) == "applied"
+    assert await history(admin, user) == ["plain"]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def test_chunks_of_random_debits_never_pass_a_bound() -> None:
+    rng = random.Random(7)
+    for trial in range(10):
+        debits = [
+            wpb.DebitRequest(
+                user_id="u" * limits.USER_ID_LENGTH_MAX,
+                request_id=f"{trial}-{n}".ljust(rng.choice([8, 36, 128]), "x"),
+                amount_micros=rng.randrange(1, 10**15),
+                session_id="s" * rng.choice([0, 36, 128]),
+                metadata={
+                    f"{k}".ljust(64, "k"): "é" * rng.choice([0, 1, 100, 511, 512])
+                    for k in range(rng.randrange(0, 17))
+                },
+            )
+            for n in range(rng.randrange(1, 3000))
+        ]
+        chunks = list(debitfile.chunks(debits))
+        assert [d for c in chunks for d in c] == debits
+        for chunk in chunks:
+            assert 1 <= len(chunk) <= limits.BATCH_DEBIT_ITEMS_MAX
+            assert builders.batch_debit(chunk).ByteSize() <= limits.BATCH_DEBIT_BYTES_MAX
+
+
 def test_chunks_keep_order_and_both_bounds() -> None:
     user = new_user()
     small = [item(user, f"s{n}", 1) for n in range(2 * limits.BATCH_DEBIT_ITEMS_MAX + 1)]

@@ -7,6 +7,7 @@ account is not found; tokens are labelled, and the label (never the token) is wh
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +24,7 @@ from creditwallet.server.config import Token
 from creditwallet.server.interceptor import Gate
 from creditwallet.v1 import wallet_service_pb2 as wpb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import generate_latest
 
 from tests.harness import TOKENS, Ledger, new_user
@@ -195,9 +197,18 @@ async def probe_server() -> AsyncIterator[tuple[str, list[str]]]:
         await asyncio.sleep(60)
         return wpb.GetBalanceResponse()
 
+    async def huge(request: wpb.GetBalanceRequest, context: Any) -> Any:
+        served.append(request.user_id)
+        return wpb.ListTransactionsResponse(next_page_token="x" * limits.GRPC_MESSAGE_BYTES_MAX)
+
     handlers = grpc.method_handlers_generic_handler(
         "creditwallet.v1.WalletService",
         {
+            "HugeProbe": grpc.unary_unary_rpc_method_handler(
+                huge,
+                request_deserializer=wpb.GetBalanceRequest.FromString,
+                response_serializer=wpb.ListTransactionsResponse.SerializeToString,
+            ),
             "StreamProbe": grpc.unary_stream_rpc_method_handler(
                 stream,
                 request_deserializer=wpb.GetBalanceRequest.FromString,
@@ -310,3 +321,41 @@ async def test_several_labelled_tokens_per_scope_and_the_label_is_what_is_counte
     assert 'caller="-",code="UNAUTHENTICATED"' in text
     for token in (runtime_a, runtime_b, *TOKENS.values()):
         assert token not in text
+
+
+async def test_an_answer_too_large_to_send_is_logged_and_internal(
+    probe_server: tuple[str, list[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """gRPC could not send it and would only log that it could not, as for a caller gone."""
+    target, served = probe_server
+    body = wpb.GetBalanceRequest(user_id="huge").SerializeToString()
+    async with grpc.aio.insecure_channel(target) as opened:
+        rpc = raw_unary(opened, "/creditwallet.v1.WalletService/HugeProbe")
+        assert await code_of(rpc(body, timeout=10, metadata=bearer("agent"))) == (
+            grpc.StatusCode.INTERNAL
+        )
+    assert served == ["huge"]
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in logged] == ["answer larger than GRPC_MESSAGE_BYTES_MAX"]
+    assert logged[0].__dict__["method"] == "HugeProbe"
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    return cw.from_rpc_error(error).reason
+
+
+async def test_open_services_refuse_a_large_message_with_its_reason(ledger: Ledger) -> None:
+    over = limits.GRPC_RECEIVE_BYTES_MAX + 10
+    check_request = health_pb2.HealthCheckRequest(service="s" * over)
+    reflect_request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="x" * over)
+    async with grpc.aio.insecure_channel(ledger.target) as opened:
+        check = health_pb2_grpc.HealthStub(opened).Check
+        with pytest.raises(grpc.aio.AioRpcError) as checked:
+            await check(check_request, timeout=10)
+        reflect = reflection_pb2_grpc.ServerReflectionStub(opened).ServerReflectionInfo
+        with pytest.raises(grpc.aio.AioRpcError) as reflected:
+            async for _ in reflect(iter([reflect_request]), timeout=10):
+                pass
+    for refused in (checked.value, reflected.value):
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert _reason(refused) == "MESSAGE_TOO_LARGE"

@@ -291,6 +291,11 @@ GRPC_RECEIVE_BYTES_MAX: Final = 64 * 1024
 # refusing a larger message with MESSAGE_TOO_LARGE before it is parsed. Clients split a batch
 # by bytes as well as by count (creditwallet.client.debitfile).
 BATCH_DEBIT_BYTES_MAX: Final = 1024 * 1024
+# A page of a listing ends before the row that would take its rows past this many bytes (the
+# next_page_token then resumes at that row): 500 history rows with full metadata are about
+# 4.9 MB, more than an answer may be (GRPC_MESSAGE_BYTES_MAX, and most clients' default).
+# One row is far smaller, so a page always holds at least one.
+PAGE_BYTES_MAX: Final = 3 * 1024 * 1024
 # Headers of one call (soft limit: larger ones are refused; hard: the connection is reset).
 # A bearer token and gRPC's own headers need well under 1 KiB.
 GRPC_METADATA_BYTES_MAX: Final = 8 * 1024
@@ -440,6 +445,9 @@ def _check() -> None:
         ),
         "BATCH_DEBIT_BYTES_MAX <= GRPC_MESSAGE_BYTES_MAX": (
             BATCH_DEBIT_BYTES_MAX <= GRPC_MESSAGE_BYTES_MAX
+        ),
+        "4 * LARGEST_REQUEST_BYTES + PAGE_BYTES_MAX <= GRPC_MESSAGE_BYTES_MAX": (
+            4 * LARGEST_REQUEST_BYTES + PAGE_BYTES_MAX <= GRPC_MESSAGE_BYTES_MAX
         ),
         "GRPC_METADATA_BYTES_MAX <= GRPC_METADATA_BYTES_ABSOLUTE_MAX": (
             GRPC_METADATA_BYTES_MAX <= GRPC_METADATA_BYTES_ABSOLUTE_MAX

@@ -386,9 +386,10 @@ class BatchDebitRequest(_message.Message):
     REQUESTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___DebitRequest]:
-        """The debits, 1 to 1,000, each exactly what Debit takes (its own request_id included); the
-        whole message at most 1 MiB (RESOURCE_EXHAUSTED, MESSAGE_TOO_LARGE past it), which holds
-        1,000 debits of about 1 KiB each: send debits with much metadata in smaller calls.
+        """The debits, 1 to 1,000, each exactly what Debit takes (its own request_id included; one
+        over Debit's 64 KiB is refused on its own, MESSAGE_TOO_LARGE). The whole message is at
+        most 1 MiB, which holds 1,000 debits of about 1 KiB each; gRPC refuses a larger one whole
+        (RESOURCE_EXHAUSTED, with no reason): send debits with much metadata in smaller calls.
         Debits of one account are applied in an unspecified order; send them in separate calls
         when their order matters.
         """
