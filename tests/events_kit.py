@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import json
 import secrets
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from creditwallet.core.settings import Secret
 from creditwallet.server import app
 from creditwallet.server.clock import ManualClock
 from creditwallet.server.events.settings import EventsConfig, WebhookEndpointConfig
+from creditwallet.v1 import events_pb2 as epb
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests import harness
@@ -66,6 +68,40 @@ async def wait_for(
         while not await condition():
             await asyncio.sleep(POLL_SECONDS)
     assert await condition(), what
+
+
+# Each step moves the ledger's clock past the longest retry delay (6 h): one more attempt.
+_RETRY_STEP_HOURS = 6
+_RETRY_STEPS_MAX = 60
+
+
+async def give_up(
+    ledger: harness.Ledger, receiver: Receiver, endpoint_id: str, user: str, count: int
+) -> None:
+    """Until the endpoint has given up on ``count`` of the account's events: the receiver is
+    down, and the clock moves on one retry at a time past the retry window (3 days)."""
+    admin = ledger.client("admin")
+    failed = epb.ListEventsRequest(user_id=user, endpoint_id=endpoint_id, delivery_status="failed")
+
+    async def tried(attempts: int) -> bool:
+        return len(receiver.deliveries) >= attempts
+
+    async def given_up() -> bool:
+        return len((await admin.admin.ListEvents(failed)).events) == count
+
+    async def retried_or_given_up(attempts: int) -> bool:
+        # The receiver sees an attempt before the ledger records its outcome, so the last
+        # attempts may be given up only after the check above: then no retry comes.
+        return await tried(attempts + 1) or await given_up()
+
+    await wait_for(lambda: tried(1), "the first attempt")
+    for _ in range(_RETRY_STEPS_MAX):
+        if await given_up():
+            break
+        attempts = len(receiver.deliveries)
+        ledger.clock.advance(hours=_RETRY_STEP_HOURS)
+        await wait_for(functools.partial(retried_or_given_up, attempts), "a retry when due")
+    await wait_for(given_up, f"{count} events given up after 3 days")
 
 
 async def events_of(dsn: str, user_id: str) -> list[dict[str, Any]]:

@@ -496,6 +496,43 @@ async def webhooks(request: web.Request) -> web.StreamResponse:
     return render(request, "webhooks.html", endpoints=endpoints.endpoints, failures=failures)
 
 
+async def replay_failed(request: web.Request) -> web.StreamResponse:
+    """Every delivery an endpoint gave up on, queued again (ReplayEvents, failed_only)."""
+    form = await form_of(request)
+    endpoint_id = form.get("endpoint_id", "").strip()
+    try:
+        if form.get("step") != "apply":
+            return _confirm(
+                request,
+                f"Deliver the given-up events to {endpoint_id} again?",
+                [
+                    "Every delivery to this endpoint that was given up is queued again, with a "
+                    "new retry window; each account's events go in their order.",
+                    "The receiver may see an event it already processed: it deduplicates by the "
+                    "webhook-id, as for any retry.",
+                ],
+                "/webhooks/replay",
+                {"endpoint_id": endpoint_id},
+                "/webhooks",
+            )
+        request_id = _request_id(form)
+    except forms.FormError as error:
+        return refuse(request, 400, str(error))
+    try:
+        reply = await request.app[LEDGER].admin.ReplayEvents(
+            events_pb2.ReplayEventsRequest(
+                request_id=request_id, endpoint_id=endpoint_id, failed_only=True
+            )
+        )
+    except CreditWalletError as error:
+        return refused_by_ledger(request, error, "/webhooks")
+    security.session_of(request).notice = (
+        f"Queued {reply.queued} given-up deliveries to {endpoint_id} again"
+        f"{' (replayed)' if reply.replayed else ''}."
+    )
+    return security.see_other("/webhooks")
+
+
 async def home(request: web.Request) -> web.StreamResponse:
     return security.see_other("/accounts")
 
@@ -548,6 +585,7 @@ def create_app(config: ConsoleConfig, sessions: SessionStore | None = None) -> w
     app.router.add_post("/prices", set_price)
     app.router.add_get("/overview", overview)
     app.router.add_get("/webhooks", webhooks)
+    app.router.add_post("/webhooks/replay", replay_failed)
     app.router.add_static("/static", HERE / "static", append_version=False)
     return app
 
