@@ -1,12 +1,13 @@
 """What the outbox costs a debit: the same Debit handler on a schema without and with it.
 
 ``python -m creditwallet.server.bench.events_cost`` starts its own embedded PostgreSQL
-(``.data/bench-events``), creates two databases, ``before`` (migrations up to 0006) and
-``after`` (all, so the outbox triggers fire on every debit), loads the same accounts into
-both, and runs the in-process Debit handler (idempotency claim, account lock, the fused
-debit statement, the stored response, COMMIT: one transaction per debit) against each in
-alternating rounds, so that both see the same machine. Prints per-debit latency at one
-caller and throughput at 16, the median of the rounds, and the ratio after/before.
+(``.data/bench-events``), creates two databases on the current schema, ``before`` (the
+outbox's triggers on the debit path disabled: ``OUTBOX_TRIGGERS``) and ``after`` (as
+deployed, so the outbox writes an event for every debit and judges the balance alerts),
+loads the same accounts into both, and runs the in-process Debit handler (one transaction
+per debit) against each in alternating rounds, so that both see the same machine. Prints
+per-debit latency at one caller and throughput at 16, the median of the rounds, and the
+ratio after/before.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ from creditwallet.server.services.wallet import WalletService
 from creditwallet.v1 import wallet_service_pb2 as wpb
 
 EXTRA = [s for s in os.environ.get("COST_EXTRA", "").split(";;") if s.strip()]
+# What the outbox adds to a debit: its history row's event, and the balance alerts' judgement.
+OUTBOX_TRIGGERS = (
+    ("credit_transactions", "events_history_rows"),
+    ("credits", "events_available_changed"),
+)
 ACCOUNTS = 2000
 BALANCE_MICROS = 10**15
 
@@ -48,7 +54,7 @@ _LOAD = [
 ]
 
 
-async def prepare(base: str, name: str, up_to: int | None, async_commit: bool) -> str:
+async def prepare(base: str, name: str, outbox: bool, async_commit: bool) -> str:
     conn = await asyncpg.connect(base)
     try:
         await conn.execute(f"DROP DATABASE IF EXISTS {name}")
@@ -61,12 +67,10 @@ async def prepare(base: str, name: str, up_to: int | None, async_commit: bool) -
     dsn = f"{head.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
     conn = await asyncpg.connect(dsn)
     try:
-        if up_to is None:
-            await migrate.migrate(conn)
-        else:
-            for version, _, sql in migrate.load_migrations():
-                if version <= up_to:
-                    await conn.execute(sql)
+        await migrate.migrate(conn)
+        if not outbox:
+            for table, trigger in OUTBOX_TRIGGERS:
+                await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")
         # The load is the same rows in both; no events for it.
         await conn.execute("SET session_replication_role = replica")
         for statement in _LOAD:
@@ -77,7 +81,7 @@ async def prepare(base: str, name: str, up_to: int | None, async_commit: bool) -
                 args = (BALANCE_MICROS,)
             await conn.execute(statement, *args)
         await conn.execute("RESET session_replication_role")
-        if up_to is None:
+        if outbox:
             for statement in EXTRA:
                 await conn.execute(statement)
         await conn.execute("VACUUM ANALYZE")
@@ -115,8 +119,8 @@ async def main_async(args: argparse.Namespace) -> None:
     data = Path(args.data_dir)
     base = db.start_embedded(data)
     dsns = {
-        "before": await prepare(base, "cw_cost_before", 6, args.async_commit),
-        "after": await prepare(base, "cw_cost_after", None, args.async_commit),
+        "before": await prepare(base, "cw_cost_before", False, args.async_commit),
+        "after": await prepare(base, "cw_cost_after", True, args.async_commit),
     }
     results: dict[tuple[str, int], list[Figures]] = {}
     async with handler(dsns["before"]) as before, handler(dsns["after"]) as after:
