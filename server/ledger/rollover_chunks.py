@@ -15,7 +15,10 @@ first in ``user_id`` order (the order of every multi-account writer, so no deadl
   the due lots zeroed with one ``expire`` history row each, the cap's cuts, each account's
   row written once; the history rows' events are emitted by the same statement, in one
   ``cw_emit_events`` call (the chunk sets ``creditwallet.history_events``, so the row trigger
-  stands aside).
+  stands aside);
+- **the balance alerts**, judged once for all the locked accounts after the last write
+  (``cw_judge_available``, the rules the deferred trigger applies to one account; the chunk
+  sets ``creditwallet.available_judged``, so no trigger is queued per account).
 
 No statement joins two chunk-sized sets in SQL whose plan could depend on the planner's
 estimates: the reads are single-table index scans, the writes key lookups. So the cost of
@@ -45,6 +48,14 @@ from creditwallet.server.ledger.types import Account
 # steps (``_one_at_a_time``) hand them back to the row trigger meanwhile.
 _STATEMENT_EVENTS = "SELECT set_config('creditwallet.history_events', 'statement', true)"
 _ROW_EVENTS = "SELECT set_config('creditwallet.history_events', 'row', true)"
+# The chunk's balance alerts (balance.low, balance.depleted, auto-recharge) are judged in one
+# call after its last write, for every account it locked, against the available balance it
+# found under the lock; its updates queue no per-account trigger meanwhile (migration 0017).
+_CHUNK_STARTS = (
+    "SELECT set_config('creditwallet.history_events', 'statement', true), "
+    "set_config('creditwallet.available_judged', 'statement', true)"
+)
+_JUDGE_AVAILABLE = "SELECT cw_judge_available($1::text[], $2::bigint[])"
 
 # The chunk's accounts whose next expiry has passed, locked in user_id order, re-checked once
 # locked (another run or a writer's touch may have swept one meanwhile).
@@ -233,13 +244,14 @@ async def expire(conn: Connection, *, ids: list[str], due: dt.datetime, clock: C
     """One transaction: record the due expiries and holds of the chunk's accounts, and settle
     the carry-over of their ended periods (the period walk then finds them done)."""
     done = Summary("", chunks=1)
-    await conn.execute(_STATEMENT_EVENTS)
+    await conn.execute(_CHUNK_STARTS)
     locked = [Account.from_row(r) for r in await conn.fetch(_LOCK_DUE, ids, due)]
     if locked:
         now = max(due, clock.now())  # after the locks: the chunk's time (each account's if later)
         done.accounts_processed = len(locked)
         states = await _sweep(conn, locked, now, done)
         await _settle(conn, [a.user_id for a in locked], now, due, done, states)
+        await _judge(conn, locked)
     return done
 
 
@@ -249,13 +261,23 @@ async def settle(conn: Connection, *, users: list[str], due: dt.datetime, clock:
     An account with an expiry due by its own time is swept first, as any write to it would.
     """
     done = Summary("", chunks=1)
-    await conn.execute(_STATEMENT_EVENTS)
+    await conn.execute(_CHUNK_STARTS)
     locked = [Account.from_row(r) for r in await conn.fetch(_LOCK_ALL, users)]
     now = max(due, clock.now())
     swept = [a for a in locked if a.sweep_due(max(now, a.updated_at))]
     states = await _sweep(conn, swept, now, done) if swept else {}
     await _settle(conn, [a.user_id for a in locked], now, due, done, states)
+    await _judge(conn, locked)
     return done
+
+
+async def _judge(conn: Connection, locked: list[Account]) -> None:
+    """The balance alerts of the chunk's accounts: as found under the lock against now."""
+    await conn.execute(
+        _JUDGE_AVAILABLE,
+        [a.user_id for a in locked],
+        [a.available_micros for a in locked],
+    )
 
 
 async def _settle(
