@@ -24,18 +24,25 @@ DECLARE
     re_at timestamptz[] := '{}';
 BEGIN
     -- The accounts whose available balance went down, with their threshold (or the default)
-    -- and whether they have an enabled auto-recharge rule; in user_id order.
+    -- and whether they have an enabled auto-recharge rule; in user_id order. Each table is
+    -- reached by one key lookup per account (LATERAL ... LIMIT 1 cannot become a hash join
+    -- over a whole table, whatever the planner estimates for the arrays).
     FOR r IN
-        SELECT u.user_id, u.before, c.balance_micros - c.held_micros AS after,
-               c.updated_at AS at,
-               coalesce((SELECT a.threshold_micros FROM balance_alerts a
-                         WHERE a.user_id = u.user_id),
-                        (SELECT s.balance_low_default_micros FROM event_settings s)) AS low,
-               EXISTS (SELECT 1 FROM auto_recharge_rules x
-                       WHERE x.user_id = u.user_id AND x.enabled) AS has_rule
+        SELECT u.user_id, u.before, c.after, c.at,
+               coalesce(a.threshold_micros, s.balance_low_default_micros) AS low,
+               rule.user_id IS NOT NULL AS has_rule
         FROM unnest(p_users, p_before) AS u (user_id, before)
-        JOIN credits c ON c.user_id = u.user_id
-        WHERE c.balance_micros - c.held_micros < u.before
+        CROSS JOIN LATERAL (
+            SELECT c.balance_micros - c.held_micros AS after, c.updated_at AS at
+            FROM credits c WHERE c.user_id = u.user_id LIMIT 1) c
+        LEFT JOIN LATERAL (
+            SELECT a.threshold_micros FROM balance_alerts a
+            WHERE a.user_id = u.user_id LIMIT 1) a ON true
+        LEFT JOIN LATERAL (
+            SELECT x.user_id FROM auto_recharge_rules x
+            WHERE x.user_id = u.user_id AND x.enabled LIMIT 1) rule ON true
+        CROSS JOIN event_settings s
+        WHERE c.after < u.before
         ORDER BY u.user_id
     LOOP
         IF r.low > 0 AND r.before >= r.low AND r.after < r.low THEN
@@ -71,15 +78,20 @@ BEGIN
            rule.amount_minor, rule.currency, rule.customer_id, rule.payment_method_id,
            x.at, x.at, x.at
     FROM unnest(re_users, re_after, re_at) AS x (user_id, after, at)
-    JOIN auto_recharge_rules rule ON rule.user_id = x.user_id AND rule.enabled
+    CROSS JOIN LATERAL (
+        SELECT * FROM auto_recharge_rules ar
+        WHERE ar.user_id = x.user_id AND ar.enabled LIMIT 1) rule
     CROSS JOIN LATERAL (SELECT to_char(x.at AT TIME ZONE 'UTC', 'YYYY-MM') AS month) m
+    LEFT JOIN LATERAL (
+        SELECT true AS open FROM auto_recharge_attempts o
+        WHERE o.user_id = x.user_id AND o.status IN ('pending', 'submitted') LIMIT 1) o ON true
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(o.amount_minor), 0) AS committed FROM auto_recharge_attempts o
+        WHERE o.user_id = x.user_id AND o.month = m.month AND o.status <> 'failed') spent
     WHERE x.after < rule.threshold_micros
       AND (rule.retry_after IS NULL OR rule.retry_after <= x.at)
-      AND NOT EXISTS (SELECT 1 FROM auto_recharge_attempts o WHERE o.user_id = x.user_id
-                      AND o.status IN ('pending', 'submitted'))
-      AND (SELECT coalesce(sum(o.amount_minor), 0) FROM auto_recharge_attempts o
-           WHERE o.user_id = x.user_id AND o.month = m.month AND o.status <> 'failed')
-          + rule.amount_minor <= rule.monthly_limit_minor
+      AND o.open IS NULL
+      AND spent.committed + rule.amount_minor <= rule.monthly_limit_minor
     ORDER BY x.user_id;
 END $$;
 

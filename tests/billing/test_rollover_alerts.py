@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import pytest_asyncio
 from creditwallet.client.wallet import AsyncCreditWalletClient
+from creditwallet.server import db
 from creditwallet.server.db import Connection
 from creditwallet.server.ledger import rollover, rollover_chunks
 from creditwallet.server.ledger.types import Account
@@ -28,6 +31,7 @@ from creditwallet.v1 import events_pb2 as epb
 
 from tests import events_kit, harness
 from tests.harness import Ledger
+from tests.ledger.test_distribution import catalog, distributed
 
 pytestmark = pytest.mark.usefixtures("verified")
 
@@ -182,3 +186,100 @@ async def test_a_chunk_judges_alerts_as_the_trigger_does_one_account_at_a_time(
     kinds = {t for d in decided_by_chunk for t, _ in d["events"]}
     assert kinds == set(ALERT_EVENTS)
     assert sum(len(d["attempts"]) for d in decided_by_chunk) == 2
+
+
+CHUNK = 2000  # limits.ROLLOVER_CHUNK_ACCOUNTS
+PLAN_CALLS = 7  # PL/pgSQL plans with the arguments' values 5 times, then may keep a generic plan
+
+
+async def test_a_chunks_judgement_reaches_each_table_by_key_however_it_is_planned(
+    ledger: Ledger, base_dsn: str
+) -> None:
+    """A chunk's 2,000 accounts, every one with a threshold, a rule and an attempt: each call
+    of the set function, with the plans PostgreSQL makes from the arrays' real sizes and the
+    generic one after, reaches every per-user table by key, never by a whole-table scan."""
+    users = [f"plan-{harness.new_user()}-{i:05d}" for i in range(CHUNK)]
+    async with ledger.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO credits (user_id, balance_micros, created_at, updated_at) "
+            "SELECT u, 5000000, now(), now() FROM unnest($1::text[]) u",
+            users,
+        )
+        await conn.execute(
+            "INSERT INTO balance_alerts SELECT u, 4000000, now() FROM unnest($1::text[]) u", users
+        )
+        await conn.execute(
+            "INSERT INTO auto_recharge_rules (user_id, enabled, threshold_micros, price_id, "
+            "credits_micros, amount_minor, currency, customer_id, payment_method_id, "
+            "monthly_limit_minor, updated_at) SELECT u, true, 3000000, 'p', 1, 1000, 'usd', "
+            "'c', 'pm', 100000, now() FROM unnest($1::text[]) u",
+            users,
+        )
+        await conn.execute(
+            "INSERT INTO auto_recharge_attempts (user_id, status, month, price_id, "
+            "credits_micros, amount_minor, currency, customer_id, payment_method_id, "
+            "next_try_at, created_at, updated_at) SELECT u, 'succeeded', '2020-01', 'p', 1, "
+            "1000, 'usd', 'c', 'pm', now(), now(), now() FROM unnest($1::text[]) u",
+            users,
+        )
+        await conn.execute("ANALYZE")
+        database = await conn.fetchval("SELECT current_database()")
+    tables, _, _ = await catalog(ledger.dsn)
+    per_user = distributed(tables)
+    explained = await asyncpg.connect(db.dsn_with(base_dsn, database=database))  # for LOAD
+    notices: list[str] = []
+    explained.add_log_listener(lambda _, message: notices.append(message.message))
+    whole_table_scans: list[str] = []
+    decided: list[int] = []
+    try:
+        for setting in (
+            "LOAD 'auto_explain'",
+            "SET auto_explain.log_min_duration = 0",
+            "SET auto_explain.log_nested_statements = on",
+            "SET auto_explain.log_level = notice",
+            "SET auto_explain.log_format = json",
+        ):
+            await explained.execute(setting)
+        for _ in range(PLAN_CALLS):
+            chunk = explained.transaction()
+            await chunk.start()
+            try:
+                await explained.execute(rollover_chunks._CHUNK_STARTS)
+                await explained.execute(
+                    "UPDATE credits SET balance_micros = 1000000 WHERE user_id = ANY($1::text[])",
+                    users,
+                )
+                notices.clear()
+                await explained.execute(
+                    rollover_chunks._JUDGE_AVAILABLE, users, [5 * CREDIT] * CHUNK
+                )
+                decided.append(
+                    await explained.fetchval(
+                        "SELECT count(*) FROM auto_recharge_attempts "
+                        "WHERE user_id = ANY($1::text[]) AND status = 'pending'",
+                        users,
+                    )
+                )
+                for notice in notices:
+                    if "plan:" in notice:
+                        plan = json.loads(notice[notice.index("{") :])
+                        whole_table_scans += _seq_scans(plan["Plan"], per_user)
+            finally:
+                await chunk.rollback()
+    finally:
+        await explained.close()
+        async with ledger.pool.acquire() as owner:  # rows made for the plans, not accounts
+            for table in ("auto_recharge_attempts", "auto_recharge_rules", "balance_alerts"):
+                await owner.execute(f"DELETE FROM {table} WHERE user_id = ANY($1::text[])", users)
+            await owner.execute("DELETE FROM credits WHERE user_id = ANY($1::text[])", users)
+    assert decided == [CHUNK] * PLAN_CALLS  # every account crossed its rule's threshold
+    assert whole_table_scans == []
+
+
+def _seq_scans(node: dict[str, Any], per_user: set[str]) -> list[str]:
+    found = []
+    if node.get("Node Type") == "Seq Scan" and node.get("Relation Name") in per_user:
+        found.append(str(node["Relation Name"]))
+    for child in node.get("Plans", []):
+        found += _seq_scans(child, per_user)
+    return found
