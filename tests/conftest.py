@@ -15,7 +15,7 @@ from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.server import db
 from hypothesis import HealthCheck, settings
 
-from tests import harness
+from tests import events_kit, harness
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
@@ -75,3 +75,11 @@ async def verified(ledger: harness.Ledger, admin: AsyncCreditWalletClient) -> As
     yield
     report = await admin.verify_ledger()
     assert report.ok, [f"{v.invariant} {v.user_id}: {v.detail}" for v in report.violations]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def receiver() -> AsyncIterator[events_kit.Receiver]:
+    """A webhook receiver (tests/events_kit.py) for the test, up until it is taken down."""
+    running = await events_kit.Receiver(events_kit.new_secret()).start()
+    yield running
+    await running.stop()

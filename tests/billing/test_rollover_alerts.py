@@ -31,7 +31,7 @@ from creditwallet.v1 import events_pb2 as epb
 
 from tests import events_kit, harness
 from tests.harness import Ledger
-from tests.ledger.test_distribution import catalog, distributed
+from tests.ledger.test_distribution import AUTO_EXPLAIN_NESTED, catalog, distributed
 
 pytestmark = pytest.mark.usefixtures("verified")
 
@@ -232,13 +232,7 @@ async def test_a_chunks_judgement_reaches_each_table_by_key_however_it_is_planne
     whole_table_scans: list[str] = []
     decided: list[int] = []
     try:
-        for setting in (
-            "LOAD 'auto_explain'",
-            "SET auto_explain.log_min_duration = 0",
-            "SET auto_explain.log_nested_statements = on",
-            "SET auto_explain.log_level = notice",
-            "SET auto_explain.log_format = json",
-        ):
+        for setting in AUTO_EXPLAIN_NESTED:
             await explained.execute(setting)
         for _ in range(PLAN_CALLS):
             chunk = explained.transaction()

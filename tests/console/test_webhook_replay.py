@@ -4,10 +4,8 @@ once however often the confirmation is sent."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest_asyncio
 from creditwallet.client.console.app import serving
 from creditwallet.client.console.config import ConsoleConfig
 from creditwallet.core.settings import Secret
@@ -19,13 +17,6 @@ from tests.console.kit import new_page, shoot, sign_in
 from tests.events_kit import Receiver
 
 CREDIT = 1_000_000
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def receiver() -> AsyncIterator[Receiver]:
-    running = await Receiver(events_kit.new_secret()).start()
-    yield running
-    await running.stop()
 
 
 async def test_given_up_deliveries_are_delivered_again_from_the_console(

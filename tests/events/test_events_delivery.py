@@ -14,7 +14,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import pytest_asyncio
 from creditwallet.client import errors as cw
 from creditwallet.client.wallet import AsyncCreditWalletClient
 from creditwallet.v1 import common_pb2 as pb
@@ -25,13 +24,6 @@ from tests.events_kit import Receiver
 from tests.harness import new_user
 
 CREDIT = 1_000_000
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def receiver() -> AsyncIterator[Receiver]:
-    running = await Receiver(events_kit.new_secret()).start()
-    yield running
-    await running.stop()
 
 
 async def activity(admin: AsyncCreditWalletClient, users: list[str], debits: int) -> None:

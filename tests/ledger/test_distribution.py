@@ -207,6 +207,17 @@ async def observed(
         await ledger.close()
 
 
+# The plan of every statement a database function runs, as a JSON notice (needs a superuser
+# connection for LOAD).
+AUTO_EXPLAIN_NESTED = (
+    "LOAD 'auto_explain'",
+    "SET auto_explain.log_min_duration = 0",
+    "SET auto_explain.log_nested_statements = on",
+    "SET auto_explain.log_level = notice",
+    "SET auto_explain.log_format = json",
+)
+
+
 def scans_without_user_id(plan: dict[str, Any], per_user: set[str]) -> list[str]:
     """Scans of per-user tables bounded neither by their own condition on user_id nor by the
     join above them (a join on user_id with a side that is bounded)."""
@@ -325,14 +336,7 @@ async def test_the_batch_debit_function_runs_only_statements_bounded_by_user_id(
     notices: list[str] = []
     conn.add_log_listener(lambda _, message: notices.append(message.message))
     try:
-        for setting in (
-            "LOAD 'auto_explain'",
-            "SET auto_explain.log_min_duration = 0",
-            "SET auto_explain.log_nested_statements = on",
-            "SET auto_explain.log_level = notice",
-            "SET auto_explain.log_format = json",
-            "SET auto_explain.log_verbose = on",
-        ):
+        for setting in (*AUTO_EXPLAIN_NESTED, "SET auto_explain.log_verbose = on"):
             await conn.execute(setting)
         batch = conn.transaction()
         await batch.start()
