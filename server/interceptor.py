@@ -97,7 +97,6 @@ OPEN_SERVICES = frozenset(
 # The request bytes a method takes; every other guarded method takes GRPC_RECEIVE_BYTES_MAX.
 # gRPC itself refuses anything over the largest of them before buffering it.
 _RECEIVE_BYTES_MAX = {"/creditwallet.v1.WalletService/BatchDebit": limits.BATCH_DEBIT_BYTES_MAX}
-_OPEN_BYTES_MAX = limits.GRPC_RECEIVE_BYTES_MAX
 _BEARER = b"bearer "
 ANONYMOUS = "-"
 # gRPC reports a call without a deadline as one centuries away.
@@ -166,7 +165,8 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if refusal is not None:
             return _refusing(name, caller.label if caller else ANONYMOUS, handler, refusal)
         assert caller is not None
-        return self._guarded(name, caller.label, handler, _RECEIVE_BYTES_MAX.get(method))
+        size_max = _RECEIVE_BYTES_MAX.get(method, limits.GRPC_RECEIVE_BYTES_MAX)
+        return self._guarded(name, caller.label, handler, size_max)
 
     def _authorize(
         self, scope: str, metadata: Any
@@ -190,9 +190,8 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return matched, errors.permission_denied(scope)
         return matched, None
 
-    def _guarded(self, name: str, label: str, handler: Any, bytes_max: int | None) -> Any:
+    def _guarded(self, name: str, label: str, handler: Any, size_max: int) -> Any:
         deserialize: Deserializer = handler.request_deserializer
-        size_max = bytes_max or limits.GRPC_RECEIVE_BYTES_MAX
         if handler.unary_unary is not None:
             behavior: Any = handler.unary_unary
 
@@ -270,14 +269,7 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             raise errors.invalid("request", "the request message did not arrive in time") from None
         if raw is _EOF or not isinstance(raw, bytes):
             raise errors.invalid("request", "the call carried no request message")
-        if len(raw) > size_max:
-            raise errors.message_too_large(len(raw), size_max)
-        if deserialize is None:
-            return raw
-        try:
-            return deserialize(raw)
-        except (DecodeError, ValueError, TypeError, RuntimeError):
-            raise errors.invalid("request", "the request is not a valid message") from None
+        return _parsed(raw, deserialize, size_max)
 
     def _open(self, name: str, handler: Any) -> Any:
         """Health and reflection, unauthenticated, within their own small budget."""
@@ -294,10 +286,14 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 async with asyncio.timeout(_budget(context, gate._stream_deadline)):
                     if handler.unary_unary is not None:
-                        request = await gate._read(context, deserialize, _OPEN_BYTES_MAX)
+                        request = await gate._read(
+                            context, deserialize, limits.GRPC_RECEIVE_BYTES_MAX
+                        )
                         return await handler.unary_unary(request, context)
                     if handler.unary_stream is not None:
-                        request = await gate._read(context, deserialize, _OPEN_BYTES_MAX)
+                        request = await gate._read(
+                            context, deserialize, limits.GRPC_RECEIVE_BYTES_MAX
+                        )
                         await _relay(handler.unary_stream(request, context), context)
                         return None
                     assert handler.stream_stream is not None
@@ -367,12 +363,19 @@ async def _deserialized(context: Context, deserialize: Deserializer) -> AsyncIte
         raw = await context.read()
         if raw is _EOF:
             return
-        if isinstance(raw, bytes) and len(raw) > _OPEN_BYTES_MAX:
-            raise errors.message_too_large(len(raw), _OPEN_BYTES_MAX)
-        try:
-            yield deserialize(raw) if deserialize is not None else raw
-        except (DecodeError, ValueError, TypeError, RuntimeError):
-            raise errors.invalid("request", "the request is not a valid message") from None
+        yield _parsed(raw, deserialize, limits.GRPC_RECEIVE_BYTES_MAX)
+
+
+def _parsed(raw: bytes, deserialize: Deserializer, size_max: int) -> Any:
+    """A request message's bytes, refused unparsed past ``size_max``, else deserialised."""
+    if len(raw) > size_max:
+        raise errors.message_too_large(len(raw), size_max)
+    if deserialize is None:
+        return raw
+    try:
+        return deserialize(raw)
+    except (DecodeError, ValueError, TypeError, RuntimeError):
+        raise errors.invalid("request", "the request is not a valid message") from None
 
 
 def _too_large(response: Any) -> bool:
